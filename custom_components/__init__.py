@@ -1,0 +1,1 @@
+"""Home Assistant custom components shipped in this repository (see edge_inspector/)."""

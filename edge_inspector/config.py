@@ -1,0 +1,392 @@
+"""The configuration: pydantic models of one YAML file, and errors a person can act on.
+
+Coordinates (region of interest, masks) are fractions of the frame's width and height, so a
+configuration stays right when a camera's resolution changes. Relative paths are relative to the
+configuration file's folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+__all__ = [
+    "DebounceConfig",
+    "DefectClassConfig",
+    "DetectionConfig",
+    "EngineConfig",
+    "FilesSourceConfig",
+    "FolderSourceConfig",
+    "HttpSnapshotSourceConfig",
+    "ImagesConfig",
+    "MjpegSourceConfig",
+    "ModelConfig",
+    "PushSourceConfig",
+    "RetentionConfig",
+    "RtspSourceConfig",
+    "SourceConfig",
+    "StationConfig",
+    "StoreConfig",
+    "SyntheticSourceConfig",
+    "TrackingConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base = info.context.get("base_dir") if isinstance(info.context, Mapping) else None
+    value = value.expanduser()
+    if base is not None and not value.is_absolute():
+        return (Path(base) / value).resolve()
+    return value
+
+
+type ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+type Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+type Point = tuple[Fraction, Fraction]
+type Polygon = Annotated[tuple[Point, ...], Field(min_length=3)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FolderSourceConfig(_Model):
+    """Every image in a folder, in name order: batch inspection and replay."""
+
+    type: Literal["folder"]
+    path: ConfigPath
+    pattern: str = "*"
+    recursive: bool = False
+    loop: bool = False
+
+
+class FilesSourceConfig(_Model):
+    """A fixed list of image files, in the order given."""
+
+    type: Literal["files"]
+    paths: Annotated[tuple[ConfigPath, ...], Field(min_length=1)]
+    loop: bool = False
+
+
+class _HttpAuth(_Model):
+    username: str | None = None
+    password: str | None = None
+    timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
+    verify_tls: bool = True
+
+
+class HttpSnapshotSourceConfig(_HttpAuth):
+    """A camera's still-image URL, fetched once per inspection."""
+
+    type: Literal["http_snapshot"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+
+
+class MjpegSourceConfig(_HttpAuth):
+    """A multipart MJPEG stream; the station always gets the newest frame."""
+
+    type: Literal["mjpeg"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+
+
+class RtspSourceConfig(_Model):
+    """An RTSP stream or a recorded video decoded with PyAV (or OpenCV)."""
+
+    type: Literal["rtsp", "video"]
+    url: str
+    transport: Literal["tcp", "udp"] = "tcp"
+    backend: Literal["pyav", "opencv"] = "pyav"
+    timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
+    realtime: bool | None = Field(
+        default=None,
+        description="Pace a recorded file at its own frame rate and drop what the detector "
+        "cannot keep up with (default: on for rtsp, off for video files).",
+    )
+    loop: bool = False
+
+
+class PushSourceConfig(_Model):
+    """Frames handed in by another part of the system (the Home Assistant adapter, the API)."""
+
+    type: Literal["push"]
+
+
+class SyntheticSourceConfig(_Model):
+    """The demo's generated conveyor camera."""
+
+    type: Literal["synthetic"]
+    seed: int = 0
+    width: Annotated[int, Field(ge=320, le=4096)] = 640
+    height: Annotated[int, Field(ge=240, le=4096)] = 480
+    defect_rate: Fraction = 0.35
+    speed: Annotated[int, Field(ge=1, le=200)] = 16
+
+
+type SourceConfig = Annotated[
+    FolderSourceConfig
+    | FilesSourceConfig
+    | HttpSnapshotSourceConfig
+    | MjpegSourceConfig
+    | RtspSourceConfig
+    | PushSourceConfig
+    | SyntheticSourceConfig,
+    Field(discriminator="type"),
+]
+
+
+class ModelConfig(_Model):
+    """A detection model in any format Ultralytics loads (.pt, ONNX, OpenVINO folder, TensorRT)."""
+
+    path: ConfigPath
+    imgsz: Annotated[int, Field(ge=32, le=4096)] = 640
+    device: str = "cpu"
+    half: bool = False
+
+
+class DefectClassConfig(_Model):
+    """A class that counts as a defect, and the confidence it needs to count."""
+
+    confidence: Fraction = 0.5
+
+
+class DebounceConfig(_Model):
+    """A defect is confirmed once it is seen in `n` of the last `m` frames."""
+
+    n: Annotated[int, Field(ge=1, le=1000)] = 2
+    m: Annotated[int, Field(ge=1, le=1000)] = 3
+
+    @model_validator(mode="after")
+    def _n_within_m(self) -> Self:
+        if self.n > self.m:
+            raise ValueError(f"n ({self.n}) must not be greater than m ({self.m})")
+        return self
+
+
+class TrackingConfig(_Model):
+    """Follow each defect across frames so one scratch seen on 30 frames is one incident."""
+
+    enabled: bool = True
+    tracker: Literal["bytetrack", "botsort"] = "bytetrack"
+    lost_frames: Annotated[int, Field(ge=1, le=10000)] = 30
+
+
+class ImagesConfig(_Model):
+    """Which images a station keeps (annotated frame and defect crops) and where."""
+
+    save: Literal["defects", "all", "none"] = "defects"
+    dir: ConfigPath | None = None
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 85
+
+
+class StationConfig(_Model):
+    """One inspection station: a camera, a model, and the rules that make a detection a defect."""
+
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]{0,62}$")]
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    source: SourceConfig
+    model: ModelConfig
+    defects: Annotated[dict[str, DefectClassConfig], Field(min_length=1)]
+    mode: Literal["continuous", "triggered"] = "continuous"
+    fps: Annotated[float, Field(gt=0, le=240)] | None = 5.0
+    roi: Polygon | None = None
+    masks: tuple[Polygon, ...] = ()
+    min_box_area: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    debounce: DebounceConfig = DebounceConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    images: ImagesConfig = ImagesConfig()
+    enabled: bool = True
+    product: str | None = None
+    line: str | None = None
+
+    @field_validator("defects", mode="before")
+    @classmethod
+    def _thresholds_as_numbers(cls, value: Any) -> Any:
+        # `scratch: 0.4` is shorthand for `scratch: {confidence: 0.4}`.
+        if isinstance(value, Mapping):
+            return {
+                k: {"confidence": v}
+                if isinstance(v, int | float) and not isinstance(v, bool)
+                else v
+                for k, v in value.items()
+            }
+        return value
+
+    @property
+    def min_confidence(self) -> float:
+        """The lowest threshold of any defect class: what the detector must at least report."""
+        return min(d.confidence for d in self.defects.values())
+
+
+class RetentionConfig(_Model):
+    """How long history is kept and how much disk the images may take."""
+
+    max_age_days: Annotated[float, Field(gt=0)] = 30.0
+    max_images_mb: Annotated[float, Field(gt=0)] = 2048.0
+
+
+class StoreConfig(_Model):
+    """Where the SQLite history and the images live."""
+
+    path: ConfigPath = Path("edge-inspector-data")
+    retention: RetentionConfig = RetentionConfig()
+
+
+class DetectionConfig(_Model):
+    """How inference is shared between stations."""
+
+    max_batch: Annotated[int, Field(ge=1, le=64)] = 8
+    batch_window_ms: Annotated[float, Field(ge=0, le=1000)] = 10.0
+
+
+class EngineConfig(_Model):
+    """The whole configuration file."""
+
+    stations: Annotated[tuple[StationConfig, ...], Field(min_length=1)]
+    store: StoreConfig = StoreConfig()
+    detection: DetectionConfig = DetectionConfig()
+
+    @field_validator("stations")
+    @classmethod
+    def _unique_ids(cls, stations: tuple[StationConfig, ...]) -> tuple[StationConfig, ...]:
+        seen: set[str] = set()
+        for station in stations:
+            if station.id in seen:
+                raise ValueError(f"station id {station.id!r} is used more than once")
+            seen.add(station.id)
+        return stations
+
+    def station(self, station_id: str) -> StationConfig:
+        """The station with this id."""
+        for station in self.stations:
+            if station.id == station_id:
+                return station
+        raise KeyError(station_id)
+
+
+_SOURCE_TAGS = {"folder", "files", "http_snapshot", "mjpeg", "rtsp", "video", "push", "synthetic"}
+
+
+def _key_path(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _SOURCE_TAGS and out.endswith("source"):
+            continue  # pydantic puts the union's tag in the path; the user never wrote it
+        elif part.startswith(("function-", "tagged-union")):
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def _line_of(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
+    """The 1-based line in the YAML file where the value at `loc` (or its nearest parent) is."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            found = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+            if found is None:
+                continue
+            node = found
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+        else:
+            continue
+        line = node.start_mark.line + 1
+    return line
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    msg = str(error["msg"])
+    if error["type"] == "missing":
+        return "required key is missing"
+    if error["type"] == "extra_forbidden":
+        return "unknown key (check its spelling)"
+    if error["type"] == "union_tag_invalid":
+        return f"unknown source type; expected one of {', '.join(sorted(_SOURCE_TAGS))}"
+    value = error.get("input")
+    if isinstance(value, str | int | float | bool) or value is None:
+        shown = repr(value)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        return f"{msg} (got {shown})"
+    return msg
+
+
+def parse_config(
+    data: Any,
+    *,
+    source: str = "<config>",
+    base_dir: Path | None = None,
+    yaml_root: yaml.Node | None = None,
+) -> EngineConfig:
+    """Validate already-parsed configuration data; errors name `source`, the key and the fix."""
+    try:
+        return EngineConfig.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        errors = exc.errors()
+        locations = [tuple(e["loc"]) for e in errors]
+        problems = []
+        for error in errors:
+            loc = tuple(error["loc"])
+            if error["type"] == "too_short" and any(
+                other[: len(loc)] == loc and other != loc for other in locations
+            ):
+                continue  # "no valid items left" only repeats the errors of its items
+            line = _line_of(yaml_root, loc)
+            where = f"{source}:{line}" if line is not None else source
+            problems.append(f"{where}: {_key_path(loc)}: {_describe(error)}")
+        raise ConfigError(
+            f"{source}: {len(problems)} problem(s) in the configuration:\n  "
+            + "\n  ".join(problems),
+            problems=tuple(problems),
+        ) from None
+
+
+def load_config(path: Path | str) -> EngineConfig:
+    """Read and validate a configuration file; raise `ConfigError` naming file, key and fix."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file: {exc}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        # The context mark is where the broken construct starts, which is where to look;
+        # the problem mark is where the parser gave up (often the end of the file).
+        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+        problem = ": ".join(p for p in parts if p) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{path}: expected a mapping with a `stations` list at the top level, "
+            f"got {type(data).__name__}"
+        )
+    return parse_config(data, source=str(path), base_dir=path.parent.resolve(), yaml_root=root)

@@ -1,0 +1,191 @@
+"""The public results of inspection: what leaves the engine for every subscriber.
+
+These models are the payloads of the event sinks (Home Assistant, MQTT, the HTTP API). Their
+JSON Schema is exported by `export_schemas()` and committed under `edge_inspector/schema/`,
+so subscribers can validate what they receive.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "BoundingBox",
+    "Detection",
+    "Incident",
+    "IncidentState",
+    "InspectionResult",
+    "Latency",
+    "ModelInfo",
+    "StationState",
+    "Verdict",
+    "export_schemas",
+]
+
+SCHEMA_VERSION = 1
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BoundingBox(_Event):
+    """A box in frame pixels, top-left (x1, y1) to bottom-right (x2, y2)."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.x2 - self.x1) * max(0.0, self.y2 - self.y1)
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return ((self.x1 + self.x2) / 2, (self.y1 + self.y2) / 2)
+
+
+class Detection(_Event):
+    """One object the model found, and whether the station's rules count it as a defect."""
+
+    class_name: str
+    class_id: int
+    confidence: Annotated[float, Field(ge=0, le=1)]
+    box: BoundingBox
+    track_id: int | None = None
+    defect: bool = Field(description="It passed the defect rules: class, threshold, zones, area.")
+
+
+class Verdict(StrEnum):
+    """The outcome of one inspection."""
+
+    PASS = "pass"
+    FAIL = "fail"
+
+
+class Latency(_Event):
+    """Where the time of one inspection went, in milliseconds."""
+
+    queue_ms: float = Field(description="From the frame's capture to the start of inference.")
+    preprocess_ms: float
+    inference_ms: float
+    postprocess_ms: float
+    rules_ms: float = Field(description="Zones, thresholds, tracking and debounce.")
+    total_ms: float = Field(description="From the frame's capture to the result.")
+    batch_size: int = 1
+
+
+class ModelInfo(_Event):
+    """Which model made a result: its file name and the SHA-256 of its content."""
+
+    name: str
+    sha256: str
+
+
+class InspectionResult(_Event):
+    """The result of inspecting one frame."""
+
+    schema_version: int = SCHEMA_VERSION
+    inspection_id: str
+    station_id: str
+    timestamp: datetime
+    frame_seq: int
+    part_id: str | None = None
+    lot_id: str | None = None
+    verdict: Verdict
+    detections: tuple[Detection, ...]
+    new_incident_ids: tuple[str, ...] = Field(
+        default=(), description="Incidents this inspection confirmed (after debounce/tracking)."
+    )
+    image_width: int
+    image_height: int
+    image_path: str | None = None
+    model: ModelInfo
+    latency: Latency
+
+    @property
+    def defects(self) -> tuple[Detection, ...]:
+        return tuple(d for d in self.detections if d.defect)
+
+
+class IncidentState(StrEnum):
+    """Where an incident is in its life."""
+
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    CONFIRMED = "confirmed"
+    REJECTED = "rejected"
+
+
+class Incident(_Event):
+    """A confirmed defect: one per tracked defect, however many frames it was seen on."""
+
+    schema_version: int = SCHEMA_VERSION
+    incident_id: str
+    station_id: str
+    station_name: str
+    created_at: datetime
+    inspection_id: str
+    part_id: str | None = None
+    lot_id: str | None = None
+    defect_class: str
+    confidence: Annotated[float, Field(ge=0, le=1)]
+    boxes: tuple[BoundingBox, ...]
+    detections: tuple[Detection, ...]
+    track_id: int | None = None
+    frame_path: str | None = Field(default=None, description="Annotated frame (JPEG).")
+    crop_path: str | None = Field(default=None, description="Crop around the defect (JPEG).")
+    state: IncidentState = IncidentState.OPEN
+    model: ModelInfo
+    latency_ms: float = Field(description="From the frame's capture to the incident.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Later enrichment (VLM classification, report, actions)."
+    )
+
+
+class StationState(_Event):
+    """A station's live state: what dashboards and availability follow."""
+
+    station_id: str
+    name: str
+    enabled: bool
+    available: bool
+    mode: str
+    error: str | None = None
+    frames: int = 0
+    inspections: int = 0
+    defects: int = Field(default=0, description="Inspections with at least one defect.")
+    incidents: int = 0
+    frame_errors: int = 0
+    last_defect_class: str | None = None
+    last_incident_id: str | None = None
+    last_latency_ms: float | None = None
+    updated_at: datetime
+
+
+_SCHEMA_MODELS: dict[str, type[BaseModel]] = {
+    "inspection": InspectionResult,
+    "incident": Incident,
+    "station_state": StationState,
+}
+
+
+def export_schemas(folder: Path) -> list[Path]:
+    """Write the JSON Schema of every public event model into `folder`; return the files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, model in _SCHEMA_MODELS.items():
+        schema = model.model_json_schema(mode="serialization")
+        schema["$id"] = f"https://edge-inspector.local/schema/{name}.json"
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        path = folder / f"{name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        written.append(path)
+    return written

@@ -1,0 +1,139 @@
+"""One inference thread per model, shared by every station that uses it.
+
+While the model runs, frames from other stations queue up; when it is free it takes all of them
+(up to `max_batch`) as one batch. Stations running freely tend to fall into step with the model
+so that each arrives just as the other's inference starts, and then nothing is ever batched; so
+when a request arrives while other stations are registered, the queue waits up to
+`batch_window` seconds for all of them. Once they are in step, every station is waiting when the
+model frees up and the window costs nothing. A lone station never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ..errors import ModelError
+from ..frames import Image
+from .detector import RawDetections, YoloDetector
+
+__all__ = ["BatchedResult", "InferenceQueue"]
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchedResult:
+    detections: RawDetections
+    batch_size: int
+    started_at: float  # loop.time() when the batch went into the model
+
+
+@dataclass(slots=True)
+class _Request:
+    image: Image
+    conf: float
+    future: asyncio.Future[BatchedResult] = field(repr=False)
+
+
+class InferenceQueue:
+    """Feeds a `YoloDetector` from many stations, in batches, on its own thread."""
+
+    def __init__(
+        self, detector: YoloDetector, *, max_batch: int = 8, batch_window: float = 0.010
+    ) -> None:
+        self.detector = detector
+        self.max_batch = max_batch
+        self.batch_window = batch_window
+        self._last_seen: dict[str, float] = {}  # client -> loop time of its last frame
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge_inspector_yolo")
+        self._pending: list[_Request] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.frames = 0
+
+    async def start(self) -> None:
+        """Load the model (in the inference thread) and start serving."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.detector.load)
+        self._task = asyncio.create_task(
+            self._serve(), name=f"edge_inspector yolo {self.detector.path.name}"
+        )
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for request in self._pending:
+            if not request.future.done():
+                request.future.set_exception(ModelError("the detector was stopped"))
+        self._pending.clear()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def infer(self, image: Image, *, conf: float, client: str = "") -> BatchedResult:
+        """Detect objects in one frame; waits its turn in the next batch."""
+        if self._task is None or self._task.done():
+            raise ModelError(f"{self.detector.path.name}: the detector is not running")
+        loop = asyncio.get_running_loop()
+        self._last_seen[client] = loop.time()
+        future: asyncio.Future[BatchedResult] = loop.create_future()
+        self._pending.append(_Request(image, conf, future))
+        self._wakeup.set()
+        return await future
+
+    async def _gather(self) -> None:
+        """Wait (up to the window) until every active client has a frame waiting."""
+        now = asyncio.get_running_loop().time()
+        # Active: sent a frame in the last second. A station with a dead camera is not waited for.
+        active = sum(1 for seen in self._last_seen.values() if now - seen < 1.0)
+        want = min(active, self.max_batch)
+        if want <= 1 or self.batch_window <= 0:
+            return
+        deadline = now + self.batch_window
+        while len(self._pending) < want:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            await self._gather()
+            while self._pending:
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+                batch = [r for r in batch if not r.future.done()]  # callers that gave up
+                if not batch:
+                    continue
+                conf = min(r.conf for r in batch)
+                started = loop.time()
+                try:
+                    images = [r.image for r in batch]
+                    results = await loop.run_in_executor(
+                        self._executor, functools.partial(self.detector.predict, images, conf=conf)
+                    )
+                except ModelError as exc:
+                    _LOGGER.error("%s", exc)
+                    for request in batch:
+                        if not request.future.done():
+                            request.future.set_exception(exc)
+                    continue
+                self.batches += 1
+                self.frames += len(batch)
+                for request, result in zip(batch, results, strict=True):
+                    if not request.future.done():
+                        request.future.set_result(BatchedResult(result, len(batch), started))

@@ -1,0 +1,163 @@
+"""Tracking and debounce: one scratch seen on 30 frames is one defect, not 30.
+
+Defect detections are followed across frames with Ultralytics' own trackers (ByteTrack or
+BoT-SORT), one tracker per station. A track becomes an incident once it is seen in `n` of the
+last `m` frames, and only once. Without tracking, the class plays the part of the track: one
+incident per class until that class has been absent for `m` frames.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..config import DebounceConfig, TrackingConfig
+from ..events import Detection
+from ..frames import Image
+
+__all__ = ["Confirmation", "Debouncer", "DefectTracker"]
+
+_MAX_REMEMBERED_TRACKS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """A defect that just passed the debounce rule: which detections (indices) show it."""
+
+    key: str
+    class_name: str
+    indices: tuple[int, ...]
+    track_id: int | None
+
+
+class Debouncer:
+    """Confirms a key once it is present in `n` of its last `m` frames."""
+
+    def __init__(self, n: int, m: int) -> None:
+        self.n, self.m = n, m
+        self._windows: dict[str, collections.deque[bool]] = {}
+        self._confirmed: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def update(self, present: Sequence[str]) -> list[str]:
+        """Record a frame in which the keys in `present` were seen; return those newly confirmed."""
+        seen = set(present)
+        newly: list[str] = []
+        for key in list(self._windows.keys() | seen):
+            window = self._windows.setdefault(key, collections.deque(maxlen=self.m))
+            window.append(key in seen)
+            if not any(window):
+                del self._windows[key]
+                if key.startswith("class:"):
+                    self._confirmed.pop(key, None)  # the class was gone for m frames: re-arm
+                continue
+            if key not in self._confirmed and sum(window) >= self.n:
+                self._confirmed[key] = None
+                newly.append(key)
+                while len(self._confirmed) > _MAX_REMEMBERED_TRACKS:
+                    self._confirmed.popitem(last=False)
+        return sorted(newly)
+
+
+def _tracker_args(tracking: TrackingConfig) -> Any:
+    from ultralytics.utils import IterableSimpleNamespace
+
+    args: dict[str, Any] = {
+        "tracker_type": tracking.tracker,
+        # Detections reaching the tracker already passed the station's thresholds.
+        "track_high_thresh": 0.0,
+        "track_low_thresh": 0.0,
+        "new_track_thresh": 0.0,
+        "track_buffer": tracking.lost_frames,
+        "match_thresh": 0.8,
+        "fuse_score": True,
+    }
+    if tracking.tracker == "botsort":
+        args |= {
+            "gmc_method": "none",
+            "proximity_thresh": 0.5,
+            "appearance_thresh": 0.8,
+            "with_reid": False,
+            "model": "auto",
+        }
+    return IterableSimpleNamespace(**args)
+
+
+class DefectTracker:
+    """One station's tracker and debounce state. Not thread-safe: one frame at a time."""
+
+    def __init__(
+        self, tracking: TrackingConfig, debounce: DebounceConfig, *, triggered: bool = False
+    ) -> None:
+        self._triggered = triggered
+        self._tracking = tracking.enabled and not triggered
+        self._debounce = Debouncer(debounce.n, debounce.m)
+        self._tracker: Any = None
+        if self._tracking:
+            from ultralytics.trackers.bot_sort import BOTSORT
+            from ultralytics.trackers.byte_tracker import BYTETracker
+
+            cls = BOTSORT if tracking.tracker == "botsort" else BYTETracker
+            self._tracker = cls(args=_tracker_args(tracking))
+
+    def reset(self) -> None:
+        """Forget every track (after a camera outage, say)."""
+        if self._tracker is not None:
+            self._tracker.reset()
+
+    def update(
+        self,
+        detections: list[Detection],
+        image: Image,
+    ) -> tuple[list[Detection], list[Confirmation]]:
+        """Give defects track ids and return the defects confirmed by this frame."""
+        defect_idx = [i for i, d in enumerate(detections) if d.defect]
+        if self._triggered:
+            # One part per trigger: every defect class on it is an incident, no debounce.
+            by_class: dict[str, list[int]] = collections.defaultdict(list)
+            for i in defect_idx:
+                by_class[detections[i].class_name].append(i)
+            return detections, [
+                Confirmation(f"class:{name}", name, tuple(idx), None)
+                for name, idx in sorted(by_class.items())
+            ]
+        keys: dict[str, list[int]] = collections.defaultdict(list)
+        if self._tracker is not None:
+            detections = list(detections)
+            for i, track_id in self._track(detections, defect_idx, image).items():
+                detections[i] = detections[i].model_copy(update={"track_id": track_id})
+                keys[f"track:{track_id}"].append(i)
+        else:
+            for i in defect_idx:
+                keys[f"class:{detections[i].class_name}"].append(i)
+        confirmations = []
+        for key in self._debounce.update(list(keys)):
+            idx = tuple(keys[key])
+            best = max(idx, key=lambda i: detections[i].confidence)
+            confirmations.append(
+                Confirmation(key, detections[best].class_name, idx, detections[best].track_id)
+            )
+        return detections, confirmations
+
+    def _track(
+        self, detections: list[Detection], defect_idx: list[int], image: Image
+    ) -> dict[int, int]:
+        from ultralytics.engine.results import Boxes
+
+        rows = np.array(
+            [
+                [d.box.x1, d.box.y1, d.box.x2, d.box.y2, d.confidence, d.class_id]
+                for d in (detections[i] for i in defect_idx)
+            ],
+            np.float32,
+        ).reshape(-1, 6)
+        tracks = self._tracker.update(Boxes(rows, image.shape[:2]), image)
+        assigned: dict[int, int] = {}
+        for track in np.asarray(tracks).reshape(-1, 8):
+            local = int(track[7])
+            if 0 <= local < len(defect_idx):
+                assigned[defect_idx[local]] = int(track[4])
+        return assigned

@@ -1,0 +1,198 @@
+"""The engine: every station of a configuration, their shared models, the store and the sinks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+
+from .config import EngineConfig, StationConfig
+from .detect.batcher import InferenceQueue
+from .detect.detector import YoloDetector
+from .errors import EdgeInspectorError, ModelError, StationNotFoundError
+from .events import InspectionResult, StationState
+from .sinks import EventSink, SinkFanout
+from .sources import FrameSource, build_source
+from .station import Station
+from .store import Store
+
+__all__ = ["Engine"]
+
+_LOGGER = logging.getLogger(__name__)
+_RETENTION_INTERVAL = 3600.0
+
+type ModelKey = tuple[Path, int, str, bool]
+
+
+def _model_key(station: StationConfig) -> ModelKey:
+    m = station.model
+    return (m.path, m.imgsz, m.device, m.half)
+
+
+class Engine:
+    """Runs the stations of one configuration. Use `async with Engine(config) as engine:`."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        sinks: Iterable[EventSink] = (),
+        session: aiohttp.ClientSession | None = None,
+        store: Store | None = None,
+        cache_dir: Path | None = None,
+        source_factory: Callable[[StationConfig], FrameSource] | None = None,
+    ) -> None:
+        self.config = config
+        self.sinks = SinkFanout(sinks)
+        self.store = store or Store(config.store.path, config.store.retention)
+        self._own_session = session is None
+        self._session = session
+        self._cache_dir = cache_dir
+        self._source_factory = source_factory  # default: the source the configuration names
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edge_inspector_io")
+        self._inference: dict[ModelKey, InferenceQueue] = {}
+        self.stations: dict[str, Station] = {}
+        self.failed: dict[str, StationState] = {}  # stations that could not start, and why
+        self._retention_task: asyncio.Task[None] | None = None
+        self._started = False
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Open the store, load every model once, start every station that can start."""
+        await self.store.open()
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        for key in dict.fromkeys(_model_key(s) for s in self.config.stations):
+            path, imgsz, device, half = key
+            queue = InferenceQueue(
+                YoloDetector(
+                    path, imgsz=imgsz, device=device, half=half, cache_dir=self._cache_dir
+                ),
+                max_batch=self.config.detection.max_batch,
+                batch_window=self.config.detection.batch_window_ms / 1000,
+            )
+            try:
+                await queue.start()
+            except ModelError as exc:
+                _LOGGER.error("%s", exc)
+                await queue.close()
+                continue
+            self._inference[key] = queue
+        for config in self.config.stations:
+            await self._start_station(config)
+        self._retention_task = asyncio.create_task(
+            self._retention(), name="edge_inspector retention"
+        )
+        self._started = True
+
+    async def _start_station(self, config: StationConfig) -> None:
+        queue = self._inference.get(_model_key(config))
+        error: str | None = None
+        if queue is None:
+            error = f"model {config.model.path} could not be loaded"
+        else:
+            names = set(queue.detector.names.values())
+            unknown = sorted(set(config.defects) - names)
+            if unknown:
+                error = (
+                    f"defect classes {', '.join(unknown)} are not in model "
+                    f"{config.model.path.name} "
+                    f"(it knows: {', '.join(sorted(names))})"
+                )
+        if error is not None or queue is None:
+            _LOGGER.error("station %s cannot start: %s", config.id, error)
+            self.failed[config.id] = StationState(
+                station_id=config.id,
+                name=config.name,
+                enabled=config.enabled,
+                available=False,
+                mode=config.mode,
+                error=error,
+                updated_at=datetime.now(UTC),
+            )
+            await self.sinks.on_station_state(self.failed[config.id])
+            return
+        if self._source_factory is not None:
+            source = self._source_factory(config)
+        else:
+            source = build_source(
+                config.source, name=config.id, session=self._session, executor=self._executor
+            )
+        station = Station(
+            config,
+            source=source,
+            inference=queue,
+            store=self.store,
+            sink=self.sinks,
+            executor=self._executor,
+        )
+        self.stations[config.id] = station
+        await station.start()
+
+    async def stop(self) -> None:
+        """Stop every station, let them record what they detected, close everything."""
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention_task
+            self._retention_task = None
+        await asyncio.gather(*(s.stop() for s in self.stations.values()))
+        for queue in self._inference.values():
+            await queue.close()
+        self._inference.clear()
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+        await self.store.close()
+        self._executor.shutdown(wait=True)
+        self._started = False
+
+    def station(self, station_id: str) -> Station:
+        try:
+            return self.stations[station_id]
+        except KeyError:
+            if station_id in self.failed:
+                raise EdgeInspectorError(
+                    f"station {station_id} is not running: {self.failed[station_id].error}"
+                ) from None
+            raise StationNotFoundError(f"no station {station_id!r}") from None
+
+    def states(self) -> list[StationState]:
+        running = [s.state() for s in self.stations.values()]
+        return running + list(self.failed.values())
+
+    async def inspect_now(
+        self, station_id: str, *, part_id: str | None = None, lot_id: str | None = None
+    ) -> InspectionResult:
+        """Inspect one fresh frame of a station now and return the result."""
+        return await self.station(station_id).inspect_now(part_id=part_id, lot_id=lot_id)
+
+    async def wait_finished(self) -> None:
+        """Wait until every station with a finite source has read all of it."""
+        await asyncio.gather(
+            *(
+                s.finished.wait()
+                for s in self.stations.values()
+                if not s.source.live and s.config.mode == "continuous"
+            )
+        )
+
+    async def _retention(self) -> None:
+        while True:
+            try:
+                await self.store.apply_retention()
+            except EdgeInspectorError as exc:
+                _LOGGER.error("retention failed: %s", exc)
+            await asyncio.sleep(_RETENTION_INTERVAL)

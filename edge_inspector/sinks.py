@@ -1,0 +1,74 @@
+"""The engine's outward port: where inspections, incidents and station states go.
+
+Home Assistant, MQTT, the HTTP API and the console each implement `EventSink`. A sink that
+fails is logged and skipped; it never stops detection or the other sinks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from .events import Incident, InspectionResult, StationState
+
+__all__ = ["EventSink", "SinkFanout"]
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class EventSink:
+    """Receives what the engine produces. Override what you need; each call may be slow."""
+
+    async def on_inspection(self, result: InspectionResult) -> None:
+        """Every inspection (a frame and its verdict)."""
+
+    async def on_incident(self, incident: Incident) -> None:
+        """A new incident, already in the store."""
+
+    async def on_incident_update(self, incident: Incident) -> None:
+        """An incident that changed later (acknowledged, enriched)."""
+
+    async def on_station_state(self, state: StationState) -> None:
+        """A station's state: availability, enabled, counters."""
+
+
+class SinkFanout(EventSink):
+    """Hands each event to every sink concurrently; a failing sink is logged, not raised."""
+
+    def __init__(self, sinks: Iterable[EventSink] = ()) -> None:
+        self._sinks: list[EventSink] = list(sinks)
+        self.failures = 0
+
+    def add(self, sink: EventSink) -> None:
+        self._sinks.append(sink)
+
+    def remove(self, sink: EventSink) -> None:
+        self._sinks.remove(sink)
+
+    async def _each(self, method: str, payload: object) -> None:
+        if not self._sinks:
+            return
+        results = await asyncio.gather(
+            *(getattr(sink, method)(payload) for sink in self._sinks), return_exceptions=True
+        )
+        for sink, result in zip(self._sinks, results, strict=False):
+            if isinstance(result, BaseException):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                self.failures += 1
+                _LOGGER.error(
+                    "%s.%s failed: %s", type(sink).__name__, method, result, exc_info=result
+                )
+
+    async def on_inspection(self, result: InspectionResult) -> None:
+        await self._each("on_inspection", result)
+
+    async def on_incident(self, incident: Incident) -> None:
+        await self._each("on_incident", incident)
+
+    async def on_incident_update(self, incident: Incident) -> None:
+        await self._each("on_incident_update", incident)
+
+    async def on_station_state(self, state: StationState) -> None:
+        await self._each("on_station_state", state)

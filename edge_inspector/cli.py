@@ -1,0 +1,333 @@
+"""The `edge-inspector` command.
+
+edge-inspector check -c FILE          validate a configuration (and load its models)
+edge-inspector run -c FILE            run every station until SIGINT/SIGTERM
+edge-inspector inspect IMAGE... --model PATH [--json]
+edge-inspector demo [--frames N | --duration S]
+edge-inspector train --data DATA.yaml  /  export --model PATH --format onnx
+edge-inspector schema [--out DIR]     write the JSON Schema of the events
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import EngineConfig, load_config
+from .errors import ConfigError, EdgeInspectorError, ImageDecodeError
+
+__all__ = ["main"]
+
+_LOGGER = logging.getLogger("edge_inspector")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose if verbose else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for noisy in ("ultralytics", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+# -- check / run ----------------------------------------------------------------------------
+
+
+async def _check_models(config: EngineConfig) -> list[str]:
+    from .detect.detector import YoloDetector
+
+    problems: list[str] = []
+    loaded: dict[Path, set[str]] = {}
+    loop = asyncio.get_running_loop()
+    for station in config.stations:
+        path = station.model.path
+        if path not in loaded:
+            detector = YoloDetector(path, imgsz=station.model.imgsz, device=station.model.device)
+            try:
+                await loop.run_in_executor(None, detector.load)
+            except EdgeInspectorError as exc:
+                problems.append(f"stations[{station.id}].model.path: {exc}")
+                loaded[path] = set()
+                continue
+            loaded[path] = set(detector.names.values())
+        names = loaded[path]
+        if names:
+            for cls in sorted(set(station.defects) - names):
+                problems.append(
+                    f"stations[{station.id}].defects.{cls}: not a class of {path.name} "
+                    f"(it knows: {', '.join(sorted(names))})"
+                )
+    return problems
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    problems = [] if args.no_load else asyncio.run(_check_models(config))
+    if problems:
+        print(f"{args.config}: {len(problems)} problem(s):", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    for station in config.stations:
+        print(
+            f"{station.id}: {station.name} — {station.source.type} source, {station.mode}, "
+            f"model {station.model.path.name}, defects {', '.join(station.defects)}"
+        )
+    print(f"{args.config}: OK ({len(config.stations)} station(s))")
+    return 0
+
+
+async def _run(config: EngineConfig) -> None:
+    from .engine import Engine
+    from .sinks import EventSink
+
+    class _LogSink(EventSink):
+        async def on_incident(self, incident):  # type: ignore[no-untyped-def]
+            _LOGGER.info(
+                "defect on %s: %s %.2f (incident %s)",
+                incident.station_id,
+                incident.defect_class,
+                incident.confidence,
+                incident.incident_id,
+            )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Engine(config, sinks=[_LogSink()]) as engine:
+        _LOGGER.info("running %d station(s); Ctrl-C stops", len(engine.stations))
+        finished = asyncio.create_task(engine.wait_finished()) if engine.stations else None
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait(
+            [t for t in (finished, stopper) if t], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in (finished, stopper):
+            if task is not None:
+                task.cancel()
+        _LOGGER.info("stopping")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    asyncio.run(_run(config))
+    return 0
+
+
+# -- inspect ---------------------------------------------------------------------------------
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .detect.detector import YoloDetector
+    from .frames import decode_image
+
+    detector = YoloDetector(args.model, imgsz=args.imgsz, device=args.device)
+    detector.load()
+    failures = 0
+    for name in args.images:
+        path = Path(name)
+        try:
+            image = decode_image(path.read_bytes(), origin=str(path))
+        except (OSError, ImageDecodeError) as exc:
+            failures += 1
+            message = (
+                str(exc) if isinstance(exc, ImageDecodeError) else f"{path}: {exc.strerror or exc}"
+            )
+            print(f"edge-inspector: error: {message}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"image": str(path), "error": message}), flush=True)
+            continue
+        raw = detector.predict([image], conf=args.conf)[0]
+        detections = [
+            {
+                "class": detector.names.get(int(c), str(int(c))),
+                "class_id": int(c),
+                "confidence": round(float(p), 4),
+                "box": [round(float(v), 1) for v in box],
+            }
+            for box, p, c in zip(raw.boxes, raw.confidences, raw.class_ids, strict=True)
+        ]
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "image": str(path),
+                        "width": image.shape[1],
+                        "height": image.shape[0],
+                        "detections": detections,
+                        "inference_ms": round(raw.inference_ms, 2),
+                    }
+                ),
+                flush=True,
+            )
+        else:
+            found = (
+                ", ".join(f"{d['class']} {d['confidence']:.2f}" for d in detections) or "nothing"
+            )
+            print(f"{path}: {found}", flush=True)
+    return 1 if failures else 0
+
+
+# -- demo / train / export / schema ------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo.runner import run_demo
+
+    duration = None if args.frames and args.duration is None else (args.duration or 60.0)
+    asyncio.run(run_demo(frames=args.frames, duration=duration, store=args.store, fps=args.fps))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .detect.runtime import prepare_ultralytics, use_threads_for
+
+    prepare_ultralytics()
+    from ultralytics import YOLO
+
+    use_threads_for("pytorch")
+    model = YOLO(args.model, task="detect")
+    model.train(
+        data=str(args.data),
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        device=args.device,
+        project=str(args.project),
+        name=args.name,
+        exist_ok=True,
+        plots=False,
+        amp=args.device != "cpu",
+        verbose=True,
+    )
+    print(f"weights: {Path(args.project) / args.name / 'weights' / 'best.pt'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .detect.runtime import prepare_ultralytics
+
+    prepare_ultralytics()
+    from ultralytics import YOLO
+
+    if not args.model.exists():
+        raise EdgeInspectorError(f"{args.model}: model file not found")
+    model = YOLO(str(args.model), task="detect")
+    out = model.export(
+        format=args.format,
+        imgsz=args.imgsz,
+        half=args.half,
+        int8=args.int8,
+        device=args.device,
+        verbose=False,
+    )
+    print(out)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .events import export_schemas
+
+    for path in export_schemas(args.out):
+        print(path)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-inspector", description="Local AI visual inspection."
+    )
+    parser.add_argument("--version", action="version", version=f"edge-inspector {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="validate a configuration file and load its models")
+    p.add_argument("-c", "--config", type=Path, required=True)
+    p.add_argument(
+        "--no-load", action="store_true", help="only validate the file, do not load models"
+    )
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("run", help="run every station of a configuration until stopped")
+    p.add_argument("-c", "--config", type=Path, required=True)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("inspect", help="detect objects in image files, one result per image")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    p.add_argument("--conf", type=float, default=0.25, help="minimum confidence (default 0.25)")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("demo", help="run the offline demo (synthetic conveyor, bundled model)")
+    p.add_argument("--frames", type=int, help="stop after this many frames")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default 60)")
+    p.add_argument("--fps", type=float, help="frames per second (0: as fast as possible)")
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=Path("edge-inspector-demo"),
+        help="where history and images go (default ./edge-inspector-demo)",
+    )
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a detection model on your own YOLO dataset")
+    p.add_argument("--data", type=Path, required=True, help="dataset yaml (Ultralytics format)")
+    p.add_argument(
+        "--model", default="yolo11n.yaml", help="a model yaml (from scratch) or .pt to fine-tune"
+    )
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--project", type=Path, default=Path("runs"))
+    p.add_argument("--name", default="train")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="export a model for ONNX Runtime, OpenVINO or TensorRT")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument(
+        "--format", default="onnx", choices=["onnx", "openvino", "engine", "torchscript"]
+    )
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--half", action="store_true")
+    p.add_argument("--int8", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("schema", help="write the JSON Schema of the published events")
+    p.add_argument("--out", type=Path, default=Path("schema"))
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"edge-inspector: {exc}", file=sys.stderr)
+        return 2
+    except EdgeInspectorError as exc:
+        print(f"edge-inspector: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        raise SystemExit(main())

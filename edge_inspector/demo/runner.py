@@ -1,0 +1,150 @@
+"""`edge-inspector demo`: the synthetic conveyor through the demo model, printed as it happens."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from ..config import load_config
+from ..engine import Engine
+from ..events import Incident, InspectionResult
+from ..sinks import EventSink
+from . import DEMO_CONFIG
+
+__all__ = ["DemoReporter", "percentile", "run_demo"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+class DemoReporter(EventSink):
+    """Prints each incident as it is stored, progress every few seconds, and a summary."""
+
+    def __init__(
+        self, out: TextIO, *, frames: int | None = None, progress_every: float = 5.0
+    ) -> None:
+        self._out = out
+        self._target = frames
+        self.done = asyncio.Event()
+        self._started = time.monotonic()
+        self._progress_every = progress_every
+        self._last_progress = self._started
+        self.inspections = 0
+        self.failed = 0
+        self.latencies: list[float] = []
+        self.by_class: collections.Counter[str] = collections.Counter()
+        self.incidents: list[Incident] = []
+
+    def _say(self, line: str) -> None:
+        print(line, file=self._out, flush=True)
+
+    async def on_inspection(self, result: InspectionResult) -> None:
+        self.inspections += 1
+        self.failed += result.verdict == "fail"
+        self.latencies.append(result.latency.total_ms)
+        if self._target is not None and self.inspections >= self._target:
+            self.done.set()
+        now = time.monotonic()
+        if now - self._last_progress >= self._progress_every:
+            self._last_progress = now
+            elapsed = now - self._started
+            self._say(
+                f"{elapsed:6.1f}s  {self.inspections} frames ({self.inspections / elapsed:.1f}/s), "
+                f"{len(self.incidents)} defects, "
+                f"p50 latency {percentile(self.latencies, 50):.0f} ms"
+            )
+
+    async def on_incident(self, incident: Incident) -> None:
+        self.incidents.append(incident)
+        self.by_class[incident.defect_class] += 1
+        track = f" track {incident.track_id}" if incident.track_id is not None else ""
+        self._say(
+            f"{time.monotonic() - self._started:6.1f}s  DEFECT {incident.defect_class:<8} "
+            f"{incident.confidence:.2f}{track}  incident {incident.incident_id[:8]}  "
+            f"[{incident.latency_ms:.0f} ms]  {incident.frame_path or ''}"
+        )
+
+    def summary(self, store: Path) -> str:
+        elapsed = time.monotonic() - self._started
+        classes = (
+            ", ".join(f"{name} {count}" for name, count in self.by_class.most_common()) or "none"
+        )
+        rate = self.inspections / max(elapsed, 1e-9)
+        p50, p90, p99 = (percentile(self.latencies, q) for q in (50, 90, 99))
+        return "\n".join(
+            [
+                "",
+                "Edge Inspector demo summary",
+                f"  frames inspected   {self.inspections} in {elapsed:.1f} s ({rate:.1f}/s)",
+                f"  frames with defect {self.failed}",
+                f"  incidents          {len(self.incidents)} ({classes})",
+                f"  latency (ms)       p50 {p50:.1f}  p90 {p90:.1f}  p99 {p99:.1f}"
+                "  (frame capture to result)",
+                f"  store              {store} (history.sqlite3, images/)",
+            ]
+        )
+
+
+async def run_demo(
+    *,
+    frames: int | None,
+    duration: float | None,
+    store: Path,
+    fps: float | None,
+    out: TextIO = sys.stdout,
+    config_path: Path = DEMO_CONFIG,
+) -> DemoReporter:
+    """Run the demo until `frames` or `duration` is reached, or until SIGINT/SIGTERM."""
+    config = load_config(config_path)
+    station = config.stations[0]
+    if fps is not None:
+        station = station.model_copy(update={"fps": fps or None})
+    config = config.model_copy(
+        update={
+            "stations": (station,),
+            "store": config.store.model_copy(update={"path": Path.cwd() / store}),
+        }
+    )
+    reporter = DemoReporter(out, frames=frames)
+    print(
+        f"Edge Inspector demo: {station.name}, model {station.model.path.name}, "
+        f"{'unlimited' if not station.fps else station.fps} fps; "
+        f"{f'{frames} frames' if frames else f'{duration:.0f} s' if duration else 'until Ctrl-C'}",
+        file=out,
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Engine(config, sinks=[reporter]) as engine:
+            if engine.failed:
+                raise SystemExit(f"demo station failed: {next(iter(engine.failed.values())).error}")
+            waits = [asyncio.create_task(stop.wait()), asyncio.create_task(reporter.done.wait())]
+            await asyncio.wait(waits, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+            for task in waits:
+                task.cancel()
+            if stop.is_set():
+                print("\nstopping (signal received)...", file=out, flush=True)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+    print(reporter.summary(config.store.path), file=out, flush=True)
+    return reporter

@@ -1,0 +1,84 @@
+"""Shared fixtures: the bundled demo model, synthetic frames with ground truth, configs."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_inspector.config import EngineConfig, load_config
+from edge_inspector.demo import DEMO_MODEL
+from edge_inspector.demo.synthetic import ConveyorCamera, ConveyorFrame, random_scene
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    assert DEMO_MODEL.is_file(), "the demo model is missing: run `make demo-model`"
+    return DEMO_MODEL
+
+
+def jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return bytes(buf.tobytes())
+
+
+@pytest.fixture(scope="session")
+def defect_scenes() -> list[ConveyorFrame]:
+    """Independent frames, each with at least one defect (ground truth attached)."""
+    rng = np.random.default_rng(12345)
+    scenes: list[ConveyorFrame] = []
+    while len(scenes) < 12:
+        scene = random_scene(rng, defect_rate=0.9)
+        if scene.truths:
+            scenes.append(scene)
+    return scenes
+
+
+@pytest.fixture(scope="session")
+def clean_scene() -> ConveyorFrame:
+    rng = np.random.default_rng(7)
+    while True:
+        scene = random_scene(rng, defect_rate=0.0)
+        if not scene.truths:
+            return scene
+
+
+@pytest.fixture
+def conveyor_frames() -> Callable[[int, int], list[ConveyorFrame]]:
+    def _make(count: int, seed: int = 0) -> list[ConveyorFrame]:
+        camera = ConveyorCamera(seed=seed, defect_rate=0.6)
+        return [camera.next_frame() for _ in range(count)]
+
+    return _make
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[str], Path]:
+    def _write(text: str, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return _write
+
+
+@pytest.fixture
+def make_config(
+    tmp_path: Path, demo_model: Path, write_config: Callable[[str], Path]
+) -> Callable[..., EngineConfig]:
+    """A one-or-more-station configuration on the demo model, as a user would write it."""
+
+    def _make(*stations: str, extra: str = "") -> EngineConfig:
+        body = "stations:\n" + "".join(
+            textwrap.indent(textwrap.dedent(s).strip() + "\n", "  ") for s in stations
+        )
+        body = body.replace("MODEL", str(demo_model))
+        body += f"store:\n  path: {tmp_path / 'store'}\n" + textwrap.dedent(extra)
+        return load_config(write_config(body))
+
+    return _make

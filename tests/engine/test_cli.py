@@ -1,0 +1,197 @@
+"""The `edge-inspector` command as a user runs it: real processes, real files, no network."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+from edge_inspector.demo import DEMO_CONFIG
+from edge_inspector.demo.synthetic import ConveyorFrame
+from tests.conftest import jpeg
+
+CLI = [sys.executable, "-m", "edge_inspector.cli"]
+
+
+def _offline() -> list[str]:
+    """Run in a network namespace with no network at all, where the machine allows it."""
+    if (
+        shutil.which("unshare")
+        and subprocess.run(["unshare", "-n", "true"], check=False).returncode == 0
+    ):
+        return ["unshare", "-n"]
+    return []
+
+
+def test_inspect_reports_every_image_and_fails_only_for_unreadable_ones(
+    tmp_path: Path,
+    demo_model: Path,
+    defect_scenes: list[ConveyorFrame],
+    clean_scene: ConveyorFrame,
+) -> None:
+    defect = tmp_path / "defect.jpg"
+    defect.write_bytes(jpeg(defect_scenes[0].image, 95))
+    clean = tmp_path / "clean.png"
+    cv2.imwrite(str(clean), clean_scene.image)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(jpeg(clean_scene.image)[:1000])
+    missing = tmp_path / "missing.jpg"
+    proc = subprocess.run(
+        [
+            *CLI,
+            "inspect",
+            str(defect),
+            str(truncated),
+            str(clean),
+            str(missing),
+            "--model",
+            str(demo_model),
+            "--imgsz",
+            "320",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [Path(r["image"]).name for r in lines] == [
+        "defect.jpg",
+        "truncated.jpg",
+        "clean.png",
+        "missing.jpg",
+    ]
+    found = {d["class"] for d in lines[0]["detections"]}
+    assert {t.class_name for t in defect_scenes[0].truths} <= found
+    box = lines[0]["detections"][0]["box"]
+    assert len(box) == 4 and box[0] < box[2] and box[1] < box[3]
+    assert lines[2]["detections"] == []
+    assert "truncated JPEG" in lines[1]["error"]
+    assert "missing.jpg" in lines[3]["error"]
+    assert "truncated.jpg: truncated JPEG" in proc.stderr
+
+
+def test_inspect_exits_zero_when_every_image_was_read_even_with_defects(
+    tmp_path: Path,
+    demo_model: Path,
+    defect_scenes: list[ConveyorFrame],
+) -> None:
+    image = tmp_path / "d.jpg"
+    image.write_bytes(jpeg(defect_scenes[1].image, 95))
+    proc = subprocess.run(
+        [*CLI, "inspect", str(image), "--model", str(demo_model), "--imgsz", "320"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{image}: ")
+    assert defect_scenes[1].truths[0].class_name in proc.stdout
+
+
+def test_check_accepts_the_demo_configuration() -> None:
+    proc = subprocess.run(
+        [*CLI, "check", "-c", str(DEMO_CONFIG)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "OK (1 station(s))" in proc.stdout
+
+
+def test_check_loads_models_and_names_unknown_classes(tmp_path: Path, demo_model: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"""
+stations:
+  - id: a
+    name: A
+    source: {{type: push}}
+    model: {{path: {demo_model}}}
+    defects: {{scratches: 0.5}}
+""")
+    proc = subprocess.run(
+        [*CLI, "check", "-c", str(config)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 1
+    assert "stations[a].defects.scratches: not a class of demo-defects.pt" in proc.stderr
+
+
+def test_demo_runs_offline_to_completion(tmp_path: Path) -> None:
+    store = tmp_path / "demo-store"
+    proc = subprocess.run(
+        [*_offline(), *CLI, "demo", "--frames", "60", "--fps", "0", "--store", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "DEFECT" in out
+    assert "Edge Inspector demo summary" in out
+    assert "frames inspected   6" in out  # 60 or a few more in flight
+    assert "latency (ms)       p50" in out
+    with sqlite3.connect(store / "history.sqlite3") as db:
+        (incidents,) = db.execute("SELECT COUNT(*) FROM incidents").fetchone()
+        (inspections,) = db.execute("SELECT COUNT(*) FROM inspections").fetchone()
+        (frame_path,) = db.execute("SELECT frame_path FROM incidents LIMIT 1").fetchone()
+    assert incidents >= 1
+    assert inspections >= 60
+    assert Path(frame_path).is_file()
+
+
+def test_run_stops_cleanly_on_sigterm(tmp_path: Path, demo_model: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"""
+stations:
+  - id: belt
+    name: Belt
+    source: {{type: synthetic, seed: 5}}
+    model: {{path: {demo_model}, imgsz: 320}}
+    defects: {{scratch: 0.5, dent: 0.5, crack: 0.5, spot: 0.5}}
+    fps: 10
+store: {{path: {tmp_path / "store"}}}
+""")
+    proc = subprocess.Popen(
+        [*CLI, "run", "-c", str(config)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:
+        if "running 1 station" in line:
+            break
+        assert time.monotonic() < deadline
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+    with sqlite3.connect(tmp_path / "store" / "history.sqlite3") as db:
+        (inspections,) = db.execute("SELECT COUNT(*) FROM inspections").fetchone()
+    assert inspections >= 5, "inspections made before SIGTERM were not written"
+
+
+@pytest.mark.parametrize("args", [["run"], ["inspect", "x.jpg"], ["bogus"]])
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "usage:" in proc.stderr

@@ -1,0 +1,90 @@
+"""Any format Ultralytics loads: the demo model as PyTorch, ONNX and OpenVINO agrees."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from edge_inspector.demo.synthetic import ConveyorFrame
+from edge_inspector.detect.detector import YoloDetector, model_backend
+from edge_inspector.detect.runtime import prepare_ultralytics, use_threads_for
+
+
+@pytest.fixture(scope="module")
+def exported(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    prepare_ultralytics()
+    from ultralytics import YOLO
+
+    folder = tmp_path_factory.mktemp("exported")
+    copy = folder / demo_model.name
+    copy.write_bytes(demo_model.read_bytes())
+    model = YOLO(str(copy), task="detect")
+    return {
+        "onnx": Path(model.export(format="onnx", imgsz=320, verbose=False)),
+        "openvino": Path(model.export(format="openvino", imgsz=320, verbose=False)),
+    }
+
+
+def _classes(detector: YoloDetector, scenes: list[ConveyorFrame]) -> list[set[str]]:
+    results = detector.predict([s.image for s in scenes], conf=0.4)
+    return [{detector.names[int(c)] for c in r.class_ids} for r in results]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_exported_models_agree_with_the_pytorch_model(
+    fmt: str, exported: dict[str, Path], demo_model: Path, defect_scenes: list[ConveyorFrame]
+) -> None:
+    reference = YoloDetector(demo_model, imgsz=320)
+    reference.load()
+    other = YoloDetector(exported[fmt], imgsz=320)
+    other.load()
+    assert other.backend == fmt
+    assert other.names == reference.names
+    scenes = defect_scenes[:8]
+    expected, got = _classes(reference, scenes), _classes(other, scenes)
+    agree = sum(a == b for a, b in zip(expected, got, strict=True))
+    assert agree >= 7, f"{fmt} disagrees with PyTorch: {got} vs {expected}"
+    truth = [{t.class_name for t in s.truths} for s in scenes]
+    assert sum(t <= g for t, g in zip(truth, got, strict=True)) >= 6
+
+
+def test_backend_detection() -> None:
+    assert model_backend(Path("a/best.pt")) == "pytorch"
+    assert model_backend(Path("best.onnx")) == "onnx"
+    assert model_backend(Path("best.engine")) == "tensorrt"
+
+
+def test_torch_threads_follow_the_backend() -> None:
+    from ultralytics.utils import torch_utils
+
+    cores = os.cpu_count() or 1
+    assert use_threads_for("pytorch") == cores
+    assert torch.get_num_threads() == cores
+    assert cores == torch_utils.NUM_THREADS  # what Ultralytics resets torch to on every predictor
+    assert use_threads_for("onnx") == 1
+    assert torch.get_num_threads() == 1
+    use_threads_for("pytorch")
+
+
+def test_ultralytics_is_configured_offline() -> None:
+    config_dir = prepare_ultralytics()
+    assert os.environ["YOLO_OFFLINE"] == "1"
+    assert os.environ["YOLO_AUTOINSTALL"] == "False"
+    assert (config_dir / "Ultralytics" / "Arial.ttf").is_file()
+    from ultralytics.utils import ONLINE
+
+    assert ONLINE is False
+
+
+def test_a_model_file_that_is_not_a_model_is_a_clear_error(tmp_path: Path) -> None:
+    from edge_inspector.errors import ModelError
+
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match=r"broken\.pt: cannot load the model"):
+        YoloDetector(bad).load()
+    with pytest.raises(ModelError, match="model file not found"):
+        YoloDetector(tmp_path / "absent.onnx").load()

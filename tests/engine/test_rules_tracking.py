@@ -1,0 +1,165 @@
+"""Defect rules (class, threshold, zones, size), tracking and the N-of-M debounce."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_inspector.config import DebounceConfig, StationConfig, TrackingConfig
+from edge_inspector.detect.detector import RawDetections
+from edge_inspector.detect.rules import DefectRules
+from edge_inspector.detect.tracking import Debouncer, DefectTracker
+from edge_inspector.events import BoundingBox, Detection
+
+NAMES = {0: "scratch", 1: "dent", 2: "bolt"}
+W, H = 640, 480
+FRAME = np.zeros((H, W, 3), np.uint8)
+
+
+def _station(**overrides: object) -> StationConfig:
+    data: dict[str, object] = {
+        "id": "s1",
+        "name": "S1",
+        "source": {"type": "push"},
+        "model": {"path": "m.pt"},
+        "defects": {"scratch": 0.5, "dent": 0.7},
+    }
+    data.update(overrides)
+    return StationConfig.model_validate(data)
+
+
+def _raw(*rows: tuple[float, float, float, float, float, int]) -> RawDetections:
+    arr = np.array(rows, np.float32).reshape(-1, 6)
+    return RawDetections(arr[:, :4], arr[:, 4], arr[:, 5].astype(np.int64), 1.0, 10.0, 1.0)
+
+
+def test_thresholds_are_per_class_and_other_classes_are_kept_as_not_defect() -> None:
+    rules = DefectRules(_station(), NAMES)
+    found = rules.apply(
+        _raw((10, 10, 50, 50, 0.6, 0), (60, 60, 90, 90, 0.6, 1), (100, 100, 140, 140, 0.99, 2)),
+        W,
+        H,
+    )
+    assert [(d.class_name, d.defect) for d in found] == [
+        ("scratch", True),
+        ("dent", False),
+        ("bolt", False),
+    ]
+    rules.set_threshold("dent", 0.55)
+    assert rules.apply(_raw((60, 60, 90, 90, 0.6, 1)), W, H)[0].defect
+    with pytest.raises(KeyError):
+        rules.set_threshold("bolt", 0.1)
+
+
+def test_region_of_interest_and_masks_use_the_box_centre() -> None:
+    # ROI: the left half; mask: the top-left quarter of the left half.
+    rules = DefectRules(
+        _station(
+            roi=[[0, 0], [0.5, 0], [0.5, 1], [0, 1]],
+            masks=[[[0, 0], [0.25, 0], [0.25, 0.25], [0, 0.25]]],
+        ),
+        NAMES,
+    )
+    inside = (200, 300, 240, 340, 0.9, 0)  # centre (220, 320): in the ROI
+    outside = (400, 300, 440, 340, 0.9, 0)  # centre x 420 > 320: outside
+    masked = (40, 40, 80, 80, 0.9, 0)  # centre (60, 60): in the mask
+    assert [d.defect for d in rules.apply(_raw(inside, outside, masked), W, H)] == [
+        True,
+        False,
+        False,
+    ]
+
+
+def test_minimum_box_area_is_a_fraction_of_the_frame() -> None:
+    rules = DefectRules(_station(min_box_area=0.01), NAMES)  # 1 % of 640x480 = 3072 px²
+    small = (0, 0, 50, 50, 0.9, 0)  # 2500 px²
+    large = (0, 0, 60, 60, 0.9, 0)  # 3600 px²
+    assert [d.defect for d in rules.apply(_raw(small, large), W, H)] == [False, True]
+
+
+def test_debounce_confirms_after_n_of_m_and_only_once() -> None:
+    debounce = Debouncer(n=2, m=3)
+    assert debounce.update(["track:1"]) == []
+    assert debounce.update([]) == []
+    assert debounce.update(["track:1"]) == ["track:1"]  # 2 of the last 3
+    assert debounce.update(["track:1"]) == []  # never twice
+    assert debounce.update([]) == []
+
+
+def test_debounce_ignores_a_flicker() -> None:
+    debounce = Debouncer(n=3, m=4)
+    for present in (["class:dent"], [], [], [], ["class:dent"], [], [], []):
+        assert debounce.update(present) == []
+
+
+def test_class_key_re_arms_after_m_frames_absent() -> None:
+    debounce = Debouncer(n=1, m=2)
+    assert debounce.update(["class:dent"]) == ["class:dent"]
+    assert debounce.update(["class:dent"]) == []
+    assert debounce.update([]) == []
+    assert debounce.update([]) == []  # absent for m frames: forgotten
+    assert debounce.update(["class:dent"]) == ["class:dent"]
+
+
+def _det(x: float, y: float, cls: str = "scratch", conf: float = 0.9) -> Detection:
+    return Detection(
+        class_name=cls,
+        class_id=0 if cls == "scratch" else 1,
+        confidence=conf,
+        box=BoundingBox(x1=x, y1=y, x2=x + 40, y2=y + 20),
+        defect=True,
+    )
+
+
+def test_one_scratch_moving_across_thirty_frames_is_one_incident() -> None:
+    tracker = DefectTracker(TrackingConfig(), DebounceConfig(n=2, m=3))
+    confirmed = []
+    ids = set()
+    for frame in range(30):
+        detections, new = tracker.update([_det(20 + 16 * frame, 200)], FRAME)
+        confirmed += new
+        ids |= {d.track_id for d in detections if d.track_id is not None}
+    assert len(confirmed) == 1
+    assert confirmed[0].class_name == "scratch"
+    assert ids == {confirmed[0].track_id}
+
+
+def test_two_defects_on_one_frame_are_two_incidents() -> None:
+    tracker = DefectTracker(TrackingConfig(), DebounceConfig(n=2, m=3))
+    confirmed = []
+    for frame in range(6):
+        _, new = tracker.update(
+            [_det(20 + 10 * frame, 100), _det(20 + 10 * frame, 350, "dent")], FRAME
+        )
+        confirmed += new
+    assert sorted(c.class_name for c in confirmed) == ["dent", "scratch"]
+    assert len({c.track_id for c in confirmed}) == 2
+
+
+def test_a_defect_on_a_single_frame_does_not_pass_the_debounce() -> None:
+    tracker = DefectTracker(TrackingConfig(), DebounceConfig(n=2, m=3))
+    assert tracker.update([_det(100, 100)], FRAME)[1] == []
+    for _ in range(5):
+        assert tracker.update([], FRAME)[1] == []
+
+
+def test_without_tracking_the_class_is_debounced() -> None:
+    tracker = DefectTracker(TrackingConfig(enabled=False), DebounceConfig(n=2, m=2))
+    confirmed = [tracker.update([_det(10 * i, 10 * i)], FRAME)[1] for i in range(5)]
+    assert [len(c) for c in confirmed] == [0, 1, 0, 0, 0]
+
+
+def test_triggered_mode_reports_every_defect_class_of_the_one_part() -> None:
+    tracker = DefectTracker(TrackingConfig(), DebounceConfig(n=3, m=5), triggered=True)
+    detections = [_det(10, 10), _det(200, 10), _det(300, 300, "dent")]
+    _, confirmed = tracker.update(detections, FRAME)
+    assert [(c.class_name, c.indices) for c in confirmed] == [("dent", (2,)), ("scratch", (0, 1))]
+
+
+def test_not_a_defect_is_never_tracked() -> None:
+    tracker = DefectTracker(TrackingConfig(), DebounceConfig(n=1, m=1))
+    other = _det(10, 10).model_copy(update={"defect": False})
+    for _ in range(3):
+        detections, confirmed = tracker.update([other], FRAME)
+        assert confirmed == []
+        assert detections[0].track_id is None

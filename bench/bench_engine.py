@@ -1,0 +1,279 @@
+"""Engine overhead and batching, measured against a baseline in the same run.
+
+    python bench/bench_engine.py [--frames 200] [--device cpu|cuda:0] [--rounds 3]
+
+1. One station: frames/s and p50/p99 frame-to-result latency of the engine (source, batched
+   inference thread, rules, tracking, store, sinks) versus a bare loop calling Ultralytics
+   `predict` on the same model and the same frames. Goal: engine/bare <= 1.10.
+2. Four stations sharing the model: batched (one model call for the four frames) versus the
+   same engine with batching off (max_batch 1, four calls one after another).
+Rounds alternate between the contenders; each figure is the median over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from edge_inspector.config import EngineConfig
+from edge_inspector.demo import DEMO_MODEL
+from edge_inspector.demo.runner import percentile
+from edge_inspector.demo.synthetic import ConveyorCamera
+from edge_inspector.detect.runtime import prepare_ultralytics, use_threads_for
+from edge_inspector.engine import Engine
+from edge_inspector.events import InspectionResult
+from edge_inspector.frames import Frame, Image
+from edge_inspector.sinks import EventSink
+from edge_inspector.sources import FrameSource
+
+
+class MemorySource(FrameSource):
+    """Pre-decoded frames, handed out as fast as the station asks: no camera in the way."""
+
+    live = False
+
+    def __init__(self, images: list[Image], go: asyncio.Event) -> None:
+        self._images = images
+        self._index = 0
+        self._go = go  # set once every model is loaded: start-up is not part of the timing
+        self.captured: dict[int, float] = {}
+
+    async def read(self, *, not_before: float | None = None) -> Frame:
+        from edge_inspector.errors import SourceExhaustedError
+
+        await self._go.wait()
+        if self._index >= len(self._images):
+            raise SourceExhaustedError("done")
+        image = self._images[self._index]
+        self._index += 1
+        frame = Frame(image, self._index, "memory")
+        self.captured[frame.seq] = frame.captured_at
+        return frame
+
+
+class EventClock(EventSink):
+    """Frame-to-event latency: from the frame's capture to the sink receiving its inspection."""
+
+    def __init__(self, sources: dict[str, MemorySource]) -> None:
+        self._sources = sources
+        self.event_ms: list[float] = []
+        self.result_ms: list[float] = []
+
+    async def on_inspection(self, result: InspectionResult) -> None:
+        captured = self._sources[result.station_id].captured[result.frame_seq]
+        self.event_ms.append((time.monotonic() - captured) * 1000)
+        self.result_ms.append(result.latency.total_ms)
+
+
+def bare_loop(model: object, images: list[Image], *, imgsz: int, device: str) -> dict[str, float]:
+    latencies = []
+    started = time.perf_counter()
+    for image in images:
+        t0 = time.perf_counter()
+        model.predict(image, imgsz=imgsz, conf=0.25, device=device, verbose=False)  # type: ignore[attr-defined]
+        latencies.append((time.perf_counter() - t0) * 1000)
+    elapsed = time.perf_counter() - started
+    return {
+        "fps": len(images) / elapsed,
+        "p50": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
+    }
+
+
+def bare_sequential(
+    model: object, streams: list[list[Image]], *, imgsz: int, device: str
+) -> dict[str, float]:
+    """Four cameras, one predict call each per frame, one after another."""
+    latencies = []
+    started = time.perf_counter()
+    for frames in zip(*streams, strict=True):
+        t0 = time.perf_counter()
+        for image in frames:
+            model.predict(image, imgsz=imgsz, conf=0.25, device=device, verbose=False)  # type: ignore[attr-defined]
+        latencies.extend([(time.perf_counter() - t0) * 1000] * len(frames))
+    elapsed = time.perf_counter() - started
+    total = sum(len(s) for s in streams)
+    return {
+        "fps": total / elapsed,
+        "p50": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
+    }
+
+
+async def engine_run(
+    streams: list[list[Image]], *, model: Path, imgsz: int, device: str, max_batch: int, store: Path
+) -> dict[str, float]:
+    stations = [
+        {
+            "id": f"cam{i}",
+            "name": f"Camera {i}",
+            "source": {"type": "push"},
+            "model": {"path": str(model), "imgsz": imgsz, "device": device},
+            "defects": {"scratch": 0.45, "dent": 0.45, "crack": 0.45, "spot": 0.45},
+            "fps": None,
+        }
+        for i in range(len(streams))
+    ]
+    config = EngineConfig.model_validate(
+        {
+            "stations": stations,
+            "store": {"path": str(store)},
+            "detection": {"max_batch": max_batch, "batch_window_ms": 10},
+        }
+    )
+    go = asyncio.Event()
+    sources = {f"cam{i}": MemorySource(images, go) for i, images in enumerate(streams)}
+    clock = EventClock(sources)
+    engine = Engine(config, sinks=[clock], source_factory=lambda station: sources[station.id])
+    async with engine:
+        started = time.perf_counter()
+        go.set()
+        await engine.wait_finished()
+        elapsed = time.perf_counter() - started
+    total = sum(len(s) for s in streams)
+    assert len(clock.event_ms) == total, (len(clock.event_ms), total)
+    return {
+        "fps": total / elapsed,
+        "p50": percentile(clock.result_ms, 50),
+        "p99": percentile(clock.result_ms, 99),
+        "event_p50": percentile(clock.event_ms, 50),
+        "event_p99": percentile(clock.event_ms, 99),
+    }
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def _fmt(name: str, r: dict[str, float]) -> str:
+    line = (
+        f"  {name:<34} {r['fps']:8.1f} frames/s   p50 {r['p50']:7.2f} ms   p99 {r['p99']:7.2f} ms"
+    )
+    if "event_p50" in r:
+        line += f"   (to event: p50 {r['event_p50']:.2f}, p99 {r['event_p99']:.2f} ms)"
+    return line
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--model", type=Path, default=DEMO_MODEL)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    prepare_ultralytics()
+    from ultralytics import YOLO
+
+    camera = ConveyorCamera(seed=42, defect_rate=0.5)
+    images = [camera.next_frame().image for _ in range(args.frames)]
+    streams = [[camera.next_frame().image for _ in range(args.frames // 4)] for _ in range(4)]
+    use_threads_for("pytorch")
+    model = YOLO(str(args.model), task="detect")
+    for image in images[:10]:  # warm-up
+        model.predict(image, imgsz=args.imgsz, device=args.device, verbose=False)
+
+    single_bare, single_engine, multi_seq, multi_batched, multi_bare = [], [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            single_bare.append(bare_loop(model, images, imgsz=args.imgsz, device=args.device))
+            single_engine.append(
+                asyncio.run(
+                    engine_run(
+                        [images],
+                        model=args.model,
+                        imgsz=args.imgsz,
+                        device=args.device,
+                        max_batch=8,
+                        store=Path(tmp) / f"s{r}",
+                    )
+                )
+            )
+            multi_bare.append(bare_sequential(model, streams, imgsz=args.imgsz, device=args.device))
+            multi_seq.append(
+                asyncio.run(
+                    engine_run(
+                        streams,
+                        model=args.model,
+                        imgsz=args.imgsz,
+                        device=args.device,
+                        max_batch=1,
+                        store=Path(tmp) / f"q{r}",
+                    )
+                )
+            )
+            multi_batched.append(
+                asyncio.run(
+                    engine_run(
+                        streams,
+                        model=args.model,
+                        imgsz=args.imgsz,
+                        device=args.device,
+                        max_batch=4,
+                        store=Path(tmp) / f"b{r}",
+                    )
+                )
+            )
+    bare, eng = _median(single_bare), _median(single_engine)
+    seq, bat, mbare = _median(multi_seq), _median(multi_batched), _median(multi_bare)
+    device = args.device
+    if device.startswith("cuda"):
+        import torch
+
+        device += f" ({torch.cuda.get_device_name(0)})"
+    print(
+        f"Edge Inspector benchmark: {args.model.name} @ {args.imgsz}, {args.frames} frames, "
+        f"{args.rounds} rounds, device {device}, {os.cpu_count()} CPUs, "
+        f"{platform.processor() or platform.machine()}"
+    )
+    print(
+        "\n1. One station: engine versus a bare Ultralytics predict loop (same model, same frames)"
+    )
+    print(_fmt("bare predict loop", bare))
+    print(_fmt("engine", eng))
+    ratios = {
+        "time_per_frame": bare["fps"] / eng["fps"],
+        "p50": eng["p50"] / bare["p50"],
+        "p99": eng["p99"] / bare["p99"],
+    }
+    print(
+        f"  ratio engine/bare: time per frame {ratios['time_per_frame']:.3f}, p50 latency "
+        f"{ratios['p50']:.3f}, p99 latency {ratios['p99']:.3f}   (goal <= 1.10)"
+    )
+    print("\n2. Four stations sharing the model: batched versus one after another")
+    print(_fmt("bare predict, 4 calls per round", mbare))
+    print(_fmt("engine, batching off (max_batch 1)", seq))
+    print(_fmt("engine, batched (max_batch 4)", bat))
+    print(
+        f"  ratio batched/sequential: throughput {bat['fps'] / seq['fps']:.3f}x, p50 latency "
+        f"{bat['p50'] / seq['p50']:.3f}; batched engine vs bare sequential throughput "
+        f"{bat['fps'] / mbare['fps']:.3f}x"
+    )
+    ok = all(v <= 1.10 for v in ratios.values())
+    print(f"\nengine overhead goal (<= 1.10): {'met' if ok else 'NOT met'}")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "single": {"bare": bare, "engine": eng, "ratios": ratios},
+                    "four": {"bare_sequential": mbare, "sequential": seq, "batched": bat},
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -185,6 +185,11 @@ class TrackingConfig(_Model):
     enabled: bool = True
     tracker: Literal["bytetrack", "botsort"] = "bytetrack"
     lost_frames: Annotated[int, Field(ge=1, le=10000)] = 30
+    box_scale: Annotated[float, Field(ge=1.0, le=10.0)] = Field(
+        default=2.5,
+        description="Boxes are enlarged by this factor around their centre for matching from "
+        "frame to frame, so a small defect moving about its own size per frame keeps its track.",
+    )
 
 
 class ImagesConfig(_Model):

@@ -163,3 +163,26 @@ def test_not_a_defect_is_never_tracked() -> None:
         detections, confirmed = tracker.update([other], FRAME)
         assert confirmed == []
         assert detections[0].track_id is None
+
+
+def test_a_small_fast_defect_keeps_its_track() -> None:
+    # A 20 px spot moving 16 px a frame overlaps its last box by only a fifth: matched on
+    # enlarged boxes it still keeps one track (and so makes one incident).
+    tracker = DefectTracker(TrackingConfig(), DebounceConfig(n=2, m=3))
+    spot = Detection(
+        class_name="dent",
+        class_id=1,
+        confidence=0.55,
+        box=BoundingBox(x1=0, y1=200, x2=20, y2=220),
+        defect=True,
+    )
+    confirmed, ids = [], set()
+    for frame in range(25):
+        moved = spot.model_copy(
+            update={"box": BoundingBox(x1=16 * frame, y1=200, x2=16 * frame + 20, y2=220)}
+        )
+        detections, new = tracker.update([moved], FRAME)
+        confirmed += new
+        ids.add(detections[0].track_id)
+    assert len(confirmed) == 1
+    assert len(ids - {None}) == 1

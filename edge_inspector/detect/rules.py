@@ -61,16 +61,19 @@ class DefectRules:
         return not any(_inside(mask, cx, cy, width, height) for mask in self._masks)
 
     def apply(self, raw: RawDetections, width: int, height: int) -> list[Detection]:
+        # The values come from the model's own arrays, already typed and in range: the models
+        # are built without re-validation, which is a measurable part of a GPU frame's time.
         detections = []
         for (x1, y1, x2, y2), conf, cls in zip(
-            raw.boxes, raw.confidences, raw.class_ids, strict=True
+            raw.boxes.tolist(), raw.confidences.tolist(), raw.class_ids.tolist(), strict=True
         ):
             class_id = int(cls)
             name = self._names.get(class_id, str(class_id))
-            box = BoundingBox(x1=float(x1), y1=float(y1), x2=float(x2), y2=float(y2))
-            confidence = round(float(conf), 4)
+            box = BoundingBox.model_construct(x1=x1, y1=y1, x2=x2, y2=y2)
+            confidence = round(conf, 4)
             detections.append(
-                Detection(
+                Detection.model_construct(
+                    track_id=None,
                     class_name=name,
                     class_id=class_id,
                     confidence=confidence,

@@ -59,7 +59,11 @@ def decode_image(data: bytes, *, origin: str = "image", max_pixels: int = MAX_PI
                 kind = probe.format
     except PILImage.DecompressionBombError as exc:
         raise ImageDecodeError(f"{origin}: image is larger than {limit} ({exc})") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, ImportError) as exc:
+        # ImportError: once imported, Ultralytics patches Image.open to try an optional HEIF
+        # plugin on anything Pillow cannot identify.
+        if isinstance(exc, ImportError):
+            exc = UnidentifiedImageError("unknown image format")
         raise ImageDecodeError(f"{origin}: not a readable image ({exc})") from None
     if width * height > max_pixels:
         raise ImageDecodeError(

@@ -55,6 +55,16 @@ def test_garbage_bytes() -> None:
         decode_image(b"<html>502 Bad Gateway</html>")
 
 
+def test_garbage_bytes_after_ultralytics_patched_pillow() -> None:
+    from edge_inspector.detect.runtime import prepare_ultralytics
+
+    prepare_ultralytics()
+    import ultralytics.utils.patches  # noqa: F401  (replaces PIL.Image.open)
+
+    with pytest.raises(ImageDecodeError, match="not a readable image"):
+        decode_image(b"GIF89a but not really")
+
+
 def _png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return (

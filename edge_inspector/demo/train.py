@@ -1,6 +1,8 @@
 """Train the bundled demo defect model on synthetic conveyor frames, from scratch and offline.
 
     python -m edge_inspector.demo.train            # what `make demo-model` runs
+    python -m edge_inspector.demo.train --device 0 --hours 0.085 --workers 12
+                                                   # how the bundled model was made (one H100)
 
 Generates a training and a held-out validation set with the demo's own renderer (different
 seeds), trains a YOLO nano model from its yaml (no download), validates it on the held-out set
@@ -72,6 +74,9 @@ def train(
     base: str = "yolo11n.yaml",
     device: str = "cpu",
     seed: int = 0,
+    batch: int = 16,
+    workers: int = 2,
+    hours: float | None = None,
 ) -> dict[str, object]:
     """Train, validate on the held-out set, copy the weights to `out`; return the figures."""
     prepare_ultralytics()
@@ -94,9 +99,9 @@ def train(
             data=str(data),
             epochs=epochs,
             imgsz=imgsz,
-            batch=16,
+            batch=batch,
             device=device,
-            workers=2,
+            workers=workers,
             project=str(work / "runs"),
             name="demo",
             exist_ok=True,
@@ -110,6 +115,7 @@ def train(
             flipud=0.5,
             mosaic=1.0,
             close_mosaic=5,
+            **({"time": hours} if hours else {}),
         )
         best = work / "runs" / "demo" / "weights" / "best.pt"
         trained = YOLO(str(best), task="detect")
@@ -135,6 +141,9 @@ def train(
             "train_images": train_images,
             "val_images": val_images,
             "seed": seed,
+            "device": device,
+            "hours": hours,
+            "batch": batch,
             "map50": round(float(metrics.box.map50), 4),
             "map50_95": round(float(metrics.box.map), 4),
             "map50_per_class": per_class,
@@ -151,12 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=DEMO_MODEL)
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--imgsz", type=int, default=320)
-    parser.add_argument("--train-images", type=int, default=400)
-    parser.add_argument("--val-images", type=int, default=100)
+    parser.add_argument("--train-images", type=int, default=500)
+    parser.add_argument("--val-images", type=int, default=120)
     parser.add_argument("--base", default="yolo11n.yaml")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, or a GPU index such as 0")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2, help="data loader processes")
+    parser.add_argument("--hours", type=float, help="train for this long instead of --epochs")
     args = parser.parse_args(argv)
     figures = train(
         out=args.out,
@@ -166,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         val_images=args.val_images,
         base=args.base,
         device=args.device,
+        batch=args.batch,
+        workers=args.workers,
+        hours=args.hours,
     )
     print(json.dumps(figures, indent=2))
     return 0

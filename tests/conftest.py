@@ -51,7 +51,7 @@ def clean_scene() -> ConveyorFrame:
 @pytest.fixture
 def conveyor_frames() -> Callable[[int, int], list[ConveyorFrame]]:
     def _make(count: int, seed: int = 0) -> list[ConveyorFrame]:
-        camera = ConveyorCamera(seed=seed, defect_rate=0.6)
+        camera = ConveyorCamera(seed=seed, defect_rate=0.8)
         return [camera.next_frame() for _ in range(count)]
 
     return _make

@@ -49,6 +49,10 @@ class DemoReporter(EventSink):
         self.by_class: collections.Counter[str] = collections.Counter()
         self.incidents: list[Incident] = []
 
+    def start_clock(self) -> None:
+        """Count time from now: the model is loaded and the stations are running."""
+        self._started = self._last_progress = time.monotonic()
+
     def _say(self, line: str) -> None:
         print(line, file=self._out, flush=True)
 
@@ -134,6 +138,7 @@ async def run_demo(
             loop.add_signal_handler(sig, stop.set)
     try:
         async with Engine(config, sinks=[reporter]) as engine:
+            reporter.start_clock()
             if engine.failed:
                 raise SystemExit(f"demo station failed: {next(iter(engine.failed.values())).error}")
             waits = [asyncio.create_task(stop.wait()), asyncio.create_task(reporter.done.wait())]

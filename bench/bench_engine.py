@@ -20,12 +20,14 @@ import platform
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from edge_inspector.config import EngineConfig
 from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.demo.runner import percentile
 from edge_inspector.demo.synthetic import ConveyorCamera
+from edge_inspector.detect.batcher import inference_thread
 from edge_inspector.detect.runtime import prepare_ultralytics, use_threads_for
 from edge_inspector.engine import Engine
 from edge_inspector.events import InspectionResult
@@ -108,7 +110,14 @@ def bare_sequential(
 
 
 async def engine_run(
-    streams: list[list[Image]], *, model: Path, imgsz: int, device: str, max_batch: int, store: Path
+    streams: list[list[Image]],
+    executor: ThreadPoolExecutor,
+    *,
+    model: Path,
+    imgsz: int,
+    device: str,
+    max_batch: int,
+    store: Path,
 ) -> dict[str, float]:
     stations = [
         {
@@ -131,7 +140,12 @@ async def engine_run(
     go = asyncio.Event()
     sources = {f"cam{i}": MemorySource(images, go) for i, images in enumerate(streams)}
     clock = EventClock(sources)
-    engine = Engine(config, sinks=[clock], source_factory=lambda station: sources[station.id])
+    engine = Engine(
+        config,
+        sinks=[clock],
+        source_factory=lambda station: sources[station.id],
+        inference_executor=executor,
+    )
     async with engine:
         started = time.perf_counter()
         go.set()
@@ -180,51 +194,45 @@ def main() -> int:
     images = [camera.next_frame().image for _ in range(args.frames)]
     streams = [[camera.next_frame().image for _ in range(args.frames // 4)] for _ in range(4)]
     use_threads_for("pytorch")
-    model = YOLO(str(args.model), task="detect")
+    # Everything that runs the model, baseline included, runs on the engine's one inference
+    # thread: a second thread running PyTorch would slow both (see detect/batcher.py).
+    executor = inference_thread()
+    model = executor.submit(YOLO, str(args.model), task="detect").result()
     for image in images[:10]:  # warm-up
-        model.predict(image, imgsz=args.imgsz, device=args.device, verbose=False)
+        executor.submit(
+            model.predict, image, imgsz=args.imgsz, device=args.device, verbose=False
+        ).result()
+
+    def engine(streams: list[list[Image]], max_batch: int, store: Path) -> dict[str, float]:
+        return asyncio.run(
+            engine_run(
+                streams,
+                executor,
+                model=args.model,
+                imgsz=args.imgsz,
+                device=args.device,
+                max_batch=max_batch,
+                store=store,
+            )
+        )
 
     single_bare, single_engine, multi_seq, multi_batched, multi_bare = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            single_bare.append(bare_loop(model, images, imgsz=args.imgsz, device=args.device))
-            single_engine.append(
-                asyncio.run(
-                    engine_run(
-                        [images],
-                        model=args.model,
-                        imgsz=args.imgsz,
-                        device=args.device,
-                        max_batch=8,
-                        store=Path(tmp) / f"s{r}",
-                    )
-                )
+            single_bare.append(
+                executor.submit(
+                    bare_loop, model, images, imgsz=args.imgsz, device=args.device
+                ).result()
             )
-            multi_bare.append(bare_sequential(model, streams, imgsz=args.imgsz, device=args.device))
-            multi_seq.append(
-                asyncio.run(
-                    engine_run(
-                        streams,
-                        model=args.model,
-                        imgsz=args.imgsz,
-                        device=args.device,
-                        max_batch=1,
-                        store=Path(tmp) / f"q{r}",
-                    )
-                )
+            single_engine.append(engine([images], 8, Path(tmp) / f"s{r}"))
+            multi_bare.append(
+                executor.submit(
+                    bare_sequential, model, streams, imgsz=args.imgsz, device=args.device
+                ).result()
             )
-            multi_batched.append(
-                asyncio.run(
-                    engine_run(
-                        streams,
-                        model=args.model,
-                        imgsz=args.imgsz,
-                        device=args.device,
-                        max_batch=4,
-                        store=Path(tmp) / f"b{r}",
-                    )
-                )
-            )
+            multi_seq.append(engine(streams, 1, Path(tmp) / f"q{r}"))
+            multi_batched.append(engine(streams, 4, Path(tmp) / f"b{r}"))
+    executor.shutdown()
     bare, eng = _median(single_bare), _median(single_engine)
     seq, bat, mbare = _median(multi_seq), _median(multi_batched), _median(multi_bare)
     device = args.device

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 
 from .config import EngineConfig, StationConfig
-from .detect.batcher import InferenceQueue
+from .detect.batcher import InferenceQueue, inference_thread
 from .detect.detector import YoloDetector
 from .errors import EdgeInspectorError, ModelError, StationNotFoundError
 from .events import InspectionResult, StationState
@@ -47,6 +47,7 @@ class Engine:
         store: Store | None = None,
         cache_dir: Path | None = None,
         source_factory: Callable[[StationConfig], FrameSource] | None = None,
+        inference_executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.config = config
         self.sinks = SinkFanout(sinks)
@@ -55,6 +56,8 @@ class Engine:
         self._session = session
         self._cache_dir = cache_dir
         self._source_factory = source_factory  # default: the source the configuration names
+        self._own_inference = inference_executor is None
+        self._inference_executor = inference_executor or inference_thread()
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edge_inspector_io")
         self._inference: dict[ModelKey, InferenceQueue] = {}
         self.stations: dict[str, Station] = {}
@@ -82,6 +85,7 @@ class Engine:
                 ),
                 max_batch=self.config.detection.max_batch,
                 batch_window=self.config.detection.batch_window_ms / 1000,
+                executor=self._inference_executor,
             )
             try:
                 await queue.start()
@@ -152,6 +156,8 @@ class Engine:
         for queue in self._inference.values():
             await queue.close()
         self._inference.clear()
+        if self._own_inference:
+            self._inference_executor.shutdown(wait=True, cancel_futures=True)
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None

@@ -21,7 +21,7 @@ from ..errors import ModelError
 from ..frames import Image
 from .detector import RawDetections, YoloDetector
 
-__all__ = ["BatchedResult", "InferenceQueue"]
+__all__ = ["BatchedResult", "InferenceQueue", "inference_thread"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -40,17 +40,34 @@ class _Request:
     future: asyncio.Future[BatchedResult] = field(repr=False)
 
 
+def inference_thread() -> ThreadPoolExecutor:
+    """The one thread that runs every model of a process.
+
+    PyTorch's CPU kernels use an OpenMP thread team per calling thread. Two threads running
+    inference keep two teams spinning on the same cores, and both run about half as fast for
+    as long as the process lives (measured: 31 ms a frame on one thread, 55-75 ms once a second
+    thread has run the model). So models take turns on a single thread.
+    """
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge_inspector_yolo")
+
+
 class InferenceQueue:
-    """Feeds a `YoloDetector` from many stations, in batches, on its own thread."""
+    """Feeds a `YoloDetector` from many stations, in batches, on the inference thread."""
 
     def __init__(
-        self, detector: YoloDetector, *, max_batch: int = 8, batch_window: float = 0.010
+        self,
+        detector: YoloDetector,
+        *,
+        max_batch: int = 8,
+        batch_window: float = 0.010,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.detector = detector
         self.max_batch = max_batch
         self.batch_window = batch_window
         self._last_seen: dict[str, float] = {}  # client -> loop time of its last frame
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge_inspector_yolo")
+        self._own_executor = executor is None
+        self._executor = executor or inference_thread()
         self._pending: list[_Request] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -75,7 +92,8 @@ class InferenceQueue:
             if not request.future.done():
                 request.future.set_exception(ModelError("the detector was stopped"))
         self._pending.clear()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._own_executor:
+            self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def infer(self, image: Image, *, conf: float, client: str = "") -> BatchedResult:
         """Detect objects in one frame; waits its turn in the next batch."""

@@ -327,3 +327,39 @@ async def test_stopping_leaves_no_threads_or_tasks(
     assert leftover == []
     tasks = [t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert not [n for n in tasks if n.startswith("edge_inspector")]
+
+
+async def test_every_model_runs_on_one_inference_thread(
+    make_config: Callable[..., EngineConfig],
+) -> None:
+    # Two threads running PyTorch keep two OpenMP teams spinning on the same cores and halve
+    # the speed of both; the engine must never start a second one.
+    config = make_config(
+        """
+        - id: small
+          name: Small
+          source: {type: synthetic, seed: 1}
+          model: {path: MODEL, imgsz: 320}
+          defects: {scratch: 0.5}
+          fps: 20
+        """,
+        """
+        - id: large
+          name: Large
+          source: {type: synthetic, seed: 2}
+          model: {path: MODEL, imgsz: 416}
+          defects: {scratch: 0.5}
+          fps: 20
+        """,
+    )
+    async with Engine(config) as engine:
+        assert len(engine._inference) == 2  # two models (same file, two input sizes)
+        for _ in range(100):
+            if all(s.inspections for s in engine.stations.values()):
+                break
+            await asyncio.sleep(0.1)
+        assert all(s.inspections for s in engine.stations.values())
+        inference_threads = [
+            t for t in threading.enumerate() if t.name.startswith("edge_inspector_yolo")
+        ]
+    assert len(inference_threads) == 1

@@ -31,12 +31,10 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
 
 
-def _auth(username: str | None, password: str | None) -> aiohttp.BasicAuth | None:
-    return aiohttp.BasicAuth(username, password or "") if username else None
+class _HttpCamera(FrameSource):
+    """What every HTTP camera has: a URL, the injected session, credentials and a timeout."""
 
-
-class SnapshotSource(FrameSource):
-    """A camera's snapshot URL: each read is one GET, so every frame is fresh."""
+    kind = "http"
 
     def __init__(
         self,
@@ -50,19 +48,28 @@ class SnapshotSource(FrameSource):
         executor: Executor | None = None,
     ) -> None:
         self._url, self._session = url, session
-        self._auth = _auth(username, password)
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._auth = aiohttp.BasicAuth(username, password or "") if username else None
+        self._timeout_s = timeout
         self._ssl = verify_tls  # True: aiohttp's default verification
         self._executor = executor
         self._seq = 0
 
     def describe(self) -> str:
-        return f"snapshot {redact_url(self._url)}"
+        return f"{self.kind} {redact_url(self._url)}"
+
+
+class SnapshotSource(_HttpCamera):
+    """A camera's snapshot URL: each read is one GET, so every frame is fresh."""
+
+    kind = "snapshot"
 
     async def read(self, *, not_before: float | None = None) -> Frame:
         try:
             async with self._session.get(
-                self._url, auth=self._auth, timeout=self._timeout, ssl=self._ssl
+                self._url,
+                auth=self._auth,
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+                ssl=self._ssl,
             ) as resp:
                 if resp.status != 200:
                     raise SourceError(
@@ -84,36 +91,17 @@ class SnapshotSource(FrameSource):
         return Frame(image, self._seq, redact_url(self._url))
 
 
-class MjpegSource(FrameSource):
+class MjpegSource(_HttpCamera):
     """A multipart/x-mixed-replace MJPEG stream read continuously; the station gets the newest.
 
     Only the frame the station takes is decoded, so a fast camera costs little CPU when the
     detector is slower. The reader reconnects with capped backoff when the stream drops.
     """
 
-    def __init__(
-        self,
-        url: str,
-        session: aiohttp.ClientSession,
-        *,
-        username: str | None = None,
-        password: str | None = None,
-        timeout: float = 10.0,
-        verify_tls: bool = True,
-        executor: Executor | None = None,
-    ) -> None:
-        self._url, self._session = url, session
-        self._auth = _auth(username, password)
-        self._read_timeout = timeout
-        self._ssl = verify_tls  # True: aiohttp's default verification
-        self._executor = executor
-        self._handoff: FrameHandoff[bytes] | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._seq = 0
-        self.received = 0
-
-    def describe(self) -> str:
-        return f"mjpeg {redact_url(self._url)}"
+    kind = "mjpeg"
+    _handoff: FrameHandoff[bytes] | None = None
+    _task: asyncio.Task[None] | None = None
+    received = 0
 
     async def start(self) -> None:
         self._handoff = FrameHandoff(asyncio.get_running_loop(), drop=True)
@@ -135,7 +123,7 @@ class MjpegSource(FrameSource):
     async def read(self, *, not_before: float | None = None) -> Frame:
         if self._handoff is None:
             raise SourceError(f"{self.describe()}: not started")
-        item = await self._handoff.get(timeout=self._read_timeout, not_before=not_before)
+        item = await self._handoff.get(timeout=self._timeout_s, not_before=not_before)
         image = await asyncio.get_running_loop().run_in_executor(
             self._executor, lambda: decode_image(item.payload, origin=self.describe())
         )
@@ -158,7 +146,7 @@ class MjpegSource(FrameSource):
 
     async def _stream(self, handoff: FrameHandoff[bytes], backoff: Backoff) -> None:
         timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self._read_timeout, sock_read=self._read_timeout
+            total=None, sock_connect=self._timeout_s, sock_read=self._timeout_s
         )
         async with self._session.get(
             self._url, auth=self._auth, timeout=timeout, ssl=self._ssl

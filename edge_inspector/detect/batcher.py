@@ -130,8 +130,8 @@ class InferenceQueue:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            await self._gather()
             while self._pending:
+                await self._gather()  # free when every active station is already waiting
                 batch = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
                 batch = [r for r in batch if not r.future.done()]  # callers that gave up

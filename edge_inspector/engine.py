@@ -179,6 +179,16 @@ class Engine:
         running = [s.state() for s in self.stations.values()]
         return running + list(self.failed.values())
 
+    def set_enabled(self, station_id: str, enabled: bool) -> None:
+        """Pause or resume a station."""
+        self.station(station_id).set_enabled(enabled)
+
+    def set_threshold(self, station_id: str, class_name: str | None, confidence: float) -> None:
+        """Change one defect class's threshold, or every class's with `class_name` None."""
+        station = self.station(station_id)
+        for name in [class_name] if class_name else list(station.rules.thresholds):
+            station.set_threshold(name, confidence)
+
     async def inspect_now(
         self, station_id: str, *, part_id: str | None = None, lot_id: str | None = None
     ) -> InspectionResult:

@@ -167,6 +167,7 @@ class StationState(_Event):
     last_defect_class: str | None = None
     last_incident_id: str | None = None
     last_latency_ms: float | None = None
+    defect_present: bool = Field(default=False, description="The last inspection failed.")
     updated_at: datetime
 
 

@@ -101,6 +101,7 @@ class Station:
         self.last_defect_class: str | None = None
         self.last_incident_id: str | None = None
         self.last_latency_ms: float | None = None
+        self.defect_present = False
 
     # -- control ----------------------------------------------------------------------------
 
@@ -122,6 +123,7 @@ class Station:
         """Change a defect class's confidence threshold."""
         self.rules.set_threshold(class_name, confidence)
         self._conf_floor = min(self._conf_floor, confidence)
+        self._mark_state(urgent=True)
 
     def state(self) -> StationState:
         return StationState(
@@ -139,6 +141,7 @@ class Station:
             last_defect_class=self.last_defect_class,
             last_incident_id=self.last_incident_id,
             last_latency_ms=self.last_latency_ms,
+            defect_present=self.defect_present,
             updated_at=datetime.now(UTC),
         )
 
@@ -317,6 +320,9 @@ class Station:
         )
         self.inspections += 1
         self.last_latency_ms = result.latency.total_ms
+        if (verdict is Verdict.FAIL) != self.defect_present:
+            self.defect_present = verdict is Verdict.FAIL
+            self._mark_state(urgent=True)
         if verdict is Verdict.FAIL:
             self.defects += 1
         for incident in incidents:

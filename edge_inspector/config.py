@@ -36,6 +36,7 @@ __all__ = [
     "ImagesConfig",
     "MjpegSourceConfig",
     "ModelConfig",
+    "MqttConfig",
     "PushSourceConfig",
     "RetentionConfig",
     "RtspSourceConfig",
@@ -260,12 +261,44 @@ class DetectionConfig(_Model):
     batch_window_ms: Annotated[float, Field(ge=0, le=1000)] = 10.0
 
 
+def _default_node_id() -> str:
+    import re
+    import socket
+
+    return re.sub(r"[^a-z0-9_]", "_", socket.gethostname().lower())[:40] or "engine"
+
+
+class MqttConfig(_Model):
+    """The MQTT broker, the topic tree, Home Assistant discovery and the outbox."""
+
+    url: Annotated[str, Field(pattern=r"^(mqtts?|tcp|ssl)://")] | None = None
+    base_topic: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")] = (
+        "edge_inspector"
+    )
+    discovery: bool = True
+    discovery_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")] = "homeassistant"
+    node_id: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,40}$")] = Field(
+        default_factory=_default_node_id,
+        description="This engine's id in unique ids and client id (default: the host name). "
+        "Two engines on one broker need different ids and different base topics.",
+    )
+    ca_file: ConfigPath | None = None
+    tls_insecure: bool = False
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+    publish_inspections: bool = False
+    inspections_per_second: Annotated[float, Field(gt=0, le=100)] = 1.0
+    outbox_max_messages: Annotated[int, Field(ge=10)] = 100_000
+    outbox_max_age_hours: Annotated[float, Field(gt=0)] = 168.0
+
+
 class EngineConfig(_Model):
     """The whole configuration file."""
 
     stations: Annotated[tuple[StationConfig, ...], Field(min_length=1)]
     store: StoreConfig = StoreConfig()
     detection: DetectionConfig = DetectionConfig()
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
     @field_validator("stations")
     @classmethod

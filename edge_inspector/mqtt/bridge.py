@@ -1,0 +1,435 @@
+"""The engine on an MQTT bus: events out (through the outbox), commands in, HA discovery.
+
+paho-mqtt runs its network loop in its own thread and a drain thread feeds it from the outbox,
+so publishing never blocks detection. Every QoS 1 event (defects, incident updates) goes through
+the durable outbox; retained state, the last defect image and optional per-inspection messages
+are sent directly, since only their latest value matters and it is sent again on reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..config import MqttConfig, StationConfig
+from ..engine import Engine
+from ..errors import EdgeInspectorError
+from ..events import Incident, InspectionResult, StationState
+from ..sinks import EventSink
+from ..store import Store
+from .discovery import discovery_payload, discovery_topic, encode
+from .outbox import Outbox
+from .topics import BrokerUrl, Topics, parse_broker_url
+
+__all__ = ["InspectCommand", "MqttBridge", "SetCommand", "StationControl", "attach_mqtt"]
+
+_LOGGER = logging.getLogger(__name__)
+_WINDOW = 32  # QoS 1 messages in flight at once
+
+
+class StationControl(Protocol):
+    """What MQTT commands may do to the engine."""
+
+    def set_enabled(self, station_id: str, enabled: bool) -> None: ...
+
+    def set_threshold(self, station_id: str, class_name: str | None, confidence: float) -> None: ...
+
+    async def inspect_now(
+        self, station_id: str, *, part_id: str | None = None, lot_id: str | None = None
+    ) -> InspectionResult: ...
+
+
+type Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class SetCommand(BaseModel):
+    """`<base>/<station>/set`: any of enabled, one threshold for every class, or per class."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    enabled: bool | None = None
+    threshold: Confidence | None = None
+    thresholds: dict[str, Confidence] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> SetCommand:
+        if self.enabled is None and self.threshold is None and not self.thresholds:
+            raise ValueError("expected at least one of enabled, threshold, thresholds")
+        return self
+
+
+class InspectCommand(BaseModel):
+    """`<base>/<station>/inspect`: inspect now, optionally for a part and lot."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    part_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    lot_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+
+def state_payload(state: StationState, thresholds: dict[str, float]) -> bytes:
+    data = json.loads(state.model_dump_json())
+    data["defect_rate"] = (
+        round(100 * state.defects / state.inspections, 2) if state.inspections else 0.0
+    )
+    data["thresholds"] = thresholds
+    data["threshold"] = min(thresholds.values()) if thresholds else None
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+class MqttBridge(EventSink):
+    """Publishes the engine's events to a broker and runs the commands it receives."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        stations: Sequence[StationConfig],
+        *,
+        outbox_path: Path,
+        control: StationControl | None = None,
+        url: str | None = None,
+        store: Store | None = None,
+    ) -> None:
+        broker_url = url or config.url
+        if not broker_url:
+            raise EdgeInspectorError("MQTT needs a broker URL (mqtt.url or --mqtt)")
+        self.broker: BrokerUrl = parse_broker_url(broker_url)
+        self.config = config
+        self.topics = Topics(config.base_topic)
+        self._stations = {s.id: s for s in stations}
+        self._thresholds = {s.id: {k: v.confidence for k, v in s.defects.items()} for s in stations}
+        self._control = control
+        self._store = store
+        self.outbox = Outbox(
+            outbox_path,
+            max_messages=config.outbox_max_messages,
+            max_age_s=config.outbox_max_age_hours * 3600,
+        )
+        self._states: dict[str, bytes] = {}
+        self._last_inspection: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
+        self._early_acks: set[int] = set()
+        self._last_sent = 0
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self.connected = threading.Event()
+        self.ready = threading.Event()  # connected and listening for commands
+        self._subscription: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drainer: threading.Thread | None = None
+        self._client = self._make_client()
+
+    # -- connection --------------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        protocol = mqtt.MQTTv5 if self.config.protocol == "5" else mqtt.MQTTv311
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"edge_inspector_{self.config.node_id}",
+            protocol=protocol,
+        )
+        if self.broker.username:
+            client.username_pw_set(self.broker.username, self.broker.password)
+        if self.broker.tls:
+            ca = str(self.config.ca_file) if self.config.ca_file else None
+            client.tls_set(
+                ca_certs=ca,
+                cert_reqs=ssl.CERT_NONE if self.config.tls_insecure else ssl.CERT_REQUIRED,
+            )
+            client.tls_insecure_set(self.config.tls_insecure)
+        client.will_set(self.topics.status, "offline", qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    async def start(self) -> None:
+        """Connect in the background (the engine runs whether or not the broker is there)."""
+        self._loop = asyncio.get_running_loop()
+        await self._catch_up()
+        self._client.connect_async(
+            self.broker.host, self.broker.port, keepalive=self.config.keepalive
+        )
+        self._client.loop_start()
+        self._drainer = threading.Thread(
+            target=self._drain, name="edge_inspector_mqtt_outbox", daemon=True
+        )
+        self._drainer.start()
+        _LOGGER.info(
+            "MQTT: connecting to %s (base topic %s)", self.broker.redacted(), self.topics.base
+        )
+
+    async def _catch_up(self) -> None:
+        """Enqueue incidents the store has but the outbox never got (a crash between the two)."""
+        if self._store is None:
+            return
+        since = datetime.now(UTC) - timedelta(hours=self.config.outbox_max_age_hours)
+        recent = await self._store.incidents(since=since, limit=10_000)
+        loop = asyncio.get_running_loop()
+        sent = await loop.run_in_executor(
+            None, self.outbox.enqueued, [i.incident_id for i in recent]
+        )
+        missing = [i for i in reversed(recent) if i.incident_id not in sent]
+        for incident in missing:
+            await self._enqueue_defect(incident)
+        if missing:
+            _LOGGER.info("MQTT: %d incident(s) from before a restart queued", len(missing))
+
+    async def _enqueue_defect(self, incident: Incident) -> None:
+        put = functools.partial(
+            self.outbox.put,
+            self.topics.defect(incident.station_id),
+            incident.model_dump_json().encode(),
+            key=incident.incident_id,
+        )
+        await asyncio.get_running_loop().run_in_executor(None, put)
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Say offline, disconnect, stop the threads. Unsent messages stay in the outbox."""
+        self._stopping.set()
+        self._wake.set()
+        loop = asyncio.get_running_loop()
+        if self.connected.is_set():
+            info = self._client.publish(self.topics.status, "offline", qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                await loop.run_in_executor(None, info.wait_for_publish, 2.0)
+        self._client.disconnect()
+        self._client.loop_stop()
+        if self._drainer is not None:
+            await loop.run_in_executor(None, self._drainer.join, 5.0)
+        self.outbox.close()
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any = None
+    ) -> None:
+        if reason.is_failure:
+            _LOGGER.warning("MQTT: %s refused the connection: %s", self.broker.redacted(), reason)
+            return
+        _LOGGER.info("MQTT: connected to %s", self.broker.redacted())
+        client.publish(self.topics.status, "online", qos=1, retain=True)
+        if self.config.discovery:
+            self._announce(client)
+        with self._lock:
+            states = list(self._states.items())
+            self._inflight.clear()
+            self._early_acks.clear()
+            self._last_sent = 0  # resend everything not acknowledged, in order
+        for station, payload in states:
+            client.publish(self.topics.state(station), payload, qos=1, retain=True)
+        commands = [
+            (t(s), 1) for s in self._stations for t in (self.topics.set, self.topics.inspect)
+        ]
+        self._subscription = client.subscribe(commands)[1]
+        self.connected.set()
+        self._wake.set()
+
+    def _announce(self, client: mqtt.Client) -> None:
+        prefix, node = self.config.discovery_prefix, self.config.node_id
+        current = {discovery_topic(prefix, node, s) for s in self._stations}
+        for topic in self.outbox.announced() - current:  # stations removed from the config
+            client.publish(topic, b"", qos=1, retain=True)
+        for station in self._stations.values():
+            client.publish(
+                discovery_topic(prefix, node, station.id),
+                encode(discovery_payload(station, self.topics, node)),
+                qos=1,
+                retain=True,
+            )
+        self.outbox.set_announced(current)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any = None
+    ) -> None:
+        if mid == self._subscription:
+            self.ready.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any = None
+    ) -> None:
+        if self.connected.is_set() and not self._stopping.is_set():
+            _LOGGER.warning(
+                "MQTT: lost %s (%s); retrying, events wait in the outbox (%d)",
+                self.broker.redacted(),
+                reason,
+                len(self.outbox),
+            )
+        self.connected.clear()
+        self.ready.clear()
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any = None
+    ) -> None:
+        with self._lock:
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                self._early_acks.add(mid)
+                return
+        self.outbox.ack(seq)
+        self._wake.set()
+
+    def _drain(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            while self.connected.is_set() and not self._stopping.is_set():
+                with self._lock:
+                    room, after = _WINDOW - len(self._inflight), self._last_sent
+                if room <= 0:
+                    break
+                batch = self.outbox.after(after, room)
+                if not batch:
+                    break
+                for message in batch:
+                    info = self._client.publish(
+                        message.topic, message.payload, qos=message.qos, retain=message.retain
+                    )
+                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                        break  # disconnected: everything from here is sent after the reconnect
+                    with self._lock:
+                        self._last_sent = message.seq
+                        if info.mid in self._early_acks:
+                            self._early_acks.discard(info.mid)
+                            acked = True
+                        else:
+                            self._inflight[info.mid] = message.seq
+                            acked = False
+                    if acked:
+                        self.outbox.ack(message.seq)
+                else:
+                    continue
+                break
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        parsed = self.topics.command(message.topic)
+        if parsed is None or self._loop is None:
+            return
+        station, command = parsed
+        asyncio.run_coroutine_threadsafe(
+            self._command(station, command, bytes(message.payload)), self._loop
+        )
+
+    def _refuse(self, station: str, command: str, error: str, raw: bytes) -> None:
+        _LOGGER.warning("MQTT: refused %s command for %s: %s", command, station, error)
+        body = {"command": command, "error": error, "payload": raw[:500].decode("utf-8", "replace")}
+        self._client.publish(self.topics.error(station), json.dumps(body), qos=1)
+
+    async def _command(self, station: str, command: str, raw: bytes) -> None:
+        if station not in self._stations or self._control is None:
+            self._refuse(station, command, f"no station {station!r}", raw)
+            return
+        try:
+            data = json.loads(raw) if raw.strip() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            self._refuse(station, command, f"not JSON: {exc}", raw)
+            return
+        try:
+            if command == "set":
+                await self._set(station, SetCommand.model_validate(data))
+            else:
+                inspect = InspectCommand.model_validate(data)
+                await self._control.inspect_now(
+                    station, part_id=inspect.part_id, lot_id=inspect.lot_id
+                )
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in exc.errors()
+            )
+            self._refuse(station, command, problems, raw)
+        except (EdgeInspectorError, KeyError) as exc:
+            self._refuse(station, command, str(exc), raw)
+
+    async def _set(self, station: str, command: SetCommand) -> None:
+        assert self._control is not None
+        unknown = sorted(set(command.thresholds or {}) - set(self._thresholds[station]))
+        if unknown:
+            raise EdgeInspectorError(f"not a defect class of {station}: {', '.join(unknown)}")
+        if command.threshold is not None:
+            for name in self._thresholds[station]:
+                self._control.set_threshold(station, name, command.threshold)
+                self._thresholds[station][name] = command.threshold
+        for name, value in (command.thresholds or {}).items():
+            self._control.set_threshold(station, name, value)
+            self._thresholds[station][name] = value
+        if command.enabled is not None:
+            self._control.set_enabled(station, command.enabled)
+
+    # -- events ------------------------------------------------------------------------------
+
+    async def on_station_state(self, state: StationState) -> None:
+        payload = state_payload(state, self._thresholds.get(state.station_id, {}))
+        with self._lock:
+            self._states[state.station_id] = payload
+        if self.connected.is_set():
+            self._client.publish(self.topics.state(state.station_id), payload, qos=1, retain=True)
+
+    async def on_incident(self, incident: Incident) -> None:
+        loop = asyncio.get_running_loop()
+        await self._enqueue_defect(incident)
+        if incident.frame_path and self.connected.is_set():
+            try:
+                image = await loop.run_in_executor(None, Path(incident.frame_path).read_bytes)
+            except OSError as exc:
+                _LOGGER.warning("MQTT: cannot read %s: %s", incident.frame_path, exc)
+            else:
+                self._client.publish(
+                    self.topics.image(incident.station_id), image, qos=0, retain=True
+                )
+
+    async def on_incident_update(self, incident: Incident) -> None:
+        await asyncio.get_running_loop().run_in_executor(
+            None,
+            self.outbox.put,
+            self.topics.incident(incident.station_id),
+            incident.model_dump_json().encode(),
+        )
+        self._wake.set()
+
+    async def on_inspection(self, result: InspectionResult) -> None:
+        if not self.config.publish_inspections or not self.connected.is_set():
+            return
+        now = time.monotonic()
+        if (
+            now - self._last_inspection.get(result.station_id, 0.0)
+            < 1.0 / self.config.inspections_per_second
+        ):
+            return
+        self._last_inspection[result.station_id] = now
+        self._client.publish(
+            self.topics.inspection(result.station_id), result.model_dump_json(), qos=0
+        )
+
+
+def attach_mqtt(engine: Engine, url: str | None = None) -> MqttBridge | None:
+    """Put an engine on its broker (the configuration's, or `url`); None when there is none."""
+    config = engine.config
+    if not (url or config.mqtt.url):
+        return None
+    bridge = MqttBridge(
+        config.mqtt,
+        config.stations,
+        outbox_path=config.store.path / "mqtt-outbox.sqlite3",
+        control=engine,
+        url=url,
+        store=engine.store,
+    )
+    engine.sinks.add(bridge)
+    return bridge

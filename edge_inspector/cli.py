@@ -23,6 +23,8 @@ from pathlib import Path
 from . import __version__
 from .config import EngineConfig, load_config
 from .errors import ConfigError, EdgeInspectorError, ImageDecodeError
+from .events import Incident
+from .sinks import EventSink
 
 __all__ = ["main"]
 
@@ -85,25 +87,31 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(config: EngineConfig) -> None:
-    from .engine import Engine
-    from .sinks import EventSink
+class _LogSink(EventSink):
+    async def on_incident(self, incident: Incident) -> None:
+        _LOGGER.info(
+            "defect on %s: %s %.2f (incident %s)",
+            incident.station_id,
+            incident.defect_class,
+            incident.confidence,
+            incident.incident_id,
+        )
 
-    class _LogSink(EventSink):
-        async def on_incident(self, incident):  # type: ignore[no-untyped-def]
-            _LOGGER.info(
-                "defect on %s: %s %.2f (incident %s)",
-                incident.station_id,
-                incident.defect_class,
-                incident.confidence,
-                incident.incident_id,
-            )
+
+async def _run(config: EngineConfig, mqtt_url: str | None) -> None:
+    from .engine import Engine
+    from .mqtt import attach_mqtt
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Engine(config, sinks=[_LogSink()]) as engine:
+    engine = Engine(config, sinks=[_LogSink()])
+    bridge = attach_mqtt(engine, mqtt_url)
+    await engine.start()
+    try:
+        if bridge is not None:
+            await bridge.start()
         _LOGGER.info("running %d station(s); Ctrl-C stops", len(engine.stations))
         finished = asyncio.create_task(engine.wait_finished()) if engine.stations else None
         stopper = asyncio.create_task(stop.wait())
@@ -114,11 +122,15 @@ async def _run(config: EngineConfig) -> None:
             if task is not None:
                 task.cancel()
         _LOGGER.info("stopping")
+    finally:
+        await engine.stop()  # the last incidents reach the outbox before MQTT stops
+        if bridge is not None:
+            await bridge.stop()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    asyncio.run(_run(config))
+    asyncio.run(_run(config, args.mqtt))
     return 0
 
 
@@ -183,7 +195,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo.runner import run_demo
 
     duration = None if args.frames and args.duration is None else (args.duration or 60.0)
-    asyncio.run(run_demo(frames=args.frames, duration=duration, store=args.store, fps=args.fps))
+    asyncio.run(
+        run_demo(
+            frames=args.frames, duration=duration, store=args.store, fps=args.fps, mqtt=args.mqtt
+        )
+    )
     return 0
 
 
@@ -260,6 +276,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run every station of a configuration until stopped")
     p.add_argument("-c", "--config", type=Path, required=True)
+    p.add_argument("--mqtt", metavar="URL", help="broker: mqtt://[user:pass@]host:port, mqtts://")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("inspect", help="detect objects in image files, one result per image")
@@ -275,6 +292,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, help="stop after this many frames")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default 60)")
     p.add_argument("--fps", type=float, help="frames per second (0: as fast as possible)")
+    p.add_argument("--mqtt", metavar="URL", help="also publish to this broker (mqtt://, mqtts://)")
     p.add_argument(
         "--store",
         type=Path,

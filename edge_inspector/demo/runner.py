@@ -14,6 +14,7 @@ from typing import TextIO
 from ..config import load_config
 from ..engine import Engine
 from ..events import Incident, InspectionResult
+from ..mqtt import attach_mqtt
 from ..sinks import EventSink
 from . import DEMO_CONFIG
 
@@ -111,6 +112,7 @@ async def run_demo(
     fps: float | None,
     out: TextIO = sys.stdout,
     config_path: Path = DEMO_CONFIG,
+    mqtt: str | None = None,
 ) -> DemoReporter:
     """Run the demo until `frames` or `duration` is reached, or until SIGINT/SIGTERM."""
     config = load_config(config_path)
@@ -136,18 +138,30 @@ async def run_demo(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    engine = Engine(config, sinks=[reporter])
+    bridge = attach_mqtt(engine, mqtt)
     try:
-        async with Engine(config, sinks=[reporter]) as engine:
-            reporter.start_clock()
-            if engine.failed:
-                raise SystemExit(f"demo station failed: {next(iter(engine.failed.values())).error}")
-            waits = [asyncio.create_task(stop.wait()), asyncio.create_task(reporter.done.wait())]
-            await asyncio.wait(waits, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
-            for task in waits:
-                task.cancel()
-            if stop.is_set():
-                print("\nstopping (signal received)...", file=out, flush=True)
+        await engine.start()
+        if bridge is not None:
+            await bridge.start()
+            print(
+                f"publishing to {bridge.broker.redacted()} under {bridge.topics.base}/",
+                file=out,
+                flush=True,
+            )
+        reporter.start_clock()
+        if engine.failed:
+            raise SystemExit(f"demo station failed: {next(iter(engine.failed.values())).error}")
+        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(reporter.done.wait())]
+        await asyncio.wait(waits, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+        for task in waits:
+            task.cancel()
+        if stop.is_set():
+            print("\nstopping (signal received)...", file=out, flush=True)
     finally:
+        await engine.stop()
+        if bridge is not None:
+            await bridge.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)

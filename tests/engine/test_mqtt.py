@@ -1,0 +1,437 @@
+"""MQTT against a real Mosquitto: discovery, retained state, events, commands, outages, auth."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import jsonschema
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_inspector.config import EngineConfig, MqttConfig, StationConfig
+from edge_inspector.demo.synthetic import ConveyorFrame
+from edge_inspector.engine import Engine
+from edge_inspector.errors import ConfigError
+from edge_inspector.events import BoundingBox, Detection, Incident, ModelInfo
+from edge_inspector.mqtt import MqttBridge, attach_mqtt, parse_broker_url
+from tests.camera_server import camera
+from tests.conftest import jpeg
+from tests.mosquitto import Mosquitto
+
+SCHEMA = Path(__file__).parents[2] / "edge_inspector" / "schema"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    server = Mosquitto(tmp_path / "mosquitto")
+    server.start()
+    yield server
+    server.stop()
+
+
+class Watcher:
+    """A subscriber with a persistent session, as a Node-RED flow or a service would have."""
+
+    def __init__(self, port: int, *topics: str, client_id: str = "watcher") -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe([(t, 1) for t in topics])
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert subscribed.wait(10), "the test subscriber could not subscribe"
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def on(self, topic: str) -> list[bytes]:
+        with self._lock:
+            return [p for t, p, _ in self.messages if t == topic]
+
+    def wait(self, check: Callable[[], object], timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert time.monotonic() < deadline, (
+                f"timed out; got topics {sorted({t for t, _, _ in self.messages})}"
+            )
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _incident(n: int) -> Incident:
+    box = BoundingBox(x1=1, y1=2, x2=30, y2=40)
+    det = Detection(class_name="dent", class_id=1, confidence=0.9, box=box, defect=True)
+    return Incident(
+        incident_id=f"inc-{n:04d}",
+        station_id="belt",
+        station_name="Belt",
+        created_at=datetime.now(UTC),
+        inspection_id=f"i{n}",
+        defect_class="dent",
+        confidence=0.9,
+        boxes=(box,),
+        detections=(det,),
+        model=ModelInfo(name="m.pt", sha256="0" * 64),
+        latency_ms=10,
+    )
+
+
+def _station() -> StationConfig:
+    return StationConfig.model_validate(
+        {
+            "id": "belt",
+            "name": "Belt",
+            "source": {"type": "push"},
+            "model": {"path": "m.pt"},
+            "defects": {"dent": 0.5},
+        }
+    )
+
+
+def test_broker_urls() -> None:
+    url = parse_broker_url("mqtts://ops%40plant:p%3Ass@broker.local")
+    assert (url.host, url.port, url.tls, url.username, url.password) == (
+        "broker.local",
+        8883,
+        True,
+        "ops@plant",
+        "p:ss",
+    )
+    assert url.redacted() == "mqtts://ops@plant:***@broker.local:8883"
+    assert parse_broker_url("mqtt://10.0.0.2").port == 1883
+    for bad in ("http://x", "mqtt://", "mqtt://host:99999"):
+        with pytest.raises(ConfigError):
+            parse_broker_url(bad)
+
+
+async def test_engine_on_the_bus_discovery_state_defects_and_image(
+    tmp_path: Path,
+    broker: Mosquitto,
+    make_config: Callable[..., EngineConfig],
+    defect_scenes: list[ConveyorFrame],
+) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, scene in enumerate(s for s in defect_scenes[:4] for _ in range(3)):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), scene.image)
+    config = make_config(
+        f"""
+        - id: belt
+          name: Belt
+          line: Line 2
+          source: {{type: folder, path: {folder}}}
+          model: {{path: MODEL, imgsz: 320}}
+          defects: {{scratch: 0.4, dent: 0.4, crack: 0.4, spot: 0.4}}
+          fps: null
+          tracking: {{enabled: false}}
+          debounce: {{n: 1, m: 1}}
+    """,
+        extra=f"mqtt: {{url: '{broker.url}', node_id: plant_a}}\n",
+    )
+    watcher = Watcher(broker.port, "edge_inspector/#", "homeassistant/#")
+    engine = Engine(config)
+    bridge = attach_mqtt(engine)
+    assert bridge is not None
+    await engine.start()
+    await bridge.start()
+    await asyncio.wait_for(engine.wait_finished(), 60)
+    incidents = engine.stations["belt"].incidents
+    assert incidents >= 4
+    await asyncio.to_thread(
+        watcher.wait, lambda: len(watcher.on("edge_inspector/belt/defect")) >= incidents
+    )
+    await engine.stop()
+    await bridge.stop()
+    watcher.close()
+
+    [discovery] = watcher.on("homeassistant/device/edge_inspector_plant_a_belt/config")
+    payload = json.loads(discovery)
+    assert payload["device"]["identifiers"] == ["edge_inspector_plant_a_belt"]
+    assert payload["device"]["suggested_area"] == "Line 2"
+    platforms = {k: v["p"] for k, v in payload["components"].items()}
+    assert platforms == {
+        "inspections": "sensor",
+        "defects": "sensor",
+        "defect_rate": "sensor",
+        "last_defect_class": "sensor",
+        "latency": "sensor",
+        "defect": "binary_sensor",
+        "defect_event": "event",
+        "last_defect_image": "image",
+        "inspection_enabled": "switch",
+        "inspect_now": "button",
+        "confidence_threshold": "number",
+    }
+    assert payload["components"]["defect_event"]["event_types"] == [
+        "crack",
+        "dent",
+        "scratch",
+        "spot",
+    ]
+    assert all(
+        c["unique_id"].startswith("edge_inspector_plant_a_belt_")
+        for c in payload["components"].values()
+    )
+    schema = json.loads((SCHEMA / "incident.schema.json").read_text())
+    defects = [json.loads(p) for p in watcher.on("edge_inspector/belt/defect")]
+    for defect in defects:
+        jsonschema.validate(defect, schema)
+    assert len({d["incident_id"] for d in defects}) == incidents
+    last_state = json.loads(watcher.on("edge_inspector/belt/state")[-1])
+    assert last_state["inspections"] == 12
+    assert last_state["incidents"] == incidents
+    assert last_state["threshold"] == 0.4
+    assert watcher.on("edge_inspector/belt/image")[-1].startswith(b"\xff\xd8")
+    assert watcher.on("edge_inspector/status")[-1] == b"offline"  # said at a clean stop
+
+
+async def test_commands_are_applied_or_refused_with_a_reason(
+    broker: Mosquitto,
+    make_config: Callable[..., EngineConfig],
+    defect_scenes: list[ConveyorFrame],
+) -> None:
+    async with camera() as cam:
+        cam.snapshot_body = jpeg(defect_scenes[0].image)
+        config = make_config(
+            f"""
+            - id: gate
+              name: Gate
+              mode: triggered
+              source: {{type: http_snapshot, url: "{cam.url}/snapshot.jpg"}}
+              model: {{path: MODEL, imgsz: 320}}
+              defects: {{scratch: 0.4, dent: 0.4, crack: 0.4, spot: 0.4}}
+        """,
+            extra=f"mqtt: {{url: '{broker.url}', node_id: plant_a}}\n",
+        )
+        watcher = Watcher(broker.port, "edge_inspector/#")
+        engine = Engine(config)
+        bridge = attach_mqtt(engine)
+        assert bridge is not None
+        await engine.start()
+        await bridge.start()
+        try:
+            assert await asyncio.to_thread(bridge.ready.wait, 10)
+            send = watcher.client.publish
+            send(
+                "edge_inspector/gate/inspect",
+                json.dumps({"part_id": "P-9", "lot_id": "L-1"}),
+                qos=1,
+            )
+            await asyncio.to_thread(watcher.wait, lambda: watcher.on("edge_inspector/gate/defect"))
+            defect = json.loads(watcher.on("edge_inspector/gate/defect")[0])
+            assert (defect["part_id"], defect["lot_id"]) == ("P-9", "L-1")
+
+            send("edge_inspector/gate/set", '{"threshold": 0.8}', qos=1)
+            await asyncio.to_thread(
+                watcher.wait,
+                lambda: any(
+                    json.loads(p)["threshold"] == 0.8
+                    for p in watcher.on("edge_inspector/gate/state")
+                ),
+            )
+            assert engine.stations["gate"].rules.thresholds == dict.fromkeys(
+                ["scratch", "dent", "crack", "spot"], 0.8
+            )
+            send("edge_inspector/gate/set", '{"enabled": false}', qos=1)
+            await asyncio.to_thread(watcher.wait, lambda: not engine.stations["gate"].enabled)
+
+            before = engine.stations["gate"].rules.thresholds
+            for bad in (
+                b"not json",
+                b'{"threshold": 1.5}',
+                b'{"thresholds": {"rust": 0.5}}',
+                b'{"colour": "red"}',
+                b"{}",
+            ):
+                send("edge_inspector/gate/set", bad, qos=1)
+            send("edge_inspector/gate/inspect", b'{"part_id": ""}', qos=1)
+            await asyncio.to_thread(
+                watcher.wait, lambda: len(watcher.on("edge_inspector/gate/error")) >= 6
+            )
+            errors = [json.loads(p) for p in watcher.on("edge_inspector/gate/error")]
+            assert "not JSON" in errors[0]["error"]
+            assert "threshold" in errors[1]["error"]
+            assert "rust" in errors[2]["error"]
+            assert "colour" in errors[3]["error"]
+            assert "expected at least one" in errors[4]["error"]
+            assert errors[5]["command"] == "inspect"
+            assert engine.stations["gate"].rules.thresholds == before  # nothing changed
+        finally:
+            await engine.stop()
+            await bridge.stop()
+            watcher.close()
+
+
+async def test_a_broker_outage_mid_burst_loses_no_defect(tmp_path: Path, broker: Mosquitto) -> None:
+    watcher = Watcher(broker.port, "edge_inspector/belt/defect", client_id="burst-watcher")
+    await asyncio.to_thread(watcher.wait, watcher.client.is_connected)
+    bridge = MqttBridge(
+        MqttConfig(url=broker.url, node_id="n1", discovery=False),
+        [_station()],
+        outbox_path=tmp_path / "outbox.sqlite3",
+    )
+    await bridge.start()
+    await asyncio.to_thread(bridge.connected.wait, 10)
+    for n in range(30):
+        await bridge.on_incident(_incident(n))
+    broker.stop()  # in the middle of the burst
+    for n in range(30, 60):
+        await bridge.on_incident(_incident(n))
+    assert len(bridge.outbox) >= 30, "unacknowledged defects must wait in the outbox"
+    broker.start()
+    for n in range(60, 90):
+        await bridge.on_incident(_incident(n))
+    await asyncio.to_thread(
+        watcher.wait,
+        lambda: (
+            len({json.loads(p)["incident_id"] for p in watcher.on("edge_inspector/belt/defect")})
+            == 90
+        ),
+        30,
+    )
+    await asyncio.to_thread(watcher.wait, lambda: len(bridge.outbox) == 0)
+    await bridge.stop()
+    watcher.close()
+    ids = [json.loads(p)["incident_id"] for p in watcher.on("edge_inspector/belt/defect")]
+    assert sorted(set(ids)) == [f"inc-{n:04d}" for n in range(90)]
+
+
+async def test_the_outbox_survives_a_restart_of_the_publisher(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    broker.stop()
+    first = MqttBridge(
+        MqttConfig(url=broker.url, node_id="n1"),
+        [_station()],
+        outbox_path=tmp_path / "outbox.sqlite3",
+    )
+    await first.start()
+    for n in range(5):
+        await first.on_incident(_incident(n))
+    await first.stop()
+    broker.start()
+    watcher = Watcher(broker.port, "edge_inspector/belt/defect")
+    second = MqttBridge(
+        MqttConfig(url=broker.url, node_id="n1"),
+        [_station()],
+        outbox_path=tmp_path / "outbox.sqlite3",
+    )
+    await second.start()
+    await asyncio.to_thread(
+        watcher.wait, lambda: len(watcher.on("edge_inspector/belt/defect")) >= 5
+    )
+    await second.stop()
+    watcher.close()
+    ids = [json.loads(p)["incident_id"] for p in watcher.on("edge_inspector/belt/defect")]
+    assert ids[:5] == [f"inc-{n:04d}" for n in range(5)]  # in order
+
+
+async def test_password_listener_accepts_the_right_login_only(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    good = MqttBridge(
+        MqttConfig(node_id="good", discovery=False),
+        [_station()],
+        url=f"mqtt://{Mosquitto.USER}:{Mosquitto.PASSWORD}@127.0.0.1:{broker.auth_port}",
+        outbox_path=tmp_path / "a.sqlite3",
+    )
+    bad = MqttBridge(
+        MqttConfig(node_id="bad", discovery=False),
+        [_station()],
+        url=f"mqtt://{Mosquitto.USER}:wrong@127.0.0.1:{broker.auth_port}",
+        outbox_path=tmp_path / "b.sqlite3",
+    )
+    await good.start()
+    await bad.start()
+    try:
+        assert await asyncio.to_thread(good.connected.wait, 10)
+        assert not await asyncio.to_thread(bad.connected.wait, 2)
+    finally:
+        await good.stop()
+        await bad.stop()
+
+
+def test_sigkill_mid_burst_then_restart_loses_no_defect(
+    tmp_path: Path,
+    broker: Mosquitto,
+    demo_model: Path,
+    defect_scenes: list[ConveyorFrame],
+) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, scene in enumerate(defect_scenes):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), scene.image)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"""
+stations:
+  - id: belt
+    name: Belt
+    source: {{type: folder, path: {folder}, loop: true}}
+    model: {{path: {demo_model}, imgsz: 320}}
+    defects: {{scratch: 0.4, dent: 0.4, crack: 0.4, spot: 0.4}}
+    fps: 8
+    tracking: {{enabled: false}}
+    debounce: {{n: 1, m: 2}}
+store: {{path: {tmp_path / "store"}}}
+mqtt: {{node_id: killed, keepalive: 5}}
+""")
+    watcher = Watcher(broker.port, "edge_inspector/#", client_id="kill-watcher")
+    cli = [
+        sys.executable,
+        "-m",
+        "edge_inspector.cli",
+        "run",
+        "-c",
+        str(config),
+        "--mqtt",
+        broker.url,
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(cli, env=env, stderr=subprocess.DEVNULL)
+    try:
+        watcher.wait(lambda: len(watcher.on("edge_inspector/belt/defect")) >= 3, 120)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    watcher.wait(lambda: watcher.on("edge_inspector/status")[-1:] == [b"offline"], 30)  # last will
+    second = subprocess.Popen(cli, env=env, stderr=subprocess.DEVNULL)
+    try:
+        watcher.wait(lambda: watcher.on("edge_inspector/status")[-1:] == [b"online"], 120)
+        time.sleep(3)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+    watcher.wait(lambda: watcher.on("edge_inspector/status")[-1:] == [b"offline"], 10)
+    time.sleep(0.5)
+    watcher.close()
+    with sqlite3.connect(tmp_path / "store" / "history.sqlite3") as db:
+        stored = {row[0] for row in db.execute("SELECT id FROM incidents")}
+    published = {json.loads(p)["incident_id"] for p in watcher.on("edge_inspector/belt/defect")}
+    assert stored, "the engine stored no incident"
+    assert stored == published, f"lost on the bus: {sorted(stored - published)[:5]}"

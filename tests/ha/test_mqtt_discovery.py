@@ -1,0 +1,171 @@
+"""A real Home Assistant core with its own MQTT integration discovers a running engine.
+
+The engine runs as its own process (as it would beside the cameras) and publishes to a real
+Mosquitto; Home Assistant's `mqtt` integration connects to the same broker, and the station
+must appear as a device with its entities, in their right states, and follow commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import pytest
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import entity_registry as er
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+from edge_inspector.demo.synthetic import ConveyorFrame
+from tests.mosquitto import Mosquitto
+
+
+@pytest.fixture
+def broker(tmp_path: Path, socket_enabled: None) -> Iterator[Mosquitto]:
+    # Home Assistant's test plugin blocks sockets; this test talks to a real broker on loopback.
+    server = Mosquitto(tmp_path / "mosquitto")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def _until(hass: HomeAssistant, check: Callable[[], bool], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out waiting for Home Assistant"
+        await asyncio.sleep(0.2)
+        await hass.async_block_till_done()
+
+
+async def test_home_assistant_discovers_the_station_and_controls_it(
+    hass: HomeAssistant,
+    tmp_path: Path,
+    broker: Mosquitto,
+    demo_model: Path,
+    defect_scenes: list[ConveyorFrame],
+) -> None:
+    # MQTT reads configuration.yaml for YAML-defined items; give it an empty one of our own.
+    hass.config.config_dir = str(tmp_path)
+    (tmp_path / "configuration.yaml").write_text("")
+    entry = MockConfigEntry(
+        domain="mqtt",
+        data={"broker": "127.0.0.1", "port": broker.port},
+        options={"discovery": True},
+        version=1,
+        minor_version=2,
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, scene in enumerate(defect_scenes[:6]):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), scene.image)
+    config = tmp_path / "engine.yaml"
+    config.write_text(f"""
+stations:
+  - id: belt
+    name: Belt
+    source: {{type: folder, path: {folder}, loop: true}}
+    model: {{path: {demo_model}, imgsz: 320}}
+    defects: {{scratch: 0.4, dent: 0.4, crack: 0.4, spot: 0.4}}
+    fps: 4
+    tracking: {{enabled: false}}
+    debounce: {{n: 1, m: 3}}
+store: {{path: {tmp_path / "store"}}}
+mqtt: {{node_id: line2}}
+""")
+    engine = subprocess.Popen(  # noqa: ASYNC220  (the engine is a separate program here)
+        [
+            sys.executable,
+            "-m",
+            "edge_inspector.cli",
+            "run",
+            "-c",
+            str(config),
+            "--mqtt",
+            broker.url,
+        ],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await _until(
+            hass,
+            lambda: (
+                (s := hass.states.get("sensor.belt_defects")) is not None
+                and s.state not in ("unknown", "unavailable", "0")
+            ),
+        )
+        device = dr.async_get(hass).async_get_device(
+            identifiers={("mqtt", "edge_inspector_line2_belt")}
+        )
+        assert device is not None
+        assert (device.name, device.manufacturer) == ("Belt", "Edge Inspector")
+        entities = {e.entity_id for e in er.async_entries_for_device(er.async_get(hass), device.id)}
+        assert entities == {
+            "sensor.belt_inspections",
+            "sensor.belt_defects",
+            "sensor.belt_defect_rate",
+            "sensor.belt_last_defect_class",
+            "sensor.belt_latency",
+            "binary_sensor.belt_defect",
+            "event.belt_defect_event",
+            "image.belt_last_defect_image",
+            "switch.belt_inspection_enabled",
+            "button.belt_inspect_now",
+            "number.belt_confidence_threshold",
+        }
+        assert int(hass.states.get("sensor.belt_inspections").state) > 0
+        assert hass.states.get("sensor.belt_last_defect_class").state in {
+            "scratch",
+            "dent",
+            "crack",
+            "spot",
+        }
+        assert hass.states.get("switch.belt_inspection_enabled").state == "on"
+        assert float(hass.states.get("number.belt_confidence_threshold").state) == 0.4
+        event = hass.states.get("event.belt_defect_event")
+        assert event.attributes["event_types"] == ["crack", "dent", "scratch", "spot"]
+        await _until(
+            hass,
+            lambda: (
+                hass.states.get("event.belt_defect_event").attributes.get("incident_id") is not None
+            ),
+        )
+        assert (
+            hass.states.get("event.belt_defect_event").attributes["event_type"]
+            in event.attributes["event_types"]
+        )
+
+        # Commands from Home Assistant reach the engine and come back as state.
+        await hass.services.async_call(
+            "number",
+            "set_value",
+            {"entity_id": "number.belt_confidence_threshold", "value": 0.7},
+            blocking=True,
+        )
+        await _until(
+            hass, lambda: hass.states.get("number.belt_confidence_threshold").state == "0.7"
+        )
+        await hass.services.async_call(
+            "switch", "turn_off", {"entity_id": "switch.belt_inspection_enabled"}, blocking=True
+        )
+        await _until(hass, lambda: hass.states.get("switch.belt_inspection_enabled").state == "off")
+    finally:
+        engine.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(engine.wait, 30) == 0
+    # The engine said goodbye: every entity of the station goes unavailable.
+    await _until(
+        hass, lambda: hass.states.get("sensor.belt_inspections").state == "unavailable", 30
+    )
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import ssl
@@ -32,13 +31,14 @@ from ..events import Incident, InspectionResult, StationState
 from ..sinks import EventSink
 from ..store import Store
 from .discovery import discovery_payload, discovery_topic, encode
-from .outbox import Outbox
+from .outbox import Outbox, OutboxMessage
 from .topics import BrokerUrl, Topics, parse_broker_url
 
 __all__ = ["InspectCommand", "MqttBridge", "SetCommand", "StationControl", "attach_mqtt"]
 
 _LOGGER = logging.getLogger(__name__)
-_WINDOW = 32  # QoS 1 messages in flight at once
+_WINDOW = 64  # QoS 1 messages in flight at once
+_COALESCE_S = 0.002
 
 
 class StationControl(Protocol):
@@ -122,6 +122,8 @@ class MqttBridge(EventSink):
         self._lock = threading.Lock()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
         self._early_acks: set[int] = set()
+        self._acked: list[int] = []  # outbox seqs the broker acknowledged, not yet deleted
+        self._pending: list[tuple[str, bytes, str | None]] = []  # not yet in the outbox
         self._last_sent = 0
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -152,6 +154,7 @@ class MqttBridge(EventSink):
             client.tls_insecure_set(self.config.tls_insecure)
         client.will_set(self.topics.status, "offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.max_inflight_messages_set(_WINDOW)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -192,14 +195,31 @@ class MqttBridge(EventSink):
             _LOGGER.info("MQTT: %d incident(s) from before a restart queued", len(missing))
 
     async def _enqueue_defect(self, incident: Incident) -> None:
-        put = functools.partial(
-            self.outbox.put,
+        self._enqueue(
             self.topics.defect(incident.station_id),
             incident.model_dump_json().encode(),
-            key=incident.incident_id,
+            incident.incident_id,
         )
-        await asyncio.get_running_loop().run_in_executor(None, put)
+
+    def _enqueue(self, topic: str, payload: bytes, key: str | None) -> None:
+        # The drain thread commits these to the outbox in batches. Nothing is lost if the
+        # process dies first: the incident is in the store, and the next start queues it again.
+        with self._lock:
+            self._pending.append((topic, payload, key))
         self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        """QoS 1 messages not yet acknowledged by the broker."""
+        with self._lock:
+            pending = len(self._pending)
+        return pending + len(self.outbox)
+
+    def _store_pending(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if pending:
+            self.outbox.put_many(pending)
 
     async def stop(self) -> None:
         """Say offline, disconnect, stop the threads. Unsent messages stay in the outbox."""
@@ -276,45 +296,59 @@ class MqttBridge(EventSink):
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any = None
     ) -> None:
+        # Runs on paho's network thread: only bookkeeping here, the database work is batched
+        # on the drain thread.
         with self._lock:
             seq = self._inflight.pop(mid, None)
             if seq is None:
                 self._early_acks.add(mid)
                 return
-        self.outbox.ack(seq)
+            self._acked.append(seq)
         self._wake.set()
+
+    def _flush_acks(self) -> None:
+        with self._lock:
+            acked, self._acked = self._acked, []
+        self.outbox.ack(acked)
 
     def _drain(self) -> None:
         while not self._stopping.is_set():
-            self._wake.wait(1.0)
+            if self._wake.wait(1.0):
+                # Let acknowledgements and new events gather: one database round and one
+                # batch for many messages instead of a thread switch per PUBACK.
+                time.sleep(_COALESCE_S)
             self._wake.clear()
+            self._store_pending()
+            self._flush_acks()
             while self.connected.is_set() and not self._stopping.is_set():
+                self._store_pending()
+                self._flush_acks()
                 with self._lock:
                     room, after = _WINDOW - len(self._inflight), self._last_sent
                 if room <= 0:
                     break
                 batch = self.outbox.after(after, room)
-                if not batch:
+                if not batch or not self._publish(batch):
                     break
-                for message in batch:
-                    info = self._client.publish(
-                        message.topic, message.payload, qos=message.qos, retain=message.retain
-                    )
-                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                        break  # disconnected: everything from here is sent after the reconnect
-                    with self._lock:
-                        self._last_sent = message.seq
-                        if info.mid in self._early_acks:
-                            self._early_acks.discard(info.mid)
-                            acked = True
-                        else:
-                            self._inflight[info.mid] = message.seq
-                            acked = False
-                    if acked:
-                        self.outbox.ack(message.seq)
+        self._store_pending()
+        self._flush_acks()
+
+    def _publish(self, batch: list[OutboxMessage]) -> bool:
+        """Hand messages to paho; False once the connection is gone (the rest waits)."""
+        for message in batch:
+            info = self._client.publish(
+                message.topic, message.payload, qos=message.qos, retain=message.retain
+            )
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return False
+            with self._lock:
+                self._last_sent = message.seq
+                if info.mid in self._early_acks:  # the PUBACK beat us to the bookkeeping
+                    self._early_acks.discard(info.mid)
+                    self._acked.append(message.seq)
                 else:
-                    continue
-                break
+                    self._inflight[info.mid] = message.seq
+        return True
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -395,13 +429,9 @@ class MqttBridge(EventSink):
                 )
 
     async def on_incident_update(self, incident: Incident) -> None:
-        await asyncio.get_running_loop().run_in_executor(
-            None,
-            self.outbox.put,
-            self.topics.incident(incident.station_id),
-            incident.model_dump_json().encode(),
+        self._enqueue(
+            self.topics.incident(incident.station_id), incident.model_dump_json().encode(), None
         )
-        self._wake.set()
 
     async def on_inspection(self, result: InspectionResult) -> None:
         if not self.config.publish_inspections or not self.connected.is_set():

@@ -303,7 +303,7 @@ async def test_a_broker_outage_mid_burst_loses_no_defect(tmp_path: Path, broker:
     broker.stop()  # in the middle of the burst
     for n in range(30, 60):
         await bridge.on_incident(_incident(n))
-    assert len(bridge.outbox) >= 30, "unacknowledged defects must wait in the outbox"
+    assert bridge.queued >= 30, "unacknowledged defects must wait in the outbox"
     broker.start()
     for n in range(60, 90):
         await bridge.on_incident(_incident(n))
@@ -315,7 +315,7 @@ async def test_a_broker_outage_mid_burst_loses_no_defect(tmp_path: Path, broker:
         ),
         30,
     )
-    await asyncio.to_thread(watcher.wait, lambda: len(bridge.outbox) == 0)
+    await asyncio.to_thread(watcher.wait, lambda: bridge.queued == 0)
     await bridge.stop()
     watcher.close()
     ids = [json.loads(p)["incident_id"] for p in watcher.on("edge_inspector/belt/defect")]

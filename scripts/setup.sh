@@ -95,9 +95,26 @@ ensure_venv() {
   printf '%s\n' "$want" >"$stamp"
 }
 
+ensure_node_red() {
+  # Node-RED for the flow tests, outside the checkout; Node.js 20 comes with the machine.
+  local want=4.1.8 dir=$CACHE/node
+  if [ -f "$dir/node_modules/node-red/package.json" ] &&
+    grep -q "\"version\": \"$want\"" "$dir/node_modules/node-red/package.json"; then
+    return 0
+  fi
+  if ! command -v npm >/dev/null; then
+    log "npm not found: install Node.js 20 (Debian: apt-get install nodejs npm)"
+    exit 1
+  fi
+  log "installing Node-RED $want into $dir"
+  mkdir -p "$dir"
+  (cd "$dir" && npm install --no-audit --no-fund --loglevel=error "node-red@$want" >/dev/null)
+}
+
 main() {
   mkdir -p "$CACHE"
   ensure_apt_packages
+  ensure_node_red
   local python
   if ! python=$(find_python); then
     build_python

@@ -5,10 +5,14 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 
 def free_port() -> int:
@@ -80,3 +84,45 @@ password_file {passwords}
             self.process.terminate()
             self.process.wait(10)
         self.process = None
+
+
+class Watcher:
+    """A subscriber with a persistent session, as a Node-RED flow or a service would have."""
+
+    def __init__(self, port: int, *topics: str, client_id: str = "watcher") -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe([(t, 1) for t in topics])
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert subscribed.wait(10), "the test subscriber could not subscribe"
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def on(self, topic: str) -> list[bytes]:
+        with self._lock:
+            return [p for t, p, _ in self.messages if t == topic]
+
+    def wait(self, check: Callable[[], object], timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                topics = sorted({t for t, _, _ in self.messages})
+                raise AssertionError(f"timed out; received topics {topics}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

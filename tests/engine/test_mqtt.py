@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -17,9 +16,7 @@ from pathlib import Path
 
 import cv2
 import jsonschema
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_inspector.config import EngineConfig, MqttConfig, StationConfig
 from edge_inspector.demo.synthetic import ConveyorFrame
@@ -29,7 +26,7 @@ from edge_inspector.events import BoundingBox, Detection, Incident, ModelInfo
 from edge_inspector.mqtt import MqttBridge, attach_mqtt, parse_broker_url
 from tests.camera_server import camera
 from tests.conftest import jpeg
-from tests.mosquitto import Mosquitto
+from tests.mosquitto import Mosquitto, Watcher
 
 SCHEMA = Path(__file__).parents[2] / "edge_inspector" / "schema"
 
@@ -40,48 +37,6 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     server.start()
     yield server
     server.stop()
-
-
-class Watcher:
-    """A subscriber with a persistent session, as a Node-RED flow or a service would have."""
-
-    def __init__(self, port: int, *topics: str, client_id: str = "watcher") -> None:
-        self.messages: list[tuple[str, bytes, bool]] = []
-        self._lock = threading.Lock()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
-        )
-        self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, *_: c.subscribe([(t, 1) for t in topics])
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.reconnect_delay_set(0.1, 0.5)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert subscribed.wait(10), "the test subscriber could not subscribe"
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
-
-    def on(self, topic: str) -> list[bytes]:
-        with self._lock:
-            return [p for t, p, _ in self.messages if t == topic]
-
-    def wait(self, check: Callable[[], object], timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            assert time.monotonic() < deadline, (
-                f"timed out; got topics {sorted({t for t, _, _ in self.messages})}"
-            )
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def _incident(n: int) -> Incident:

@@ -23,7 +23,7 @@ from edge_inspector.demo.synthetic import ConveyorFrame
 from edge_inspector.engine import Engine
 from edge_inspector.errors import ConfigError
 from edge_inspector.events import BoundingBox, Detection, Incident, ModelInfo
-from edge_inspector.mqtt import MqttBridge, attach_mqtt, parse_broker_url
+from edge_inspector.mqtt import MqttBridge, Outbox, attach_mqtt, parse_broker_url
 from tests.camera_server import camera
 from tests.conftest import jpeg
 from tests.mosquitto import Mosquitto, Watcher
@@ -390,3 +390,43 @@ mqtt: {{node_id: killed, keepalive: 5}}
     published = {json.loads(p)["incident_id"] for p in watcher.on("edge_inspector/belt/defect")}
     assert stored, "the engine stored no incident"
     assert stored == published, f"lost on the bus: {sorted(stored - published)[:5]}"
+
+
+async def test_a_station_removed_from_the_config_is_withdrawn_from_discovery(
+    tmp_path: Path,
+    broker: Mosquitto,
+) -> None:
+    other = _station().model_copy(update={"id": "press", "name": "Press"})
+    watcher = Watcher(broker.port, "homeassistant/device/#", client_id="discovery-watcher")
+    for stations in ([_station(), other], [_station()]):  # the second start lacks "press"
+        bridge = MqttBridge(
+            MqttConfig(url=broker.url, node_id="n1"),
+            stations,
+            outbox_path=tmp_path / "outbox.sqlite3",
+        )
+        await bridge.start()
+        assert await asyncio.to_thread(bridge.ready.wait, 10)
+        await bridge.stop()
+    press = "homeassistant/device/edge_inspector_n1_press/config"
+    await asyncio.to_thread(watcher.wait, lambda: watcher.on(press)[-1:] == [b""])
+    assert json.loads(watcher.on("homeassistant/device/edge_inspector_n1_belt/config")[-1])
+    watcher.close()
+
+
+def test_the_outbox_is_bounded_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = [1000.0]
+    outbox = Outbox(tmp_path / "o.sqlite3", max_messages=5, max_age_s=3600, clock=lambda: clock[0])
+    for n in range(8):
+        outbox.put("t", f"{n}".encode())
+    assert [m.payload for m in outbox.after(0, 100)] == [b"3", b"4", b"5", b"6", b"7"]
+    assert "dropped the 1 oldest" in caplog.text
+    clock[0] += 7200  # two hours later everything is past the age limit
+    outbox.put_many([("t", b"new", "k1")])
+    assert [m.payload for m in outbox.after(0, 100)] == [b"new"]
+    assert len(outbox) == 1
+    assert outbox.enqueued(["k1", "k2"]) == {"k1"}
+    outbox.ack([m.seq for m in outbox.after(0, 100)])
+    assert len(outbox) == 0
+    outbox.close()

@@ -14,7 +14,7 @@ PY_ORIG=python3.13_${PY_VERSION}.orig.tar.xz
 PY_SHA256=93e583f243454e6e9e4588ca2c2662206ad961659863277afcdb96801647d640
 PY_PREFIX=$CACHE/python-$PY_VERSION
 VENV=$ROOT/.venv
-APT_PACKAGES=(libgl1 libglib2.0-0 mosquitto mosquitto-clients)
+APT_PACKAGES=(libgl1 libglib2.0-0 mosquitto mosquitto-clients openssl)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -22,7 +22,7 @@ def free_port() -> int:
 
 
 class Mosquitto:
-    """Listener 1: anonymous. Listener 2: user `inspector` / password `s3cret` only."""
+    """Listeners: anonymous; user `inspector` / password `s3cret` only; TLS (self-signed)."""
 
     USER, PASSWORD = "inspector", "s3cret"
 
@@ -34,6 +34,7 @@ class Mosquitto:
         self.folder = folder
         self.port = free_port()
         self.auth_port = free_port()
+        self.tls_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
         passwords = folder / "passwords"
@@ -42,6 +43,30 @@ class Mosquitto:
             ["mosquitto_passwd", "-b", str(passwords), self.USER, self.PASSWORD], check=True
         )
         passwords.chmod(0o600)
+        # A self-signed certificate for 127.0.0.1, its own authority.
+        self.cert, key = folder / "broker.crt", folder / "broker.key"
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-keyout",
+                str(key),
+                "-out",
+                str(self.cert),
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
+        )
         self.config = folder / "mosquitto.conf"
         self.config.write_text(
             f"""user root
@@ -54,6 +79,11 @@ allow_anonymous true
 listener {self.auth_port} 127.0.0.1
 allow_anonymous false
 password_file {passwords}
+listener {self.tls_port} 127.0.0.1
+allow_anonymous true
+cafile {self.cert}
+certfile {self.cert}
+keyfile {key}
 """
         )
 

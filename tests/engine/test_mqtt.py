@@ -430,3 +430,28 @@ def test_the_outbox_is_bounded_and_says_so(
     outbox.ack([m.seq for m in outbox.after(0, 100)])
     assert len(outbox) == 0
     outbox.close()
+
+
+async def test_tls_listener_needs_the_brokers_certificate(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    trusted = MqttBridge(
+        MqttConfig(node_id="tls_ok", discovery=False, ca_file=broker.cert),
+        [_station()],
+        url=f"mqtts://127.0.0.1:{broker.tls_port}",
+        outbox_path=tmp_path / "a.sqlite3",
+    )
+    untrusted = MqttBridge(
+        MqttConfig(node_id="tls_no", discovery=False),
+        [_station()],
+        url=f"mqtts://127.0.0.1:{broker.tls_port}",
+        outbox_path=tmp_path / "b.sqlite3",
+    )
+    await trusted.start()
+    await untrusted.start()
+    try:
+        assert await asyncio.to_thread(trusted.ready.wait, 10)
+        assert not await asyncio.to_thread(untrusted.connected.wait, 2)
+    finally:
+        await trusted.stop()
+        await untrusted.stop()

@@ -195,3 +195,83 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert "usage:" in proc.stderr
+
+
+def test_train_on_a_users_dataset_and_export_the_weights(tmp_path: Path, demo_model: Path) -> None:
+    from edge_inspector.demo.train import make_dataset
+
+    data = make_dataset(tmp_path / "dataset", train_images=8, val_images=4, seed=3)
+    proc = subprocess.run(
+        [
+            *CLI,
+            "train",
+            "--data",
+            str(data),
+            "--model",
+            "yolo11n.yaml",
+            "--epochs",
+            "1",
+            "--imgsz",
+            "160",
+            "--batch",
+            "4",
+            "--project",
+            str(tmp_path / "runs"),
+            "--name",
+            "mine",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = tmp_path / "runs" / "mine" / "weights" / "best.pt"
+    assert f"weights: {weights}" in proc.stdout
+    assert weights.is_file()
+
+    model = tmp_path / "model.pt"
+    model.write_bytes(demo_model.read_bytes())
+    proc = subprocess.run(
+        [*CLI, "export", "--model", str(model), "--format", "onnx", "--imgsz", "320"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exported = Path(proc.stdout.strip().splitlines()[-1])
+    assert exported == tmp_path / "model.onnx"
+    assert exported.stat().st_size > 1_000_000
+    check = subprocess.run(
+        [
+            *CLI,
+            "inspect",
+            str(tmp_path / "dataset" / "images" / "val" / "00000.jpg"),
+            "--model",
+            str(exported),
+            "--imgsz",
+            "320",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr[-2000:]
+    assert "detections" in json.loads(check.stdout)
+
+
+def test_export_of_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*CLI, "export", "--model", str(tmp_path / "nope.pt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "nope.pt: model file not found" in proc.stderr

@@ -120,9 +120,10 @@ class MqttBridge(EventSink):
         self._states: dict[str, bytes] = {}
         self._last_inspection: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
-        self._early_acks: set[int] = set()
-        self._acked: list[int] = []  # outbox seqs the broker acknowledged, not yet deleted
+        # Outbox messages handed to paho and not yet acknowledged. Tracked by paho's message
+        # info rather than by message id: ids are reused, and this bridge's other QoS 1
+        # publishes (state, discovery) are acknowledged through the same callback.
+        self._inflight: list[tuple[mqtt.MQTTMessageInfo, int]] = []
         self._pending: list[tuple[str, bytes, str | None]] = []  # not yet in the outbox
         self._last_sent = 0
         self._wake = threading.Event()
@@ -249,7 +250,6 @@ class MqttBridge(EventSink):
         with self._lock:
             states = list(self._states.items())
             self._inflight.clear()
-            self._early_acks.clear()
             self._last_sent = 0  # resend everything not acknowledged, in order
         for station, payload in states:
             client.publish(self.topics.state(station), payload, qos=1, retain=True)
@@ -296,20 +296,21 @@ class MqttBridge(EventSink):
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any = None
     ) -> None:
-        # Runs on paho's network thread: only bookkeeping here, the database work is batched
-        # on the drain thread.
-        with self._lock:
-            seq = self._inflight.pop(mid, None)
-            if seq is None:
-                self._early_acks.add(mid)
-                return
-            self._acked.append(seq)
+        # Runs on paho's network thread while it holds its own lock: only wake the drain thread,
+        # which does the bookkeeping and the database work in batches.
         self._wake.set()
 
     def _flush_acks(self) -> None:
+        done: list[int] = []
+        waiting: list[tuple[mqtt.MQTTMessageInfo, int]] = []
         with self._lock:
-            acked, self._acked = self._acked, []
-        self.outbox.ack(acked)
+            for info, seq in self._inflight:  # one look at each: a PUBACK may land meanwhile
+                if info.is_published():
+                    done.append(seq)
+                else:
+                    waiting.append((info, seq))
+            self._inflight = waiting
+        self.outbox.ack(done)
 
     def _drain(self) -> None:
         while not self._stopping.is_set():
@@ -343,11 +344,7 @@ class MqttBridge(EventSink):
                 return False
             with self._lock:
                 self._last_sent = message.seq
-                if info.mid in self._early_acks:  # the PUBACK beat us to the bookkeeping
-                    self._early_acks.discard(info.mid)
-                    self._acked.append(message.seq)
-                else:
-                    self._inflight[info.mid] = message.seq
+                self._inflight.append((info, message.seq))
         return True
 
     # -- commands ----------------------------------------------------------------------------

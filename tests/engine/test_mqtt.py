@@ -22,7 +22,7 @@ from edge_inspector.config import EngineConfig, MqttConfig, StationConfig
 from edge_inspector.demo.synthetic import ConveyorFrame
 from edge_inspector.engine import Engine
 from edge_inspector.errors import ConfigError
-from edge_inspector.events import BoundingBox, Detection, Incident, ModelInfo
+from edge_inspector.events import BoundingBox, Detection, Incident, ModelInfo, StationState
 from edge_inspector.mqtt import MqttBridge, Outbox, attach_mqtt, parse_broker_url
 from tests.camera_server import camera
 from tests.conftest import jpeg
@@ -455,3 +455,44 @@ async def test_tls_listener_needs_the_brokers_certificate(
     finally:
         await trusted.stop()
         await untrusted.stop()
+
+
+async def test_a_reused_message_id_does_not_count_as_the_brokers_acknowledgement(
+    tmp_path: Path,
+    broker: Mosquitto,
+) -> None:
+    # paho numbers messages 1..65535 and starts again. The broker's PUBACK for a state update
+    # must never be taken for the acknowledgement of a later defect that got the same number.
+    watcher = Watcher(broker.port, "edge_inspector/belt/defect", client_id="mid-watcher")
+    bridge = MqttBridge(
+        MqttConfig(url=broker.url, node_id="n1", discovery=False),
+        [_station()],
+        outbox_path=tmp_path / "outbox.sqlite3",
+    )
+    await bridge.start()
+    assert await asyncio.to_thread(bridge.ready.wait, 10)
+    state = StationState(
+        station_id="belt",
+        name="Belt",
+        enabled=True,
+        available=True,
+        mode="continuous",
+        updated_at=datetime.now(UTC),
+    )
+    client = bridge._client
+    client._last_mid = 65000  # what some hours of state updates would have reached
+    await bridge.on_station_state(state)  # QoS 1, id 65001, acknowledged at once
+    await asyncio.sleep(0.5)
+    assert broker.process is not None
+    broker.process.send_signal(signal.SIGSTOP)  # the broker hangs: nothing is acknowledged
+    try:
+        client._last_mid = 65000  # ...and the numbers come round again
+        await bridge.on_incident(_incident(1))
+        await asyncio.sleep(1.0)
+        assert bridge.queued == 1, "a defect left the outbox without the broker's PUBACK"
+    finally:
+        broker.process.send_signal(signal.SIGCONT)
+    await asyncio.to_thread(watcher.wait, lambda: bridge.queued == 0)
+    await asyncio.to_thread(watcher.wait, lambda: watcher.on("edge_inspector/belt/defect"))
+    await bridge.stop()
+    watcher.close()

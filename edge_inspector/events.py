@@ -168,6 +168,9 @@ class StationState(_Event):
     last_incident_id: str | None = None
     last_latency_ms: float | None = None
     defect_present: bool = Field(default=False, description="The last inspection failed.")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Confidence each defect class needs, as now set."
+    )
     updated_at: datetime
 
 

@@ -142,6 +142,7 @@ class Station:
             last_incident_id=self.last_incident_id,
             last_latency_ms=self.last_latency_ms,
             defect_present=self.defect_present,
+            thresholds=self.rules.thresholds,
             updated_at=datetime.now(UTC),
         )
 

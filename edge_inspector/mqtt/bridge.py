@@ -79,13 +79,13 @@ class InspectCommand(BaseModel):
     lot_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
 
 
-def state_payload(state: StationState, thresholds: dict[str, float]) -> bytes:
-    data = json.loads(state.model_dump_json())
+def state_payload(state: StationState) -> bytes:
+    """The station state with what Home Assistant's entities read: defect rate, one threshold."""
+    data = state.model_dump(mode="json")
     data["defect_rate"] = (
         round(100 * state.defects / state.inspections, 2) if state.inspections else 0.0
     )
-    data["thresholds"] = thresholds
-    data["threshold"] = min(thresholds.values()) if thresholds else None
+    data["threshold"] = min(state.thresholds.values()) if state.thresholds else None
     return json.dumps(data, separators=(",", ":")).encode()
 
 
@@ -109,7 +109,6 @@ class MqttBridge(EventSink):
         self.config = config
         self.topics = Topics(config.base_topic)
         self._stations = {s.id: s for s in stations}
-        self._thresholds = {s.id: {k: v.confidence for k, v in s.defects.items()} for s in stations}
         self._control = control
         self._store = store
         self.outbox = Outbox(
@@ -390,23 +389,20 @@ class MqttBridge(EventSink):
 
     async def _set(self, station: str, command: SetCommand) -> None:
         assert self._control is not None
-        unknown = sorted(set(command.thresholds or {}) - set(self._thresholds[station]))
-        if unknown:
+        unknown = sorted(set(command.thresholds or {}) - set(self._stations[station].defects))
+        if unknown:  # refused before anything changes
             raise EdgeInspectorError(f"not a defect class of {station}: {', '.join(unknown)}")
         if command.threshold is not None:
-            for name in self._thresholds[station]:
-                self._control.set_threshold(station, name, command.threshold)
-                self._thresholds[station][name] = command.threshold
+            self._control.set_threshold(station, None, command.threshold)
         for name, value in (command.thresholds or {}).items():
             self._control.set_threshold(station, name, value)
-            self._thresholds[station][name] = value
         if command.enabled is not None:
             self._control.set_enabled(station, command.enabled)
 
     # -- events ------------------------------------------------------------------------------
 
     async def on_station_state(self, state: StationState) -> None:
-        payload = state_payload(state, self._thresholds.get(state.station_id, {}))
+        payload = state_payload(state)
         with self._lock:
             self._states[state.station_id] = payload
         if self.connected.is_set():

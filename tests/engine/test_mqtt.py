@@ -213,6 +213,15 @@ async def test_commands_are_applied_or_refused_with_a_reason(
             assert engine.stations["gate"].rules.thresholds == dict.fromkeys(
                 ["scratch", "dent", "crack", "spot"], 0.8
             )
+            # A change made elsewhere (an HA service, the API) shows in the MQTT state too.
+            engine.set_threshold("gate", "dent", 0.55)
+            await asyncio.to_thread(
+                watcher.wait,
+                lambda: any(
+                    json.loads(p)["thresholds"].get("dent") == 0.55
+                    for p in watcher.on("edge_inspector/gate/state")
+                ),
+            )
             send("edge_inspector/gate/set", '{"enabled": false}', qos=1)
             await asyncio.to_thread(watcher.wait, lambda: not engine.stations["gate"].enabled)
 

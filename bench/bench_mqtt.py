@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from bench_engine import MemorySource  # bench/ is on the path when run as a script
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_inspector.config import EngineConfig, MqttConfig
@@ -29,11 +30,9 @@ from edge_inspector.demo.synthetic import ConveyorCamera
 from edge_inspector.detect.batcher import inference_thread
 from edge_inspector.detect.runtime import prepare_ultralytics, use_threads_for
 from edge_inspector.engine import Engine
-from edge_inspector.errors import SourceExhaustedError
 from edge_inspector.events import BoundingBox, Detection, Incident, ModelInfo
-from edge_inspector.frames import Frame, Image
+from edge_inspector.frames import Image
 from edge_inspector.mqtt import MqttBridge, attach_mqtt
-from edge_inspector.sources import FrameSource
 
 
 def start_broker(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -125,20 +124,6 @@ async def through_outbox(port: int, events: list[Incident], folder: Path) -> flo
     elapsed = time.perf_counter() - started
     await bridge.stop()
     return len(events) / elapsed
-
-
-class MemorySource(FrameSource):
-    live = False
-
-    def __init__(self, images: list[Image], go: asyncio.Event) -> None:
-        self._images, self._index, self._go = images, 0, go
-
-    async def read(self, *, not_before: float | None = None) -> Frame:
-        await self._go.wait()  # start-up (model, broker connection) is not timed
-        if self._index >= len(self._images):
-            raise SourceExhaustedError("done")
-        self._index += 1
-        return Frame(self._images[self._index - 1], self._index, "memory")
 
 
 async def detection(images: list[Image], folder: Path, port: int | None, executor: object) -> float:

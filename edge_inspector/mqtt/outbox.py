@@ -1,6 +1,6 @@
 """A durable outbox: QoS 1 messages wait in SQLite until the broker acknowledges them.
 
-A message is committed before `put` returns and deleted only when the broker's PUBACK for it
+A message is committed before `put_many` returns and deleted only when the broker's PUBACK for it
 arrives, so a broker outage or a killed process loses nothing: what was not acknowledged is sent
 again, in order, after the next connect. A message may therefore arrive twice; every payload
 carries the incident id so subscribers can drop the duplicate. The outbox is bounded by age and
@@ -82,29 +82,6 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-    def put(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int = 1,
-        retain: bool = False,
-        key: str | None = None,
-    ) -> int:
-        """Store a message durably (and remember `key` as enqueued); returns its number."""
-        now = self._clock()
-        with self._lock, self._transaction():
-            seq = self._db.execute(
-                "INSERT INTO messages (topic, payload, qos, retain, created) VALUES (?,?,?,?,?)",
-                (topic, payload, qos, int(retain), now),
-            ).lastrowid
-            if key is not None:
-                self._db.execute("INSERT OR REPLACE INTO enqueued VALUES (?, ?)", (key, now))
-            self._count += 1
-            self._enforce_bounds(now)
-        assert seq is not None
-        return seq
 
     def put_many(self, messages: list[tuple[str, bytes, str | None]]) -> None:
         """Store QoS 1 messages (topic, payload, key) in one transaction."""

@@ -428,7 +428,7 @@ def test_the_outbox_is_bounded_and_says_so(
     clock = [1000.0]
     outbox = Outbox(tmp_path / "o.sqlite3", max_messages=5, max_age_s=3600, clock=lambda: clock[0])
     for n in range(8):
-        outbox.put("t", f"{n}".encode())
+        outbox.put_many([("t", f"{n}".encode(), None)])
     assert [m.payload for m in outbox.after(0, 100)] == [b"3", b"4", b"5", b"6", b"7"]
     assert "dropped the 1 oldest" in caplog.text
     clock[0] += 7200  # two hours later everything is past the age limit

@@ -6,6 +6,8 @@ edge-inspector inspect IMAGE... --model PATH [--json]
 edge-inspector demo [--frames N | --duration S]
 edge-inspector train --data DATA.yaml  /  export --model PATH --format onnx
 edge-inspector schema [--out DIR]     write the JSON Schema of the events
+edge-inspector manuals index DIR      index equipment manuals (Markdown, text, PDF)
+edge-inspector manuals search QUERY   ranked passages: file, section, page, excerpt
 """
 
 from __future__ import annotations
@@ -128,8 +130,21 @@ async def _run(config: EngineConfig, mqtt_url: str | None) -> None:
             await bridge.stop()
 
 
+def with_ollama(config: EngineConfig, host: str | None) -> EngineConfig:
+    """The configuration with the VLM pointed at `host` (from --ollama)."""
+    if not host:
+        return config
+    from .config import VlmConfig
+
+    try:
+        vlm = VlmConfig.model_validate({**config.vlm.model_dump(), "host": host})
+    except ValueError as exc:
+        raise ConfigError(f"--ollama {host}: not a valid Ollama URL ({exc})") from None
+    return config.model_copy(update={"vlm": vlm})
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = with_ollama(load_config(args.config), args.ollama)
     asyncio.run(_run(config, args.mqtt))
     return 0
 
@@ -197,7 +212,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     duration = None if args.frames and args.duration is None else (args.duration or 60.0)
     asyncio.run(
         run_demo(
-            frames=args.frames, duration=duration, store=args.store, fps=args.fps, mqtt=args.mqtt
+            frames=args.frames,
+            duration=duration,
+            store=args.store,
+            fps=args.fps,
+            mqtt=args.mqtt,
+            ollama=args.ollama,
         )
     )
     return 0
@@ -257,6 +277,83 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index_path(args: argparse.Namespace) -> Path:
+    if args.db is not None:
+        return Path(args.db)
+    if args.config is not None:
+        return load_config(args.config).manuals_index
+    return Path("edge-inspector-data") / "manuals.sqlite3"
+
+
+def _embedder(args: argparse.Namespace) -> tuple[object, str | None]:
+    if not args.embed_model:
+        return None, None
+    import ollama
+
+    client = ollama.Client(host=args.ollama)
+
+    def embed(texts: Sequence[str]) -> list[list[float]]:
+        try:
+            return [
+                list(v) for v in client.embed(model=args.embed_model, input=list(texts)).embeddings
+            ]
+        except (ollama.ResponseError, ConnectionError) as exc:
+            raise EdgeInspectorError(f"embedding with {args.embed_model} failed: {exc}") from None
+
+    return embed, args.embed_model
+
+
+def cmd_manuals_index(args: argparse.Namespace) -> int:
+    from .manuals import ManualIndex
+
+    index = ManualIndex(_index_path(args))
+    embed, model = _embedder(args)
+    report = index.index(args.dir, embed=embed, embed_model=model)  # type: ignore[arg-type]
+    for kind in ("added", "updated", "removed"):
+        for name in getattr(report, kind):
+            print(f"{kind:<9} {name}")
+    for name, error in report.failed:
+        print(f"failed    {name}: {error}", file=sys.stderr)
+    print(
+        f"{index.path}: {report.chunks} passages from {len(index.files())} file(s) "
+        f"({len(report.added)} added, {len(report.updated)} updated, "
+        f"{len(report.removed)} removed, {len(report.unchanged)} unchanged, "
+        f"{len(report.failed)} failed)"
+    )
+    return 1 if report.failed else 0
+
+
+def cmd_manuals_search(args: argparse.Namespace) -> int:
+    from .manuals import ManualIndex
+
+    path = _index_path(args)
+    if not path.exists():
+        raise EdgeInspectorError(f"{path}: no manual index; run `edge-inspector manuals index DIR`")
+    index = ManualIndex(path)
+    embed, model = _embedder(args)
+    vector = embed([args.query])[0] if embed is not None else None  # type: ignore[operator]
+    hits = index.search(args.query, limit=args.limit, query_vector=vector, embed_model=model)
+    if args.json:
+        for hit in hits:
+            print(
+                json.dumps(
+                    {
+                        "file": hit.file,
+                        "section": hit.section,
+                        "page": hit.page,
+                        "score": hit.score,
+                        "excerpt": hit.excerpt,
+                    }
+                )
+            )
+    elif not hits:
+        print(f"no passage matches {args.query!r}")
+    for rank, hit in enumerate([] if args.json else hits, start=1):
+        print(f"{rank}. {hit.reference}  (score {hit.score:g})")
+        print(f"   {hit.excerpt}")
+    return 0 if hits else 1
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-inspector", description="Local AI visual inspection."
@@ -277,6 +374,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run every station of a configuration until stopped")
     p.add_argument("-c", "--config", type=Path, required=True)
     p.add_argument("--mqtt", metavar="URL", help="broker: mqtt://[user:pass@]host:port, mqtts://")
+    p.add_argument("--ollama", metavar="URL", help="Ollama server for the VLM (vlm.host)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("inspect", help="detect objects in image files, one result per image")
@@ -293,6 +391,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="stop after this many seconds (default 60)")
     p.add_argument("--fps", type=float, help="frames per second (0: as fast as possible)")
     p.add_argument("--mqtt", metavar="URL", help="also publish to this broker (mqtt://, mqtts://)")
+    p.add_argument(
+        "--ollama", metavar="URL", help="enrich incidents with the VLM on this Ollama server"
+    )
     p.add_argument(
         "--store",
         type=Path,
@@ -328,6 +429,26 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="write the JSON Schema of the published events")
     p.add_argument("--out", type=Path, default=Path("schema"))
     p.set_defaults(func=cmd_schema)
+
+    manuals = sub.add_parser("manuals", help="index and search the equipment manuals")
+    msub = manuals.add_subparsers(dest="manuals_command", required=True)
+    for name, helptext in (
+        ("index", "index a folder of manuals (incremental by file hash)"),
+        ("search", "print the best passages for a query"),
+    ):
+        p = msub.add_parser(name, help=helptext)
+        if name == "index":
+            p.add_argument("dir", type=Path, metavar="DIR")
+            p.set_defaults(func=cmd_manuals_index)
+        else:
+            p.add_argument("query", metavar="QUERY")
+            p.add_argument("-n", "--limit", type=int, default=5)
+            p.add_argument("--json", action="store_true", help="one JSON object per hit")
+            p.set_defaults(func=cmd_manuals_search)
+        p.add_argument("--db", type=Path, help="index file (default: the store's manuals.sqlite3)")
+        p.add_argument("-c", "--config", type=Path, help="take the index path from a config")
+        p.add_argument("--embed-model", help="Ollama embedding model for hybrid ranking")
+        p.add_argument("--ollama", metavar="URL", help="Ollama server for --embed-model")
     return parser
 
 

@@ -24,8 +24,12 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .tools.schema import SchemaError, check_schema
 
 __all__ = [
+    "ActionConfig",
+    "AutoActionConfig",
+    "BreakerConfig",
     "DebounceConfig",
     "DefectClassConfig",
     "DetectionConfig",
@@ -34,17 +38,23 @@ __all__ = [
     "FolderSourceConfig",
     "HttpSnapshotSourceConfig",
     "ImagesConfig",
+    "ManualsConfig",
     "MjpegSourceConfig",
     "ModelConfig",
+    "MqttActionTarget",
     "MqttConfig",
     "PushSourceConfig",
+    "RateLimitConfig",
     "RetentionConfig",
     "RtspSourceConfig",
+    "ServiceActionTarget",
     "SourceConfig",
     "StationConfig",
     "StoreConfig",
     "SyntheticSourceConfig",
     "TrackingConfig",
+    "VlmConfig",
+    "WebhookActionTarget",
     "load_config",
     "parse_config",
 ]
@@ -220,6 +230,10 @@ class StationConfig(_Model):
     enabled: bool = True
     product: str | None = None
     line: str | None = None
+    actions: tuple[str, ...] | None = Field(
+        default=None,
+        description="Names of `vlm.actions` the VLM may use at this station (default: all).",
+    )
 
     @field_validator("defects", mode="before")
     @classmethod
@@ -292,6 +306,156 @@ class MqttConfig(_Model):
     outbox_max_age_hours: Annotated[float, Field(gt=0)] = 168.0
 
 
+# -- the VLM agent, its tools and the equipment manuals ----------------------------------------
+
+type ToolName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+type Severity = Literal["low", "medium", "high", "critical"]
+
+BUILTIN_TOOLS = frozenset({"search_manual", "write_incident_report", "alert_operator"})
+
+
+class MqttActionTarget(_Model):
+    """Publish the tool call's arguments as JSON to an MQTT topic (standalone engine)."""
+
+    type: Literal["mqtt"]
+    topic: Annotated[str, Field(pattern=r"^[^#+\x00]+$", min_length=1, max_length=512)]
+    qos: Literal[0, 1, 2] = 1
+    retain: bool = False
+
+
+class WebhookActionTarget(_Model):
+    """POST the tool call's arguments as JSON to a URL (a PLC gateway, Node-RED, a script)."""
+
+    type: Literal["webhook"]
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
+    method: Literal["POST", "PUT"] = "POST"
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+
+class ServiceActionTarget(_Model):
+    """A Home Assistant service (`domain.service`) with fixed data; run by the HA adapter."""
+
+    type: Literal["service"]
+    service: Annotated[str, Field(pattern=r"^[a-z0-9_]+\.[a-z0-9_]+$")]
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+type ActionTarget = Annotated[
+    MqttActionTarget | WebhookActionTarget | ServiceActionTarget, Field(discriminator="type")
+]
+
+
+class RateLimitConfig(_Model):
+    """At most `calls` executions in any `per_seconds` window."""
+
+    calls: Annotated[int, Field(ge=1, le=10000)] = 1
+    per_seconds: Annotated[float, Field(gt=0)] = 60.0
+
+
+class ActionConfig(_Model):
+    """A tool the VLM may call, mapped to an automation target, with its guard rails."""
+
+    name: ToolName
+    description: Annotated[str, Field(min_length=1, max_length=1000)]
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="JSON Schema of the arguments (see edge_inspector.tools.schema).",
+    )
+    target: ActionTarget
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    confirm: bool = Field(
+        default=False, description="Ask a human instead of executing (a stop-the-line action)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _not_builtin(cls, name: str) -> str:
+        if name in BUILTIN_TOOLS:
+            raise ValueError(f"{name!r} is a built-in tool; choose another name")
+        return name
+
+    @field_validator("parameters")
+    @classmethod
+    def _schema_subset(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return check_schema(value)
+        except SchemaError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class AutoActionConfig(_Model):
+    """For models without tool calls: run an action when a classified defect matches."""
+
+    action: ToolName
+    classes: tuple[str, ...] = Field(default=(), description="Defect types (empty: any).")
+    min_severity: Severity = "high"
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class BreakerConfig(_Model):
+    """After `failures` failed calls in a row, leave Ollama alone for `cooldown` seconds."""
+
+    failures: Annotated[int, Field(ge=1, le=100)] = 3
+    cooldown: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+
+class VlmConfig(_Model):
+    """The vision-language model served by Ollama that enriches each incident."""
+
+    host: Annotated[str, Field(pattern=r"^(https?://)?[^\s/]+(:\d+)?/?$")] | None = Field(
+        default=None, description="Ollama's URL, e.g. http://127.0.0.1:11434 (unset: VLM off)."
+    )
+    model: Annotated[str, Field(min_length=1)] = "qwen2.5vl:7b"
+    tool_mode: Literal["auto", "tools", "json"] = Field(
+        default="auto", description="`auto` asks /api/show whether the model supports tools."
+    )
+    keep_alive: str | float = "30m"
+    request_timeout: Annotated[float, Field(gt=0, le=600)] = 60.0
+    deadline: Annotated[float, Field(gt=0, le=1800)] = 180.0
+    max_tool_rounds: Annotated[int, Field(ge=1, le=20)] = 6
+    concurrency: Annotated[int, Field(ge=1, le=16)] = 1
+    queue_size: Annotated[int, Field(ge=1, le=100_000)] = 256
+    retry_interval: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    image_max_side: Annotated[int, Field(ge=64, le=4096)] = 768
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 80
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.1
+    breaker: BreakerConfig = BreakerConfig()
+    actions: tuple[ActionConfig, ...] = ()
+    auto_actions: tuple[AutoActionConfig, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.host is not None
+
+    @model_validator(mode="after")
+    def _names(self) -> Self:
+        names = [a.name for a in self.actions]
+        doubles = sorted({n for n in names if names.count(n) > 1})
+        if doubles:
+            raise ValueError(f"action names used more than once: {', '.join(doubles)}")
+        for auto in self.auto_actions:
+            if auto.action not in names:
+                raise ValueError(f"auto_actions names {auto.action!r}, which is not in actions")
+        return self
+
+    def action(self, name: str) -> ActionConfig | None:
+        return next((a for a in self.actions if a.name == name), None)
+
+
+class ManualsConfig(_Model):
+    """The equipment manuals the VLM searches (Markdown, text, PDF)."""
+
+    dir: ConfigPath | None = None
+    index: ConfigPath | None = Field(
+        default=None, description="The SQLite index (default: manuals.sqlite3 in the store)."
+    )
+    embed_model: str | None = Field(
+        default=None, description="An Ollama embedding model for hybrid ranking (optional)."
+    )
+    results: Annotated[int, Field(ge=1, le=20)] = 3
+
+
 class EngineConfig(_Model):
     """The whole configuration file."""
 
@@ -299,6 +463,23 @@ class EngineConfig(_Model):
     store: StoreConfig = StoreConfig()
     detection: DetectionConfig = DetectionConfig()
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    vlm: VlmConfig = VlmConfig()
+    manuals: ManualsConfig = ManualsConfig()
+
+    @model_validator(mode="after")
+    def _station_actions(self) -> Self:
+        names = {a.name for a in self.vlm.actions}
+        for station in self.stations:
+            unknown = sorted(set(station.actions or ()) - names)
+            if unknown:
+                raise ValueError(
+                    f"station {station.id} names actions not in vlm.actions: {', '.join(unknown)}"
+                )
+        return self
+
+    @property
+    def manuals_index(self) -> Path:
+        return self.manuals.index or self.store.path / "manuals.sqlite3"
 
     @field_validator("stations")
     @classmethod

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -16,11 +17,16 @@ from .config import EngineConfig, StationConfig
 from .detect.batcher import InferenceQueue, inference_thread
 from .detect.detector import YoloDetector
 from .errors import EdgeInspectorError, ModelError, StationNotFoundError
-from .events import InspectionResult, StationState
+from .events import ActionRecord, InspectionResult, StationState, VlmResult
 from .sinks import EventSink, SinkFanout
 from .sources import FrameSource, build_source
 from .station import Station
 from .store import Store
+from .tools.actions import ActionGuard, ActionPort, WebhookPort
+from .vlm.enricher import IncidentEnricher, pending_result
+
+if TYPE_CHECKING:
+    from .manuals import ManualIndex
 
 __all__ = ["Engine"]
 
@@ -64,6 +70,16 @@ class Engine:
         self.failed: dict[str, StationState] = {}  # stations that could not start, and why
         self._retention_task: asyncio.Task[None] | None = None
         self._started = False
+        # Where mapped actions go, by target type; attach_mqtt adds `mqtt`, the HA adapter
+        # `service`.
+        self.action_ports: dict[str, ActionPort] = {"webhook": WebhookPort(self._http)}
+        self.actions = ActionGuard(config.vlm, self.action_ports)
+        self.enricher: IncidentEnricher | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise EdgeInspectorError("the engine is not running")
+        return self._session
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -94,14 +110,71 @@ class Engine:
                 await queue.close()
                 continue
             self._inference[key] = queue
+        vlm_initial: VlmResult | None = None
+        if self.config.vlm.enabled:
+            self.enricher = await self._start_vlm()
+            vlm_initial = pending_result(self.config.vlm.model)
         for config in self.config.stations:
-            await self._start_station(config)
+            await self._start_station(config, vlm_initial)
         self._retention_task = asyncio.create_task(
             self._retention(), name="edge_inspector retention"
         )
         self._started = True
 
-    async def _start_station(self, config: StationConfig) -> None:
+    async def _start_vlm(self) -> IncidentEnricher:
+        from .manuals import ManualIndex
+        from .vlm import OllamaVlm, VlmAgent
+
+        manuals = None
+        if self.config.manuals.dir is not None or self.config.manuals_index.exists():
+            manuals = ManualIndex(self.config.manuals_index)
+            if self.config.manuals.dir is not None:
+                await self._index_manuals(manuals)
+        vlm = OllamaVlm(self.config.vlm)
+        agent = VlmAgent(
+            vlm,
+            self.config.vlm,
+            self.actions,
+            manuals=manuals,
+            manuals_config=self.config.manuals,
+        )
+        enricher = IncidentEnricher(
+            self.config, self.store, self.sinks, agent, executor=self._executor
+        )
+        self.sinks.add(enricher)
+        await enricher.start()
+        return enricher
+
+    async def _index_manuals(self, manuals: ManualIndex) -> None:
+        folder = self.config.manuals.dir
+        assert folder is not None
+        try:
+            report = await asyncio.get_running_loop().run_in_executor(
+                self._executor, lambda: manuals.index(folder)
+            )
+        except EdgeInspectorError as exc:
+            _LOGGER.error("manuals: %s", exc)
+            return
+        for name, error in report.failed:
+            _LOGGER.warning("manuals: %s skipped: %s", name, error)
+        _LOGGER.info(
+            "manuals: %d passages (%d new, %d changed, %d removed, %d unchanged files)",
+            report.chunks,
+            len(report.added),
+            len(report.updated),
+            len(report.removed),
+            len(report.unchanged),
+        )
+
+    async def resolve_action(
+        self, incident_id: str, request_id: str, *, approve: bool, by: str
+    ) -> ActionRecord:
+        """A human approves or declines an action the VLM asked to confirm."""
+        if self.enricher is None:
+            raise EdgeInspectorError("the VLM is not configured")
+        return await self.enricher.resolve_action(incident_id, request_id, approve=approve, by=by)
+
+    async def _start_station(self, config: StationConfig, vlm_initial: VlmResult | None) -> None:
         queue = self._inference.get(_model_key(config))
         error: str | None = None
         if queue is None:
@@ -141,6 +214,7 @@ class Engine:
             store=self.store,
             sink=self.sinks,
             executor=self._executor,
+            vlm_initial=vlm_initial,
         )
         self.stations[config.id] = station
         await station.start()
@@ -153,6 +227,10 @@ class Engine:
                 await self._retention_task
             self._retention_task = None
         await asyncio.gather(*(s.stop() for s in self.stations.values()))
+        if self.enricher is not None:
+            await self.enricher.stop()
+            self.sinks.remove(self.enricher)
+            self.enricher = None
         for queue in self._inference.values():
             await queue.close()
         self._inference.clear()

@@ -16,15 +16,24 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "ActionRecord",
+    "ActionStatus",
     "BoundingBox",
+    "Classification",
     "Detection",
     "Incident",
+    "IncidentReport",
     "IncidentState",
     "InspectionResult",
     "Latency",
+    "ManualReference",
     "ModelInfo",
+    "OperatorAlert",
+    "Severity",
     "StationState",
     "Verdict",
+    "VlmResult",
+    "VlmStatus",
     "export_schemas",
 ]
 
@@ -124,6 +133,118 @@ class IncidentState(StrEnum):
     REJECTED = "rejected"
 
 
+class Severity(StrEnum):
+    """How bad a defect is, as the VLM (or the operator) judges it."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return list(Severity).index(self)
+
+
+class VlmStatus(StrEnum):
+    """Where an incident's enrichment by the vision-language model stands."""
+
+    PENDING = "pending"  # queued, not answered yet
+    UNAVAILABLE = "unavailable"  # Ollama is down or slow; retried when it is back
+    DONE = "done"
+    INVALID = "invalid"  # the model's answer did not fit the schema, twice; raw text kept
+    FAILED = "failed"  # the model answered but the run failed (deadline, loop); not retried
+
+
+class Classification(_Event):
+    """The VLM's reading of the defect."""
+
+    defect_type: str
+    severity: Severity
+    confidence: Annotated[float, Field(ge=0, le=1)]
+    description: Annotated[str, Field(max_length=500)]
+
+
+class ManualReference(_Event):
+    """A passage of an equipment manual the fix came from."""
+
+    file: str
+    section: str
+    page: int | None = None
+    excerpt: str
+    score: float
+
+
+class IncidentReport(_Event):
+    """The incident report: what happened, why, and how to fix it."""
+
+    summary: str
+    probable_cause: str
+    fix_steps: tuple[str, ...]
+    manual_refs: tuple[ManualReference, ...] = ()
+    written_by: str = Field(
+        default="model", description="`model`, or `engine` when the model wrote none."
+    )
+
+
+class ActionStatus(StrEnum):
+    """What became of one tool call."""
+
+    EXECUTED = "executed"
+    FAILED = "failed"  # allowed, but the target failed (broker down, webhook error)
+    REFUSED = "refused"  # not offered, or arguments against the schema: never executed
+    RATE_LIMITED = "rate_limited"
+    AWAITING_CONFIRMATION = "awaiting_confirmation"  # `confirm: true`: a human decides
+    APPROVED = "approved"  # a human approved; then executed or failed
+    DECLINED = "declined"  # a human declined
+
+
+class ActionRecord(_Event):
+    """One tool call of the model (or of the engine's fallback), and its outcome."""
+
+    tool: str
+    arguments: dict[str, Any]
+    status: ActionStatus
+    detail: str = ""
+    at: datetime
+    request_id: str | None = Field(
+        default=None, description="Set when the action waits for a human's confirmation."
+    )
+    by: str = Field(default="model", description="`model`, `engine`, or the human who decided.")
+
+
+class VlmResult(_Event):
+    """The VLM's enrichment of an incident."""
+
+    status: VlmStatus
+    model: str | None = None
+    prompt_version: str
+    mode: str | None = Field(default=None, description="`tools`, or `json` for models without.")
+    classification: Classification | None = None
+    report: IncidentReport | None = None
+    actions: tuple[ActionRecord, ...] = ()
+    raw: str | None = Field(default=None, description="The model's last answer when invalid.")
+    error: str | None = None
+    attempts: int = 0
+    rounds: int = 0
+    duration_ms: float | None = None
+    updated_at: datetime
+
+
+class OperatorAlert(_Event):
+    """A message for the operator: from `alert_operator`, or a request to confirm an action."""
+
+    alert_id: str
+    kind: str = Field(description="`alert`, or `confirm_request` for an action a human decides.")
+    station_id: str
+    incident_id: str
+    message: str
+    severity: Severity
+    action: str | None = None
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    at: datetime
+
+
 class Incident(_Event):
     """A confirmed defect: one per tracked defect, however many frames it was seen on."""
 
@@ -145,9 +266,10 @@ class Incident(_Event):
     state: IncidentState = IncidentState.OPEN
     model: ModelInfo
     latency_ms: float = Field(description="From the frame's capture to the incident.")
-    extra: dict[str, Any] = Field(
-        default_factory=dict, description="Later enrichment (VLM classification, report, actions)."
+    vlm: VlmResult | None = Field(
+        default=None, description="The VLM's classification, report and actions (None: VLM off)."
     )
+    extra: dict[str, Any] = Field(default_factory=dict, description="Free-form additions.")
 
 
 class StationState(_Event):
@@ -178,6 +300,7 @@ _SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "inspection": InspectionResult,
     "incident": Incident,
     "station_state": StationState,
+    "alert": OperatorAlert,
 }
 
 

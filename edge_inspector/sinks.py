@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-from .events import Incident, InspectionResult, StationState
+from .events import Incident, InspectionResult, OperatorAlert, StationState
 
 __all__ = ["EventSink", "SinkFanout"]
 
@@ -31,6 +31,9 @@ class EventSink:
 
     async def on_station_state(self, state: StationState) -> None:
         """A station's state: availability, enabled, counters."""
+
+    async def on_alert(self, alert: OperatorAlert) -> None:
+        """A message for the operator, or a request to confirm an action (from the VLM)."""
 
 
 class SinkFanout(EventSink):
@@ -72,3 +75,6 @@ class SinkFanout(EventSink):
 
     async def on_station_state(self, state: StationState) -> None:
         await self._each("on_station_state", state)
+
+    async def on_alert(self, alert: OperatorAlert) -> None:
+        await self._each("on_alert", alert)

@@ -31,7 +31,15 @@ from .errors import (
     SourceError,
     SourceExhaustedError,
 )
-from .events import Detection, Incident, InspectionResult, Latency, StationState, Verdict
+from .events import (
+    Detection,
+    Incident,
+    InspectionResult,
+    Latency,
+    StationState,
+    Verdict,
+    VlmResult,
+)
 from .frames import Frame, encode_jpeg
 from .sinks import EventSink
 from .sources import Backoff, FrameSource, PushSource
@@ -66,8 +74,10 @@ class Station:
         store: Store,
         sink: EventSink,
         executor: Executor | None = None,
+        vlm_initial: VlmResult | None = None,
     ) -> None:
         self.config = config
+        self._vlm_initial = vlm_initial  # what a new incident says about the VLM (None: off)
         self.source = source
         self._inference = inference
         self._store = store
@@ -362,6 +372,9 @@ class Station:
             track_id=confirmation.track_id,
             model=self._inference.detector.info,
             latency_ms=round(latency_ms, 3),
+            vlm=None
+            if self._vlm_initial is None
+            else self._vlm_initial.model_copy(update={"updated_at": frame.timestamp}),
         )
 
     # -- output -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from ..cli import with_ollama
 from ..config import load_config
 from ..engine import Engine
 from ..events import Incident, InspectionResult
@@ -113,9 +114,10 @@ async def run_demo(
     out: TextIO = sys.stdout,
     config_path: Path = DEMO_CONFIG,
     mqtt: str | None = None,
+    ollama: str | None = None,
 ) -> DemoReporter:
     """Run the demo until `frames` or `duration` is reached, or until SIGINT/SIGTERM."""
-    config = load_config(config_path)
+    config = with_ollama(load_config(config_path), ollama)
     station = config.stations[0]
     if fps is not None:
         station = station.model_copy(update={"fps": fps or None})

@@ -24,17 +24,26 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import MqttConfig, StationConfig
+from ..config import ActionConfig, MqttActionTarget, MqttConfig, StationConfig
 from ..engine import Engine
 from ..errors import EdgeInspectorError
-from ..events import Incident, InspectionResult, StationState
+from ..events import ActionRecord, Incident, InspectionResult, OperatorAlert, StationState
 from ..sinks import EventSink
 from ..store import Store
+from ..tools.actions import ActionContext, ActionError
 from .discovery import discovery_payload, discovery_topic, encode
 from .outbox import Outbox, OutboxMessage
 from .topics import BrokerUrl, Topics, parse_broker_url
 
-__all__ = ["InspectCommand", "MqttBridge", "SetCommand", "StationControl", "attach_mqtt"]
+__all__ = [
+    "ConfirmCommand",
+    "InspectCommand",
+    "MqttActionPort",
+    "MqttBridge",
+    "SetCommand",
+    "StationControl",
+    "attach_mqtt",
+]
 
 _LOGGER = logging.getLogger(__name__)
 _WINDOW = 64  # QoS 1 messages in flight at once
@@ -51,6 +60,10 @@ class StationControl(Protocol):
     async def inspect_now(
         self, station_id: str, *, part_id: str | None = None, lot_id: str | None = None
     ) -> InspectionResult: ...
+
+    async def resolve_action(
+        self, incident_id: str, request_id: str, *, approve: bool, by: str
+    ) -> ActionRecord: ...
 
 
 type Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -77,6 +90,16 @@ class InspectCommand(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     part_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     lot_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+
+class ConfirmCommand(BaseModel):
+    """`<base>/<station>/confirm`: a human approves or declines an action the VLM asked for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    incident_id: Annotated[str, Field(min_length=1, max_length=64)]
+    request_id: Annotated[str, Field(min_length=1, max_length=64)]
+    approve: bool
+    by: Annotated[str, Field(min_length=1, max_length=100)] = "mqtt"
 
 
 def state_payload(state: StationState) -> bytes:
@@ -253,7 +276,9 @@ class MqttBridge(EventSink):
         for station, payload in states:
             client.publish(self.topics.state(station), payload, qos=1, retain=True)
         commands = [
-            (t(s), 1) for s in self._stations for t in (self.topics.set, self.topics.inspect)
+            (t(s), 1)
+            for s in self._stations
+            for t in (self.topics.set, self.topics.inspect, self.topics.confirm)
         ]
         self._subscription = client.subscribe(commands)[1]
         self.connected.set()
@@ -374,6 +399,11 @@ class MqttBridge(EventSink):
         try:
             if command == "set":
                 await self._set(station, SetCommand.model_validate(data))
+            elif command == "confirm":
+                confirm = ConfirmCommand.model_validate(data)
+                await self._control.resolve_action(
+                    confirm.incident_id, confirm.request_id, approve=confirm.approve, by=confirm.by
+                )
             else:
                 inspect = InspectCommand.model_validate(data)
                 await self._control.inspect_now(
@@ -426,6 +456,23 @@ class MqttBridge(EventSink):
             self.topics.incident(incident.station_id), incident.model_dump_json().encode(), None
         )
 
+    async def on_alert(self, alert: OperatorAlert) -> None:
+        self._enqueue(self.topics.alert(alert.station_id), alert.model_dump_json().encode(), None)
+
+    async def publish_action(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Publish an action now, or fail: an action is never queued to run hours later."""
+        if not self.connected.is_set():
+            raise ActionError(f"MQTT broker {self.broker.redacted()} is not connected")
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise ActionError(f"MQTT publish failed: {mqtt.error_string(info.rc)}")
+        if qos:
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(RuntimeError, ValueError):
+                await loop.run_in_executor(None, info.wait_for_publish, 5.0)
+            if not info.is_published():
+                raise ActionError("the MQTT broker did not acknowledge the action in 5 s")
+
     async def on_inspection(self, result: InspectionResult) -> None:
         if not self.config.publish_inspections or not self.connected.is_set():
             return
@@ -455,4 +502,28 @@ def attach_mqtt(engine: Engine, url: str | None = None) -> MqttBridge | None:
         store=engine.store,
     )
     engine.sinks.add(bridge)
+    engine.action_ports["mqtt"] = MqttActionPort(bridge)
     return bridge
+
+
+class MqttActionPort:
+    """`mqtt` action targets: the call as JSON on the action's topic, through this bridge."""
+
+    def __init__(self, bridge: MqttBridge) -> None:
+        self._bridge = bridge
+
+    async def execute(
+        self, action: ActionConfig, arguments: dict[str, Any], context: ActionContext
+    ) -> str:
+        target = action.target
+        assert isinstance(target, MqttActionTarget)
+        payload = json.dumps(
+            {
+                "action": action.name,
+                "arguments": arguments,
+                **context.as_dict(),
+                "at": datetime.now(UTC).isoformat(),
+            }
+        ).encode()
+        await self._bridge.publish_action(target.topic, payload, target.qos, target.retain)
+        return f"published to {target.topic}"

@@ -52,16 +52,22 @@ class Topics:
     def inspect(self, station: str) -> str:
         return f"{self.base}/{station}/inspect"
 
+    def alert(self, station: str) -> str:
+        return f"{self.base}/{station}/alert"
+
+    def confirm(self, station: str) -> str:
+        return f"{self.base}/{station}/confirm"
+
     def error(self, station: str) -> str:
         return f"{self.base}/{station}/error"
 
     def command(self, topic: str) -> tuple[str, str] | None:
-        """(station, "set" | "inspect") for a command topic under this base, else None."""
+        """(station, "set" | "inspect" | "confirm") for a command topic under this base."""
         prefix = f"{self.base}/"
         if not topic.startswith(prefix):
             return None
         station, _, command = topic[len(prefix) :].partition("/")
-        if not station or command not in ("set", "inspect"):
+        if not station or command not in ("set", "inspect", "confirm"):
             return None
         return station, command
 

@@ -243,12 +243,47 @@ class Store:
         await self.add_incident(incident)
 
     async def set_incident_state(self, incident_id: str, state: IncidentState) -> Incident | None:
-        current = await self.incident(incident_id)
-        if current is None:
-            return None
-        updated = current.model_copy(update={"state": state})
-        await self.update_incident(updated)
-        return updated
+        return await self.modify_incident(
+            incident_id, lambda current: current.model_copy(update={"state": state})
+        )
+
+    async def modify_incident(
+        self, incident_id: str, change: Callable[[Incident], Incident | None]
+    ) -> Incident | None:
+        """Read, change and write one incident as one step on the store's thread, so two
+        writers (an operator acknowledging, the VLM enriching) never undo each other.
+        `change` returns None to leave the incident as it is."""
+
+        def _modify() -> Incident | None:
+            found = self._incidents(
+                "SELECT payload, frame_path, crop_path FROM incidents WHERE id = ?", (incident_id,)
+            )
+            if not found:
+                return None
+            updated = change(found[0])
+            if updated is None:
+                return found[0]
+            with self._conn:
+                self._conn.execute(
+                    "UPDATE incidents SET state = ?, payload = ? WHERE id = ?",
+                    (str(updated.state), updated.model_dump_json(), incident_id),
+                )
+            return updated
+
+        return await self._run(_modify)
+
+    async def incidents_awaiting_vlm(self, limit: int = 100) -> list[str]:
+        """Ids of incidents the VLM has not answered yet (pending or unavailable), oldest first."""
+        return await self._run(
+            lambda: [
+                row[0]
+                for row in self._conn.execute(
+                    "SELECT id FROM incidents WHERE json_extract(payload, '$.vlm.status') "
+                    "IN ('pending', 'unavailable') ORDER BY ts LIMIT ?",
+                    (limit,),
+                )
+            ]
+        )
 
     # -- queries ----------------------------------------------------------------------------
 

@@ -717,3 +717,120 @@ async def test_an_acknowledgement_during_enrichment_is_kept(
         done = await sink.final(incident.incident_id)
     assert done.state == IncidentState.ACKNOWLEDGED
     assert done.vlm is not None and done.vlm.status == VlmStatus.DONE
+
+
+# -- on the MQTT bus -----------------------------------------------------------------------------
+
+
+async def test_actions_alerts_and_confirmations_over_a_real_broker(
+    tmp_path: Path,
+    ollama: FakeOllama,
+    make_config: Callable[..., EngineConfig],
+    scenes: list[ConveyorFrame],
+) -> None:
+    import json
+
+    import jsonschema
+
+    from edge_inspector.mqtt import attach_mqtt
+    from tests.mosquitto import Mosquitto, Watcher
+
+    schema_dir = Path(__file__).parents[2] / "edge_inspector" / "schema"
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    try:
+        config = make_config(
+            """
+            - id: press
+              name: Press 2
+              mode: triggered
+              source: {type: push}
+              model: {path: MODEL, imgsz: 320}
+              defects: {scratch: 0.3, dent: 0.3, crack: 0.3, spot: 0.3}
+            """,
+            extra=textwrap.dedent(f"""\
+                mqtt: {{url: "{broker.url}", node_id: plant_a}}
+                vlm:
+                  host: {ollama.url}
+                  request_timeout: 2
+                  actions:
+                    - name: divert_part
+                      description: Push the part into the reject bin
+                      parameters: {{properties: {{bin: {{type: string}}}}, required: [bin]}}
+                      target: {{type: mqtt, topic: plant/line2/divert}}
+                    - name: stop_line
+                      description: Stop line 2
+                      target: {{type: mqtt, topic: plant/line2/stop, qos: 1}}
+                      confirm: true
+            """),
+        )
+        ollama.queue(
+            classification("crack", "critical"),
+            Reply.tools(
+                ("divert_part", {"bin": "reject"}),
+                ("stop_line", {}),
+                ("alert_operator", {"message": "Crack on press 2", "severity": "critical"}),
+            ),
+            Reply(content="done"),
+        )
+        watcher = Watcher(broker.port, "plant/#", "edge_inspector/#")
+        sink = Recorder()
+        engine = Engine(config, sinks=[sink])
+        bridge = attach_mqtt(engine)
+        assert bridge is not None
+        await engine.start()
+        await bridge.start()
+        try:
+            await asyncio.to_thread(bridge.ready.wait, 10)
+            incident = await _defect(engine, scenes[0])
+            done = await sink.final(incident.incident_id)
+            assert done.vlm is not None
+            request = next(a for a in done.vlm.actions if a.tool == "stop_line")
+            await asyncio.to_thread(
+                watcher.wait, lambda: len(watcher.on("edge_inspector/press/alert")) >= 2
+            )
+            assert watcher.on("plant/line2/stop") == []  # waits for a human
+            # a Node-RED dashboard button approves it over MQTT
+            confirm = {
+                "incident_id": incident.incident_id,
+                "request_id": request.request_id,
+                "approve": True,
+                "by": "node-red",
+            }
+            watcher.client.publish("edge_inspector/press/confirm", json.dumps(confirm), qos=1)
+            watcher.client.publish("edge_inspector/press/confirm", b'{"approve": "yes"}', qos=1)
+            await asyncio.to_thread(watcher.wait, lambda: watcher.on("plant/line2/stop"))
+            await asyncio.to_thread(watcher.wait, lambda: watcher.on("edge_inspector/press/error"))
+            await asyncio.to_thread(
+                watcher.wait,
+                lambda: any(b"node-red" in p for p in watcher.on("edge_inspector/press/incident")),
+            )
+        finally:
+            await engine.stop()
+            await bridge.stop()
+            watcher.close()
+    finally:
+        broker.stop()
+
+    [divert] = [json.loads(p) for p in watcher.on("plant/line2/divert")]
+    assert divert["arguments"] == {"bin": "reject"}
+    assert (divert["station_id"], divert["incident_id"]) == ("press", incident.incident_id)
+    [stop] = [json.loads(p) for p in watcher.on("plant/line2/stop")]
+    assert stop["action"] == "stop_line" and stop["severity"] == "critical"
+    alerts = [json.loads(p) for p in watcher.on("edge_inspector/press/alert")]
+    for alert in alerts:
+        jsonschema.validate(alert, json.loads((schema_dir / "alert.schema.json").read_text()))
+    assert sorted(a["kind"] for a in alerts) == ["alert", "confirm_request"]
+    updates = [json.loads(p) for p in watcher.on("edge_inspector/press/incident")]
+    incident_schema = json.loads((schema_dir / "incident.schema.json").read_text())
+    for update in updates:
+        jsonschema.validate(update, incident_schema)
+    final = updates[-1]["vlm"]
+    assert final["status"] == "done"
+    assert [(a["tool"], a["status"], a["by"]) for a in final["actions"]][-1] == (
+        "stop_line",
+        "executed",
+        "node-red",
+    )
+    [error] = [json.loads(p) for p in watcher.on("edge_inspector/press/error")]
+    assert error["command"] == "confirm" and "incident_id" in error["error"]

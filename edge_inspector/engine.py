@@ -226,7 +226,7 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention_task
             self._retention_task = None
-        await asyncio.gather(*(s.stop() for s in self.stations.values()))
+        await self.stop_stations()
         if self.enricher is not None:
             await self.enricher.stop()
             self.sinks.remove(self.enricher)
@@ -242,6 +242,11 @@ class Engine:
         await self.store.close()
         self._executor.shutdown(wait=True)
         self._started = False
+
+    async def stop_stations(self) -> None:
+        """Stop every station (no new frames, what was detected is recorded); the VLM, the
+        store and the sinks keep running until `stop()`."""
+        await asyncio.gather(*(s.stop() for s in self.stations.values()))
 
     def station(self, station_id: str) -> Station:
         try:

@@ -340,3 +340,37 @@ class FakeOllama:
                 break
         await response.write_eof()
         return response
+
+
+def agent_script(defect: str = "scratch", severity: str = "medium") -> Script:
+    """A well-behaved model for any number of incidents: classify, search the manual, write
+    the report and divert the part, then stop."""
+
+    def script(body: dict[str, Any]) -> Reply:
+        if not body.get("tools"):
+            return Reply.json(
+                {
+                    "defect_type": defect,
+                    "severity": severity,
+                    "confidence": 0.8,
+                    "description": f"a {defect} on the part",
+                }
+            )
+        tools_answered = [m for m in body["messages"] if m.get("role") == "tool"]
+        if not tools_answered:
+            return Reply.tools(("search_manual", {"query": f"{defect} fix"}))
+        if len(tools_answered) == 1:
+            return Reply.tools(
+                (
+                    "write_incident_report",
+                    {
+                        "summary": f"{severity} {defect} found",
+                        "probable_cause": "see the manual",
+                        "fix_steps": ["Follow the manual section"],
+                    },
+                ),
+                ("divert_part", {"bin": "reject"}),
+            )
+        return Reply(content="Handled.")
+
+    return script

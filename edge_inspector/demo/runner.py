@@ -50,6 +50,8 @@ class DemoReporter(EventSink):
         self.latencies: list[float] = []
         self.by_class: collections.Counter[str] = collections.Counter()
         self.incidents: list[Incident] = []
+        self.enriched: dict[str, Incident] = {}
+        self.vlm_waiting: set[str] = set()
 
     def start_clock(self) -> None:
         """Count time from now: the model is loaded and the stations are running."""
@@ -84,6 +86,29 @@ class DemoReporter(EventSink):
             f"[{incident.latency_ms:.0f} ms]  {incident.frame_path or ''}"
         )
 
+    async def on_incident_update(self, incident: Incident) -> None:
+        vlm = incident.vlm
+        if vlm is None:
+            return
+        head = (
+            f"{time.monotonic() - self._started:6.1f}s  VLM    incident {incident.incident_id[:8]}"
+        )
+        if vlm.status in ("pending", "unavailable"):
+            self.vlm_waiting.add(incident.incident_id)
+            self._say(f"{head}  {vlm.status}: {vlm.error or ''}")
+            return
+        self.vlm_waiting.discard(incident.incident_id)
+        self.enriched[incident.incident_id] = incident
+        c = vlm.classification
+        what = f"{c.defect_type}/{c.severity} ({c.confidence:.2f})" if c else str(vlm.status)
+        self._say(f"{head}  {what}  [{vlm.duration_ms or 0:.0f} ms, {vlm.mode} mode]")
+        if vlm.report is not None:
+            self._say(f"{'':8}report  {vlm.report.summary}")
+            for ref in vlm.report.manual_refs[:1]:
+                self._say(f"{'':8}manual  {ref.file} § {ref.section}")
+        for action in vlm.actions:
+            self._say(f"{'':8}action  {action.tool} -> {action.status}: {action.detail}")
+
     def summary(self, store: Path) -> str:
         elapsed = time.monotonic() - self._started
         classes = (
@@ -101,8 +126,28 @@ class DemoReporter(EventSink):
                 f"  latency (ms)       p50 {p50:.1f}  p90 {p90:.1f}  p99 {p99:.1f}"
                 "  (frame capture to result)",
                 f"  store              {store} (history.sqlite3, images/)",
+                *self._vlm_summary(),
             ]
         )
+
+    def _vlm_summary(self) -> list[str]:
+        if not self.enriched and not self.vlm_waiting:
+            return []
+        statuses = collections.Counter(
+            str(i.vlm.status) for i in self.enriched.values() if i.vlm is not None
+        )
+        actions = collections.Counter(
+            f"{a.tool} {a.status}"
+            for i in self.enriched.values()
+            if i.vlm is not None
+            for a in i.vlm.actions
+        )
+        return [
+            f"  VLM                {len(self.enriched)} of {len(self.incidents)} incidents "
+            f"answered ({', '.join(f'{k} {v}' for k, v in statuses.items()) or 'none'}); "
+            f"{len(self.vlm_waiting)} waiting",
+            f"  VLM actions        {', '.join(f'{k}: {v}' for k, v in actions.items()) or 'none'}",
+        ]
 
 
 async def run_demo(
@@ -115,6 +160,7 @@ async def run_demo(
     config_path: Path = DEMO_CONFIG,
     mqtt: str | None = None,
     ollama: str | None = None,
+    vlm_grace: float = 120.0,
 ) -> DemoReporter:
     """Run the demo until `frames` or `duration` is reached, or until SIGINT/SIGTERM."""
     config = with_ollama(load_config(config_path), ollama)
@@ -160,6 +206,11 @@ async def run_demo(
             task.cancel()
         if stop.is_set():
             print("\nstopping (signal received)...", file=out, flush=True)
+        elif engine.enricher is not None:
+            await engine.stop_stations()
+            print("waiting for the VLM to answer the last incidents...", file=out, flush=True)
+            with contextlib.suppress(TimeoutError):
+                await engine.enricher.wait_idle(timeout=vlm_grace)
     finally:
         await engine.stop()
         if bridge is not None:

@@ -834,3 +834,54 @@ async def test_actions_alerts_and_confirmations_over_a_real_broker(
     )
     [error] = [json.loads(p) for p in watcher.on("edge_inspector/press/error")]
     assert error["command"] == "confirm" and "incident_id" in error["error"]
+
+
+# -- the demo ------------------------------------------------------------------------------------
+
+
+async def test_the_demo_enriches_its_incidents_when_given_an_ollama_host(
+    tmp_path: Path, ollama: FakeOllama
+) -> None:
+    import sqlite3
+    import sys
+
+    from edge_inspector.events import Incident as IncidentModel
+    from tests.ollama_server import agent_script
+
+    ollama.script = agent_script("dent", "high")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge_inspector.cli",
+        "demo",
+        "--frames",
+        "120",
+        "--fps",
+        "0",
+        "--ollama",
+        ollama.url,
+        "--store",
+        str(tmp_path / "demo"),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 300)
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert "VLM    incident" in text and "dent/high (0.80)" in text
+    assert "manual  demo-line.md § Demo line: plate press and conveyor > Troubleshooting" in text
+    assert "action  divert_part -> failed: no mqtt target is connected" in text  # no --mqtt
+    assert "0 waiting" in text
+    db = sqlite3.connect(tmp_path / "demo" / "history.sqlite3")
+    rows = [
+        IncidentModel.model_validate_json(r[0]) for r in db.execute("SELECT payload FROM incidents")
+    ]
+    db.close()
+    assert rows
+    for incident in rows:
+        vlm = incident.vlm
+        assert vlm is not None and vlm.status == "done"
+        assert vlm.report is not None and vlm.report.manual_refs
+        assert vlm.report.manual_refs[0].section.endswith(("Dents", "Scratches", "Cracks", "Spots"))
+        assert [(a.tool, a.status) for a in vlm.actions] == [("divert_part", "failed")]

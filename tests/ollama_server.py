@@ -330,15 +330,18 @@ class FakeOllama:
         if reply.stream_error is not None:
             chunks.insert(len(chunks) // 2, {"error": reply.stream_error})
         chunks.append({**final, "message": {"role": "assistant", "content": ""}})
-        for i, chunk in enumerate(chunks):
-            if reply.die_after is not None and i >= reply.die_after:
-                assert request.transport is not None
-                request.transport.close()  # the server dies mid-stream
-                return response
-            await response.write(json.dumps(chunk).encode() + b"\n")
-            if "error" in chunk:
-                break
-        await response.write_eof()
+        try:
+            for i, chunk in enumerate(chunks):
+                if reply.die_after is not None and i >= reply.die_after:
+                    assert request.transport is not None
+                    request.transport.close()  # the server dies mid-stream
+                    return response
+                await response.write(json.dumps(chunk).encode() + b"\n")
+                if "error" in chunk:
+                    break
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away (a timeout, or the engine stopping)
         return response
 
 
@@ -374,3 +377,35 @@ def agent_script(defect: str = "scratch", severity: str = "medium") -> Script:
         return Reply(content="Handled.")
 
     return script
+
+
+def _main() -> None:
+    """`python -m tests.ollama_server --delay 2`: serve the well-behaved agent script with a
+    delay per chat (benchmarks run it as a separate process, as Ollama would be)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    args = parser.parse_args()
+    script = agent_script()
+
+    def slow(body: dict[str, Any]) -> Reply:
+        reply = script(body)
+        reply.delay = args.delay
+        return reply
+
+    async def serve() -> None:
+        server = FakeOllama()
+        server.script = slow
+        url = await server.start(args.port)
+        print(url, flush=True)
+        sys.stdout.close()
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    _main()

@@ -499,15 +499,20 @@ class EngineConfig(_Model):
         raise KeyError(station_id)
 
 
+_TARGET_TAGS = {"mqtt", "webhook", "service"}
 _SOURCE_TAGS = {"folder", "files", "http_snapshot", "mjpeg", "rtsp", "video", "push", "synthetic"}
 
 
 def _key_path(loc: Sequence[int | str]) -> str:
     out = ""
+    previous: int | str | None = None
     for part in loc:
+        tagged, previous = previous, part
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in _SOURCE_TAGS and out.endswith("source"):
+        elif (part in _SOURCE_TAGS and tagged == "source") or (
+            part in _TARGET_TAGS and tagged == "target"
+        ):
             continue  # pydantic puts the union's tag in the path; the user never wrote it
         elif part.startswith(("function-", "tagged-union")):
             continue
@@ -537,13 +542,14 @@ def _line_of(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
 
 
 def _describe(error: Mapping[str, Any]) -> str:
-    msg = str(error["msg"])
+    msg = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "missing":
         return "required key is missing"
     if error["type"] == "extra_forbidden":
         return "unknown key (check its spelling)"
     if error["type"] == "union_tag_invalid":
-        return f"unknown source type; expected one of {', '.join(sorted(_SOURCE_TAGS))}"
+        expected = str(error.get("ctx", {}).get("expected_tags", "")).replace("'", "")
+        return f"unknown type {error.get('ctx', {}).get('tag')!r}; expected one of {expected}"
     value = error.get("input")
     if isinstance(value, str | int | float | bool) or value is None:
         shown = repr(value)

@@ -303,7 +303,10 @@ class FakeOllama:
         if not stream:
             return web.json_response({**final, "message": message})
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionError:
+            return response  # the client gave up while the model was "thinking"
         pieces = [reply.content[i : i + 16] for i in range(0, len(reply.content), 16)]
         chunks: list[dict[str, Any]] = [
             {

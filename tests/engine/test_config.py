@@ -154,3 +154,86 @@ def test_check_command_exits_2_with_the_problems_on_stderr(
     assert proc.returncode == 2
     assert "stations[0].debounce" in proc.stderr
     assert proc.stdout == ""
+
+
+VLM = (
+    GOOD
+    + """\
+vlm:
+  host: http://gpu-box:11434
+  actions:
+    - name: stop_line
+      description: Stop the line
+      parameters:
+        properties:
+          reason: {type: string, maxLength: 100}
+          minutes: {type: integer, minimum: 1, maximum: 60}
+        required: [reason]
+      target: {type: mqtt, topic: plant/line1/stop}
+      confirm: true
+    - name: notify
+      description: Tell the PLC
+      target: {type: webhook, url: "http://plc.local/hook"}
+  auto_actions:
+    - {action: stop_line, classes: [crack], min_severity: critical, arguments: {reason: crack}}
+manuals: {dir: manuals}
+"""
+)
+
+
+def test_vlm_actions_and_manuals_load(write_config: Callable[[str], Path], tmp_path: Path) -> None:
+    config = load_config(write_config(VLM))
+    assert config.vlm.enabled and config.vlm.model == "qwen2.5vl:7b"
+    stop = config.vlm.action("stop_line")
+    assert stop is not None and stop.confirm
+    assert stop.parameters["additionalProperties"] is False
+    assert stop.rate_limit.calls == 1  # the safe default: once a minute
+    assert config.manuals.dir == tmp_path / "manuals"
+    assert config.manuals_index == config.store.path / "manuals.sqlite3"
+    assert not load_config(write_config(GOOD, "novlm.yaml")).vlm.enabled
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            ("reason: {type: string, maxLength: 100}", "reason: {type: object}"),
+            "vlm.actions[0].parameters: property 'reason': type must be one of",
+        ),
+        (
+            ("reason: {type: string, maxLength: 100}", "reason: {type: string, format: email}"),
+            "unsupported keywords format",
+        ),
+        (("required: [reason]", "required: [why]"), "required names undeclared properties: why"),
+        (("- name: notify", "- name: search_manual"), "'search_manual' is a built-in tool"),
+        (("- name: notify", "- name: stop_line"), "action names used more than once: stop_line"),
+        (("{action: stop_line,", "{action: halt,"), "auto_actions names 'halt'"),
+        (("topic: plant/line1/stop", "topic: plant/+/stop"), "vlm.actions[0].target.topic"),
+        (
+            ('type: webhook, url: "http://plc.local/hook"', "type: service, service: stop"),
+            "vlm.actions[1].target.service",
+        ),
+        (("host: http://gpu-box:11434", "host: gpu box"), "vlm.host"),
+        (("type: mqtt, topic", "type: http, topic"), "unknown type 'http'; expected one of mqtt"),
+    ],
+)
+def test_vlm_mistakes_are_named(
+    write_config: Callable[[str], Path], change: tuple[str, str], expected: str
+) -> None:
+    text = VLM.replace(*change)
+    assert text != VLM
+    with pytest.raises(ConfigError) as err:
+        load_config(write_config(text))
+    assert expected in str(err.value)
+
+
+def test_a_station_naming_an_undeclared_action_is_refused(
+    write_config: Callable[[str], Path],
+) -> None:
+    text = VLM.replace(
+        "    defects: {crack: 0.5}\n", "    defects: {crack: 0.5}\n    actions: [halt]\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"station line1_cam2 names actions not in vlm.actions: halt"
+    ):
+        load_config(write_config(text))

@@ -130,21 +130,22 @@ async def _run(config: EngineConfig, mqtt_url: str | None) -> None:
             await bridge.stop()
 
 
-def with_ollama(config: EngineConfig, host: str | None) -> EngineConfig:
-    """The configuration with the VLM pointed at `host` (from --ollama)."""
-    if not host:
+def with_ollama(config: EngineConfig, host: str | None, model: str | None = None) -> EngineConfig:
+    """The configuration with the VLM pointed at `host` and `model` (--ollama, --vlm-model)."""
+    if not host and not model:
         return config
     from .config import VlmConfig
 
+    changes = {k: v for k, v in (("host", host), ("model", model)) if v}
     try:
-        vlm = VlmConfig.model_validate({**config.vlm.model_dump(), "host": host})
+        vlm = VlmConfig.model_validate({**config.vlm.model_dump(), **changes})
     except ValueError as exc:
         raise ConfigError(f"--ollama {host}: not a valid Ollama URL ({exc})") from None
     return config.model_copy(update={"vlm": vlm})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = with_ollama(load_config(args.config), args.ollama)
+    config = with_ollama(load_config(args.config), args.ollama, args.vlm_model)
     asyncio.run(_run(config, args.mqtt))
     return 0
 
@@ -218,6 +219,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             fps=args.fps,
             mqtt=args.mqtt,
             ollama=args.ollama,
+            vlm_model=args.vlm_model,
         )
     )
     return 0
@@ -375,6 +377,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", type=Path, required=True)
     p.add_argument("--mqtt", metavar="URL", help="broker: mqtt://[user:pass@]host:port, mqtts://")
     p.add_argument("--ollama", metavar="URL", help="Ollama server for the VLM (vlm.host)")
+    p.add_argument("--vlm-model", metavar="NAME", help="Ollama model for the VLM (vlm.model)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("inspect", help="detect objects in image files, one result per image")
@@ -394,6 +397,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ollama", metavar="URL", help="enrich incidents with the VLM on this Ollama server"
     )
+    p.add_argument("--vlm-model", metavar="NAME", help="Ollama model (default qwen2.5vl:7b)")
     p.add_argument(
         "--store",
         type=Path,

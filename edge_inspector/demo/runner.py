@@ -43,6 +43,7 @@ class DemoReporter(EventSink):
         self._target = frames
         self.done = asyncio.Event()
         self._started = time.monotonic()
+        self._stopped: float | None = None
         self._progress_every = progress_every
         self._last_progress = self._started
         self.inspections = 0
@@ -56,6 +57,11 @@ class DemoReporter(EventSink):
     def start_clock(self) -> None:
         """Count time from now: the model is loaded and the stations are running."""
         self._started = self._last_progress = time.monotonic()
+        self._stopped = None
+
+    def stop_clock(self) -> None:
+        """Detection has stopped (what follows is waiting for the VLM)."""
+        self._stopped = time.monotonic()
 
     def _say(self, line: str) -> None:
         print(line, file=self._out, flush=True)
@@ -110,7 +116,7 @@ class DemoReporter(EventSink):
             self._say(f"{'':8}action  {action.tool} -> {action.status}: {action.detail}")
 
     def summary(self, store: Path) -> str:
-        elapsed = time.monotonic() - self._started
+        elapsed = (self._stopped or time.monotonic()) - self._started
         classes = (
             ", ".join(f"{name} {count}" for name, count in self.by_class.most_common()) or "none"
         )
@@ -160,10 +166,11 @@ async def run_demo(
     config_path: Path = DEMO_CONFIG,
     mqtt: str | None = None,
     ollama: str | None = None,
+    vlm_model: str | None = None,
     vlm_grace: float = 120.0,
 ) -> DemoReporter:
     """Run the demo until `frames` or `duration` is reached, or until SIGINT/SIGTERM."""
-    config = with_ollama(load_config(config_path), ollama)
+    config = with_ollama(load_config(config_path), ollama, vlm_model)
     station = config.stations[0]
     if fps is not None:
         station = station.model_copy(update={"fps": fps or None})
@@ -208,6 +215,7 @@ async def run_demo(
             print("\nstopping (signal received)...", file=out, flush=True)
         elif engine.enricher is not None:
             await engine.stop_stations()
+            reporter.stop_clock()
             print("waiting for the VLM to answer the last incidents...", file=out, flush=True)
             with contextlib.suppress(TimeoutError):
                 await engine.enricher.wait_idle(timeout=vlm_grace)

@@ -178,7 +178,8 @@ def vlm_config(
             manuals:
               dir: {manuals}
         """)
-        extra = extra.replace("VLM_EXTRA\n", textwrap.indent(textwrap.dedent(vlm_extra), "  "))
+        added = textwrap.indent(textwrap.dedent(vlm_extra).strip() + "\n", "  ")
+        extra = extra.replace("VLM_EXTRA\n", added if vlm_extra.strip() else "")
         return make_config(
             """
             - id: press

@@ -459,7 +459,7 @@ class ManualsConfig(_Model):
 class EngineConfig(_Model):
     """The whole configuration file."""
 
-    stations: Annotated[tuple[StationConfig, ...], Field(min_length=1)]
+    stations: tuple[StationConfig, ...]
     store: StoreConfig = StoreConfig()
     detection: DetectionConfig = DetectionConfig()
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
@@ -483,7 +483,12 @@ class EngineConfig(_Model):
 
     @field_validator("stations")
     @classmethod
-    def _unique_ids(cls, stations: tuple[StationConfig, ...]) -> tuple[StationConfig, ...]:
+    def _unique_ids(
+        cls, stations: tuple[StationConfig, ...], info: ValidationInfo
+    ) -> tuple[StationConfig, ...]:
+        allow_none = isinstance(info.context, Mapping) and info.context.get("allow_no_stations")
+        if not stations and not allow_none:
+            raise ValueError("at least one station is needed")
         seen: set[str] = set()
         for station in stations:
             if station.id in seen:

@@ -78,6 +78,7 @@ class Station:
     ) -> None:
         self.config = config
         self._vlm_initial = vlm_initial  # what a new incident says about the VLM (None: off)
+        self._pushed = isinstance(source, PushSource)
         self.source = source
         self._inference = inference
         self._store = store
@@ -99,6 +100,7 @@ class Station:
         self._state_dirty = True
         self._state_urgent = True
         self._last_state_at = 0.0
+        self._state_timer: asyncio.TimerHandle | None = None
         self.available = False
         self.error: str | None = None
         self.finished = asyncio.Event()
@@ -171,6 +173,9 @@ class Station:
 
     async def stop(self) -> None:
         """Stop the loop, finish writing what was detected, close the source."""
+        if self._state_timer is not None:
+            self._state_timer.cancel()
+            self._state_timer = None
         for task in self._tasks[1:]:
             task.cancel()
         for task in self._tasks[1:]:
@@ -218,8 +223,11 @@ class Station:
             await self._enabled.wait()
             started = loop.time()
             try:
+                # A pushed source may stay idle for hours: wait for its frame outside the lock,
+                # so `inspect_image` (a Home Assistant camera, the HTTP API) is never held up.
+                pushed = await self.source.read() if self._pushed else None
                 async with self._lock:
-                    frame = await self.source.read()
+                    frame = pushed or await self.source.read()
                     self._set_available()
                     backoff.reset()
                     await self._inspect(frame)
@@ -284,8 +292,8 @@ class Station:
         if not self.enabled:
             raise EdgeInspectorError(f"station {self.id} is disabled")
         async with self._lock:
-            frame = await self.source.push(image, part_id=part_id, lot_id=lot_id)
-            await self.source.read()  # take it out of the hand-off so the loop does not repeat it
+            # Not through the hand-off: a continuous station's loop would race us for it.
+            frame = await self.source.frame(image, part_id=part_id, lot_id=lot_id)
             self._set_available()
             return await self._inspect(frame)
 
@@ -331,6 +339,7 @@ class Station:
         )
         self.inspections += 1
         self.last_latency_ms = result.latency.total_ms
+        self._state_dirty = True  # counters: published at most once a second
         if (verdict is Verdict.FAIL) != self.defect_present:
             self.defect_present = verdict is Verdict.FAIL
             self._mark_state(urgent=True)
@@ -340,6 +349,7 @@ class Station:
             self.incidents += 1
             self.last_defect_class = incident.defect_class
             self.last_incident_id = incident.incident_id
+            self._state_urgent = True
         keep_frame = (
             bool(incidents and self.config.images.save != "none")
             or self.config.images.save == "all"
@@ -475,3 +485,12 @@ class Station:
             self._state_dirty = self._state_urgent = False
             self._last_state_at = now
             await self._sink.on_station_state(self.state())
+        elif self._state_dirty and self._state_timer is None:
+            # Throttled: make sure the latest counters still go out when the station goes quiet.
+            self._state_timer = asyncio.get_running_loop().call_later(
+                self._last_state_at + 1.0 - now, self._wake_for_state
+            )
+
+    def _wake_for_state(self) -> None:
+        self._state_timer = None
+        self._output_ready.set()

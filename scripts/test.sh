@@ -17,5 +17,6 @@ echo "== engine tests"
 "$VENV/bin/pytest" -p no:homeassistant -p no:cacheprovider tests/engine tests/flows "$@"
 if [ -d tests/ha ]; then
   echo "== Home Assistant tests"
-  "$VENV/bin/pytest" -p no:cacheprovider tests/ha "$@"
+  "$VENV/bin/pytest" -p no:cacheprovider --cov=custom_components/edge_inspector \
+    --cov-report=term-missing:skip-covered tests/ha "$@"
 fi

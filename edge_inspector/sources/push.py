@@ -34,18 +34,26 @@ class PushSource(FrameSource):
     async def push(
         self, image: bytes | Image, *, part_id: str | None = None, lot_id: str | None = None
     ) -> Frame:
-        """Hand in a picture (encoded bytes or a BGR array); returns the frame it became."""
+        """Hand in a picture (encoded bytes or a BGR array) for the station's loop to read;
+        returns the frame it became."""
         if self._handoff is None:
             raise SourceError(f"{self.describe()}: not started")
+        frame = await self.frame(image, part_id=part_id, lot_id=lot_id)
+        self._handoff.put(Captured(frame, frame.seq, frame.captured_at, frame.timestamp))
+        return frame
+
+    async def frame(
+        self, image: bytes | Image, *, part_id: str | None = None, lot_id: str | None = None
+    ) -> Frame:
+        """A frame of this source from a picture, decoded off the event loop, without handing
+        it to the loop (for a caller that inspects it itself and waits for the verdict)."""
         if isinstance(image, bytes | bytearray):
             data = bytes(image)
             image = await asyncio.get_running_loop().run_in_executor(
                 self._executor, lambda: decode_image(data, origin=self.describe())
             )
         self._seq += 1
-        frame = Frame(image, self._seq, self._name, part_id=part_id, lot_id=lot_id)
-        self._handoff.put(Captured(frame, self._seq, frame.captured_at, frame.timestamp))
-        return frame
+        return Frame(image, self._seq, self._name, part_id=part_id, lot_id=lot_id)
 
     async def read(self, *, not_before: float | None = None) -> Frame:
         if self._handoff is None:

@@ -1,0 +1,240 @@
+"""Set-up in the UI: the hub (VLM and storage), then each station as a subentry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import voluptuous as vol
+from homeassistant.config_entries import (
+    ConfigEntry,
+    ConfigFlow,
+    ConfigFlowResult,
+    ConfigSubentryFlow,
+    SubentryFlowResult,
+)
+from homeassistant.const import CONF_NAME
+from homeassistant.core import callback
+from homeassistant.helpers.selector import (
+    EntitySelector,
+    EntitySelectorConfig,
+    NumberSelector,
+    NumberSelectorConfig,
+    NumberSelectorMode,
+    SelectSelector,
+    SelectSelectorConfig,
+    TextSelector,
+    TextSelectorConfig,
+    TextSelectorType,
+)
+
+from .const import (
+    CONF_CAMERA,
+    CONF_DEFECTS,
+    CONF_IMGSZ,
+    CONF_INTERVAL,
+    CONF_LINE,
+    CONF_MODEL_PATH,
+    CONF_OLLAMA_MODEL,
+    CONF_OLLAMA_URL,
+    CONF_PRODUCT,
+    CONF_STORAGE,
+    CONF_THRESHOLD,
+    DEFAULT_IMGSZ,
+    DEFAULT_INTERVAL,
+    DEFAULT_OLLAMA_MODEL,
+    DEFAULT_THRESHOLD,
+    DOMAIN,
+    SUBENTRY_STATION,
+)
+from .hub import model_path
+
+_LOGGER = logging.getLogger(__name__)
+_CLASS = re.compile(r"^[A-Za-z0-9_\- ]{1,64}$")
+
+HUB_SCHEMA = vol.Schema(
+    {
+        vol.Optional(CONF_OLLAMA_URL): TextSelector(TextSelectorConfig(type=TextSelectorType.URL)),
+        vol.Optional(CONF_OLLAMA_MODEL, default=DEFAULT_OLLAMA_MODEL): str,
+        vol.Optional(CONF_STORAGE): str,
+    }
+)
+
+
+async def check_ollama(url: str, model: str) -> str | None:
+    """None when the server answers and has the model, else the error key."""
+    import httpx
+    import ollama
+
+    client = ollama.AsyncClient(host=url, timeout=10)
+    try:
+        async with asyncio.timeout(10):
+            listing = await client.list()
+    except (TimeoutError, httpx.HTTPError, ConnectionError, ollama.ResponseError):
+        return "cannot_connect"
+    finally:
+        await client._client.aclose()
+    names = {m.model for m in listing.models}
+    if not names & {model, f"{model}:latest"}:
+        return "model_missing"
+    return None
+
+
+class EdgeInspectorConfigFlow(ConfigFlow, domain=DOMAIN):
+    """The hub: one per Home Assistant."""
+
+    VERSION = 1
+
+    async def _hub_step(
+        self, step_id: str, user_input: dict[str, Any] | None, defaults: dict[str, Any]
+    ) -> dict[str, str] | ConfigFlowResult:
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            url = (user_input.get(CONF_OLLAMA_URL) or "").strip()
+            model = (user_input.get(CONF_OLLAMA_MODEL) or DEFAULT_OLLAMA_MODEL).strip()
+            if url and (problem := await check_ollama(url, model)) is not None:
+                errors["base"] = problem
+            else:
+                return {
+                    CONF_OLLAMA_URL: url,
+                    CONF_OLLAMA_MODEL: model,
+                    CONF_STORAGE: (user_input.get(CONF_STORAGE) or "").strip(),
+                }
+        return self.async_show_form(
+            step_id=step_id,
+            data_schema=self.add_suggested_values_to_schema(HUB_SCHEMA, user_input or defaults),
+            errors=errors,
+        )
+
+    async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        await self.async_set_unique_id(DOMAIN)
+        self._abort_if_unique_id_configured()
+        result = await self._hub_step("user", user_input, {})
+        if isinstance(result, dict) and CONF_OLLAMA_MODEL in result:
+            return self.async_create_entry(title="Edge Inspector", data=result)
+        return result  # type: ignore[return-value]
+
+    async def async_step_reconfigure(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        entry = self._get_reconfigure_entry()
+        result = await self._hub_step("reconfigure", user_input, dict(entry.data))
+        if isinstance(result, dict) and CONF_OLLAMA_MODEL in result:
+            return self.async_update_reload_and_abort(entry, data=result)
+        return result  # type: ignore[return-value]
+
+    @classmethod
+    @callback
+    def async_get_supported_subentry_types(
+        cls, config_entry: ConfigEntry
+    ) -> dict[str, type[ConfigSubentryFlow]]:
+        return {SUBENTRY_STATION: StationSubentryFlow}
+
+
+def _station_schema(new: bool) -> vol.Schema:
+    fields: dict[Any, Any] = {}
+    if new:
+        fields[vol.Required(CONF_NAME)] = str
+    fields.update(
+        {
+            vol.Required(CONF_CAMERA): EntitySelector(EntitySelectorConfig(domain="camera")),
+            vol.Required(CONF_MODEL_PATH, default="demo"): str,
+            vol.Required(CONF_DEFECTS, default="scratch, dent, crack, spot"): str,
+            vol.Required(CONF_THRESHOLD, default=DEFAULT_THRESHOLD): NumberSelector(
+                NumberSelectorConfig(min=0.05, max=0.95, step=0.05, mode=NumberSelectorMode.SLIDER)
+            ),
+            vol.Required(CONF_INTERVAL, default=DEFAULT_INTERVAL): NumberSelector(
+                NumberSelectorConfig(
+                    min=0.2,
+                    max=3600,
+                    step=0.1,
+                    unit_of_measurement="s",
+                    mode=NumberSelectorMode.BOX,
+                )
+            ),
+            vol.Required("mode", default="continuous"): SelectSelector(
+                SelectSelectorConfig(options=["continuous", "triggered"], translation_key="mode")
+            ),
+            vol.Required(CONF_IMGSZ, default=DEFAULT_IMGSZ): NumberSelector(
+                NumberSelectorConfig(min=32, max=4096, step=32, mode=NumberSelectorMode.BOX)
+            ),
+            vol.Optional(CONF_PRODUCT): str,
+            vol.Optional(CONF_LINE): str,
+        }
+    )
+    return vol.Schema(fields)
+
+
+class StationSubentryFlow(ConfigSubentryFlow):
+    """Add or change a station: a camera, a model, its defect classes and rules."""
+
+    @property
+    def _is_new(self) -> bool:
+        return self.source == "user"
+
+    async def _validate(self, user_input: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        errors: dict[str, str] = {}
+        classes = [c.strip() for c in str(user_input[CONF_DEFECTS]).split(",") if c.strip()]
+        if not classes or not all(_CLASS.match(c) for c in classes):
+            errors[CONF_DEFECTS] = "invalid_classes"
+        path = model_path(user_input[CONF_MODEL_PATH].strip())
+        if not await self.hass.async_add_executor_job(Path.exists, path):
+            errors[CONF_MODEL_PATH] = "model_missing"
+        camera = user_input[CONF_CAMERA]
+        current = None if self._is_new else self._get_reconfigure_subentry().subentry_id
+        for subentry in self._get_entry().subentries.values():
+            if subentry.data.get(CONF_CAMERA) == camera and subentry.subentry_id != current:
+                errors[CONF_CAMERA] = "camera_in_use"
+        threshold = float(user_input[CONF_THRESHOLD])
+        data = {
+            CONF_CAMERA: camera,
+            CONF_MODEL_PATH: user_input[CONF_MODEL_PATH].strip(),
+            CONF_DEFECTS: dict.fromkeys(classes, threshold),
+            CONF_INTERVAL: float(user_input[CONF_INTERVAL]),
+            "mode": user_input["mode"],
+            CONF_IMGSZ: int(user_input[CONF_IMGSZ]),
+            CONF_PRODUCT: (user_input.get(CONF_PRODUCT) or "").strip(),
+            CONF_LINE: (user_input.get(CONF_LINE) or "").strip(),
+        }
+        return data, errors
+
+    async def async_step_user(self, user_input: dict[str, Any] | None = None) -> SubentryFlowResult:
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            data, errors = await self._validate(user_input)
+            if not errors:
+                return self.async_create_entry(
+                    title=user_input[CONF_NAME], data=data, unique_id=data[CONF_CAMERA]
+                )
+        return self.async_show_form(
+            step_id="user",
+            data_schema=self.add_suggested_values_to_schema(_station_schema(True), user_input),
+            errors=errors,
+        )
+
+    async def async_step_reconfigure(
+        self, user_input: dict[str, Any] | None = None
+    ) -> SubentryFlowResult:
+        subentry = self._get_reconfigure_subentry()
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            data, errors = await self._validate(user_input)
+            if not errors:
+                return self.async_update_and_abort(
+                    self._get_entry(), subentry, data=data, unique_id=data[CONF_CAMERA]
+                )
+        current = dict(subentry.data)
+        defects: dict[str, float] = current.get(CONF_DEFECTS, {})
+        suggested = user_input or {
+            **current,
+            CONF_DEFECTS: ", ".join(defects),
+            CONF_THRESHOLD: min(defects.values()) if defects else DEFAULT_THRESHOLD,
+        }
+        return self.async_show_form(
+            step_id="reconfigure",
+            data_schema=self.add_suggested_values_to_schema(_station_schema(False), suggested),
+            errors=errors,
+        )

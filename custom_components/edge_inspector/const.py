@@ -1,0 +1,33 @@
+"""Constants of the Edge Inspector integration."""
+
+from __future__ import annotations
+
+from typing import Final
+
+DOMAIN: Final = "edge_inspector"
+
+CONF_OLLAMA_URL: Final = "ollama_url"
+CONF_OLLAMA_MODEL: Final = "ollama_model"
+CONF_STORAGE: Final = "storage"
+
+SUBENTRY_STATION: Final = "station"
+CONF_CAMERA: Final = "camera_entity_id"
+CONF_MODEL_PATH: Final = "model_path"
+CONF_IMGSZ: Final = "imgsz"
+CONF_DEFECTS: Final = "defects"
+CONF_THRESHOLD: Final = "threshold"
+CONF_INTERVAL: Final = "interval"
+CONF_ROI: Final = "roi"
+CONF_PRODUCT: Final = "product"
+CONF_LINE: Final = "line"
+
+DEFAULT_OLLAMA_MODEL: Final = "qwen2.5vl:7b"
+DEFAULT_INTERVAL: Final = 2.0
+DEFAULT_THRESHOLD: Final = 0.5
+DEFAULT_IMGSZ: Final = 640
+
+EVENT_DEFECT: Final = "edge_inspector_defect"
+EVENT_INCIDENT: Final = "edge_inspector_incident"
+
+SIGNAL_STATE: Final = "edge_inspector_state_{}"
+SIGNAL_INCIDENT: Final = "edge_inspector_incident_{}"

@@ -1,0 +1,74 @@
+"""Defect events: one per incident, typed by defect class, updated when the VLM answers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from homeassistant.components.event import EventEntity
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.helpers.dispatcher import async_dispatcher_connect
+from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
+
+from edge_inspector.events import Incident
+
+from .const import SIGNAL_INCIDENT
+from .entity import StationEntity, add_station_entities
+from .hub import EdgeInspectorHub, StationRuntime
+
+if TYPE_CHECKING:
+    from . import EdgeInspectorConfigEntry
+
+PARALLEL_UPDATES = 0
+
+
+class DefectEvent(StationEntity, EventEntity):
+    def __init__(self, hub: EdgeInspectorHub, runtime: StationRuntime) -> None:
+        super().__init__(hub, runtime, "defect_event")
+        self._attr_event_types = list(runtime.defects)
+        self._seen: set[str] = set()
+
+    async def async_added_to_hass(self) -> None:
+        await super().async_added_to_hass()
+        self.async_on_remove(
+            async_dispatcher_connect(
+                self.hass, SIGNAL_INCIDENT.format(self.station_id), self._incident
+            )
+        )
+
+    @callback
+    def _incident(self, incident: Incident) -> None:
+        vlm = incident.vlm
+        attributes = {
+            "incident_id": incident.incident_id,
+            "confidence": round(incident.confidence, 4),
+            "part_id": incident.part_id,
+            "vlm_status": str(vlm.status) if vlm else None,
+        }
+        if vlm and vlm.classification:
+            attributes["vlm_defect_type"] = vlm.classification.defect_type
+            attributes["vlm_severity"] = str(vlm.classification.severity)
+            attributes["vlm_description"] = vlm.classification.description
+        if vlm and vlm.report:
+            attributes["vlm_summary"] = vlm.report.summary
+        # It fires when the defect is found (vlm_status pending, or None with the VLM off)
+        # and once more when the VLM has answered for the latest incident.
+        first = incident.incident_id not in self._seen
+        latest = self.state_attributes.get("incident_id") == incident.incident_id
+        answered = vlm is not None and str(vlm.status) not in ("pending", "unavailable")
+        if not first and not (latest and answered):
+            return
+        if first:
+            self._seen.add(incident.incident_id)
+            if len(self._seen) > 1000:
+                self._seen = {incident.incident_id}
+        if incident.defect_class in self.event_types:
+            self._trigger_event(incident.defect_class, attributes)
+            self.async_write_ha_state()
+
+
+async def async_setup_entry(
+    hass: HomeAssistant,
+    entry: EdgeInspectorConfigEntry,
+    async_add_entities: AddConfigEntryEntitiesCallback,
+) -> None:
+    add_station_entities(entry, async_add_entities, lambda hub, rt: [DefectEvent(hub, rt)])

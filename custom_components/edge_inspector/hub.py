@@ -1,0 +1,307 @@
+"""The engine inside Home Assistant: stations fed from camera entities, events out to HA.
+
+The engine runs in Home Assistant's process and event loop; YOLO runs on the engine's own
+inference thread and every blocking step (decoding, SQLite, image files) on executors, so the
+event loop never waits for a model. Each station is a config subentry: a camera entity, a model
+file and its rules. Frames come from `camera.async_get_image` on the station's interval (and on
+demand); what the engine produces reaches entities through dispatcher signals and automations
+through bus events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from homeassistant.components import camera
+from homeassistant.config_entries import ConfigEntry, ConfigSubentry
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.helpers.dispatcher import async_dispatcher_send
+from homeassistant.helpers.event import async_track_time_interval
+
+from edge_inspector.config import EngineConfig
+from edge_inspector.demo import DEMO_MODEL
+from edge_inspector.engine import Engine
+from edge_inspector.errors import EdgeInspectorError
+from edge_inspector.events import Incident, InspectionResult, OperatorAlert, StationState
+from edge_inspector.sinks import EventSink
+
+from .const import (
+    CONF_CAMERA,
+    CONF_DEFECTS,
+    CONF_IMGSZ,
+    CONF_INTERVAL,
+    CONF_LINE,
+    CONF_MODEL_PATH,
+    CONF_OLLAMA_MODEL,
+    CONF_OLLAMA_URL,
+    CONF_PRODUCT,
+    CONF_STORAGE,
+    DEFAULT_IMGSZ,
+    DEFAULT_INTERVAL,
+    DEFAULT_OLLAMA_MODEL,
+    DOMAIN,
+    EVENT_DEFECT,
+    EVENT_INCIDENT,
+    SIGNAL_INCIDENT,
+    SIGNAL_STATE,
+    SUBENTRY_STATION,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def station_id(subentry: ConfigSubentry) -> str:
+    """The engine's id of a station: stable for the subentry's life."""
+    return f"s_{subentry.subentry_id.lower()}"
+
+
+def model_path(value: str | None) -> Path:
+    """A station's model file; `demo` (or nothing) is the bundled demo defect model."""
+    if not value or value == "demo":
+        return DEMO_MODEL
+    return Path(value)
+
+
+def engine_config(hass: HomeAssistant, entry: ConfigEntry) -> EngineConfig:
+    """The engine configuration of a hub entry and its station subentries."""
+    storage = entry.data.get(CONF_STORAGE) or hass.config.path(DOMAIN)
+    stations = []
+    for subentry in entry.subentries.values():
+        if subentry.subentry_type != SUBENTRY_STATION:
+            continue
+        data = subentry.data
+        stations.append(
+            {
+                "id": station_id(subentry),
+                "name": subentry.title,
+                "source": {"type": "push"},
+                "mode": data.get("mode", "continuous"),
+                "fps": None,
+                "model": {
+                    "path": str(model_path(data.get(CONF_MODEL_PATH))),
+                    "imgsz": int(data.get(CONF_IMGSZ, DEFAULT_IMGSZ)),
+                },
+                "defects": {k: float(v) for k, v in data[CONF_DEFECTS].items()},
+                "product": data.get(CONF_PRODUCT) or None,
+                "line": data.get(CONF_LINE) or None,
+            }
+        )
+    config: dict[str, Any] = {"stations": stations, "store": {"path": storage}}
+    if entry.data.get(CONF_OLLAMA_URL):
+        config["vlm"] = {
+            "host": entry.data[CONF_OLLAMA_URL],
+            "model": entry.data.get(CONF_OLLAMA_MODEL) or DEFAULT_OLLAMA_MODEL,
+        }
+    # A hub without stations yet is fine: they are added as subentries.
+    return EngineConfig.model_validate(config, context={"allow_no_stations": True})
+
+
+@dataclass
+class StationRuntime:
+    """What Home Assistant knows of one station beyond the engine's own state."""
+
+    station_id: str
+    subentry_id: str
+    name: str
+    camera_entity_id: str
+    interval: float
+    defects: tuple[str, ...]
+    state: StationState | None = None
+    last_result: InspectionResult | None = None
+    last_incident: Incident | None = None
+    camera_error: str | None = None
+    grabbing: bool = False
+    listeners: list[Callable[[], None]] = field(default_factory=list)
+
+
+class EdgeInspectorHub(EventSink):
+    """The entry's runtime data: the engine and its stations."""
+
+    def __init__(self, hass: HomeAssistant, entry: ConfigEntry) -> None:
+        self.hass = hass
+        self.entry = entry
+        self.config = engine_config(hass, entry)
+        self.engine = Engine(self.config, sinks=[self], session=async_get_clientsession(hass))
+        self.stations: dict[str, StationRuntime] = {}
+        for subentry in entry.subentries.values():
+            if subentry.subentry_type != SUBENTRY_STATION:
+                continue
+            sid = station_id(subentry)
+            self.stations[sid] = StationRuntime(
+                station_id=sid,
+                subentry_id=subentry.subentry_id,
+                name=subentry.title,
+                camera_entity_id=subentry.data[CONF_CAMERA],
+                interval=float(subentry.data.get(CONF_INTERVAL, DEFAULT_INTERVAL)),
+                defects=tuple(sorted(subentry.data[CONF_DEFECTS])),
+            )
+        self._unsubs: list[Callable[[], None]] = []
+
+    # -- life ---------------------------------------------------------------------------
+
+    async def async_start(self) -> None:
+        await self.engine.start()
+        for sid, runtime in self.stations.items():
+            if sid in self.engine.failed:
+                runtime.state = self.engine.failed[sid]
+                continue
+            runtime.state = self.engine.stations[sid].state()
+            if self.config.station(sid).mode == "continuous":
+                self._unsubs.append(
+                    async_track_time_interval(
+                        self.hass,
+                        self._make_tick(sid),
+                        timedelta(seconds=runtime.interval),
+                        name=f"edge_inspector {runtime.name}",
+                        cancel_on_shutdown=True,
+                    )
+                )
+
+    async def async_stop(self) -> None:
+        for unsub in self._unsubs:
+            unsub()
+        self._unsubs.clear()
+        await self.engine.stop()
+
+    def _make_tick(self, sid: str) -> Callable[[Any], None]:
+        @callback
+        def tick(_now: Any) -> None:
+            runtime = self.stations[sid]
+            if runtime.grabbing:
+                return  # the last frame is still being inspected: skip, never pile up
+            runtime.grabbing = True
+            self.entry.async_create_background_task(
+                self.hass, self._grab(sid), f"edge_inspector grab {sid}"
+            )
+
+        return tick
+
+    async def _grab(self, sid: str) -> None:
+        try:
+            await self.async_inspect(sid)
+        except HomeAssistantError:
+            pass  # logged once by async_inspect's availability handling
+        finally:
+            self.stations[sid].grabbing = False
+
+    # -- inspection ---------------------------------------------------------------------
+
+    async def async_inspect(
+        self, sid: str, *, part_id: str | None = None, lot_id: str | None = None
+    ) -> InspectionResult:
+        """Take a picture from the station's camera and inspect it now."""
+        runtime = self.stations[sid]
+        try:
+            image = await camera.async_get_image(self.hass, runtime.camera_entity_id, timeout=10)
+        except HomeAssistantError as exc:
+            self._camera_failed(runtime, str(exc) or type(exc).__name__)
+            raise HomeAssistantError(
+                f"{runtime.name}: camera {runtime.camera_entity_id} gave no image: {exc}"
+            ) from exc
+        self._camera_ok(runtime)
+        try:
+            station = self.engine.station(sid)
+            return await station.inspect_image(image.content, part_id=part_id, lot_id=lot_id)
+        except EdgeInspectorError as exc:
+            raise HomeAssistantError(f"{runtime.name}: {exc}") from exc
+
+    def _camera_failed(self, runtime: StationRuntime, error: str) -> None:
+        if runtime.camera_error is None:
+            _LOGGER.warning(
+                "%s unavailable: camera %s: %s", runtime.name, runtime.camera_entity_id, error
+            )
+        runtime.camera_error = error
+        self._signal_state(runtime)
+
+    def _camera_ok(self, runtime: StationRuntime) -> None:
+        if runtime.camera_error is not None:
+            _LOGGER.info("%s available again: camera %s", runtime.name, runtime.camera_entity_id)
+            runtime.camera_error = None
+            self._signal_state(runtime)
+
+    def is_available(self, sid: str) -> bool:
+        runtime = self.stations[sid]
+        return (
+            runtime.camera_error is None
+            and runtime.state is not None
+            and runtime.state.error is None
+            and sid in self.engine.stations
+        )
+
+    def _signal_state(self, runtime: StationRuntime) -> None:
+        async_dispatcher_send(self.hass, SIGNAL_STATE.format(runtime.station_id))
+
+    # -- EventSink: the engine's output --------------------------------------------------
+
+    async def on_inspection(self, result: InspectionResult) -> None:
+        runtime = self.stations.get(result.station_id)
+        if runtime is None:
+            return
+        runtime.last_result = result
+        self._signal_state(runtime)
+
+    async def on_station_state(self, state: StationState) -> None:
+        runtime = self.stations.get(state.station_id)
+        if runtime is None:
+            return
+        runtime.state = state
+        self._signal_state(runtime)
+
+    def _payload(self, incident: Incident, runtime: StationRuntime) -> dict[str, Any]:
+        vlm = incident.vlm
+        return {
+            "entry_id": self.entry.entry_id,
+            "station_id": incident.station_id,
+            "station": runtime.name,
+            "camera_entity_id": runtime.camera_entity_id,
+            "incident_id": incident.incident_id,
+            "defect_class": incident.defect_class,
+            "confidence": round(incident.confidence, 4),
+            "part_id": incident.part_id,
+            "lot_id": incident.lot_id,
+            "state": str(incident.state),
+            "frame_path": incident.frame_path,
+            "created_at": incident.created_at.isoformat(),
+            "vlm_status": str(vlm.status) if vlm else None,
+            "vlm_classification": vlm.classification.model_dump(mode="json")
+            if vlm and vlm.classification
+            else None,
+            "vlm_summary": vlm.report.summary if vlm and vlm.report else None,
+        }
+
+    async def on_incident(self, incident: Incident) -> None:
+        runtime = self.stations.get(incident.station_id)
+        if runtime is None:
+            return
+        runtime.last_incident = incident
+        self.hass.bus.async_fire(EVENT_DEFECT, self._payload(incident, runtime))
+        async_dispatcher_send(self.hass, SIGNAL_INCIDENT.format(runtime.station_id), incident)
+        self._signal_state(runtime)
+
+    async def on_incident_update(self, incident: Incident) -> None:
+        runtime = self.stations.get(incident.station_id)
+        if runtime is None:
+            return
+        if runtime.last_incident and runtime.last_incident.incident_id == incident.incident_id:
+            runtime.last_incident = incident
+        self.hass.bus.async_fire(EVENT_INCIDENT, self._payload(incident, runtime))
+        async_dispatcher_send(self.hass, SIGNAL_INCIDENT.format(runtime.station_id), incident)
+
+    async def on_alert(self, alert: OperatorAlert) -> None:
+        runtime = self.stations.get(alert.station_id)
+        title = f"Edge Inspector: {runtime.name if runtime else alert.station_id}"
+        from homeassistant.components import persistent_notification
+
+        persistent_notification.async_create(
+            self.hass,
+            alert.message,
+            title=title,
+            notification_id=f"{DOMAIN}_{alert.alert_id}",
+        )

@@ -1,0 +1,73 @@
+"""The last annotated defect frame of each station."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from homeassistant.components.image import ImageEntity
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.helpers.dispatcher import async_dispatcher_connect
+from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
+
+from edge_inspector.events import Incident
+
+from .const import SIGNAL_INCIDENT
+from .entity import StationEntity, add_station_entities
+from .hub import EdgeInspectorHub, StationRuntime
+
+if TYPE_CHECKING:
+    from . import EdgeInspectorConfigEntry
+
+PARALLEL_UPDATES = 0
+
+
+class DefectImage(StationEntity, ImageEntity):
+    _attr_content_type = "image/jpeg"
+
+    def __init__(self, hub: EdgeInspectorHub, runtime: StationRuntime) -> None:
+        StationEntity.__init__(self, hub, runtime, "last_defect_image")
+        ImageEntity.__init__(self, hub.hass)
+        self._path: str | None = None
+
+    async def async_added_to_hass(self) -> None:
+        await super().async_added_to_hass()
+        last = await self.hub.engine.store.last_incident(self.station_id)
+        if last is not None:
+            self._show(last)
+        self.async_on_remove(
+            async_dispatcher_connect(
+                self.hass, SIGNAL_INCIDENT.format(self.station_id), self._incident
+            )
+        )
+
+    def _show(self, incident: Incident) -> None:
+        self._path = incident.frame_path
+        self._attr_image_last_updated = incident.created_at
+        self._attr_extra_state_attributes = {
+            "incident_id": incident.incident_id,
+            "defect_class": incident.defect_class,
+        }
+
+    @callback
+    def _incident(self, incident: Incident) -> None:
+        if incident.frame_path and incident.frame_path != self._path:
+            self._show(incident)
+            self.async_write_ha_state()
+
+    async def async_image(self) -> bytes | None:
+        path = self._path
+        if path is None:
+            return None
+        try:
+            return await self.hass.async_add_executor_job(Path(path).read_bytes)
+        except OSError:
+            return None  # removed by retention
+
+
+async def async_setup_entry(
+    hass: HomeAssistant,
+    entry: EdgeInspectorConfigEntry,
+    async_add_entities: AddConfigEntryEntitiesCallback,
+) -> None:
+    add_station_entities(entry, async_add_entities, lambda hub, rt: [DefectImage(hub, rt)])

@@ -1,0 +1,238 @@
+"""Services: inspect a station now, acknowledge an incident, query the history, a report."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import voluptuous as vol
+from homeassistant.config_entries import ConfigEntryState
+from homeassistant.core import (
+    HomeAssistant,
+    ServiceCall,
+    ServiceResponse,
+    SupportsResponse,
+    callback,
+)
+from homeassistant.exceptions import ServiceValidationError
+from homeassistant.helpers import config_validation as cv
+from homeassistant.helpers import device_registry as dr
+from homeassistant.util import dt as dt_util
+
+from edge_inspector.events import Incident, IncidentState
+
+from .const import DOMAIN
+from .hub import EdgeInspectorHub
+
+ATTR_DEVICE_ID = "device_id"
+ATTR_PART_ID = "part_id"
+ATTR_LOT_ID = "lot_id"
+ATTR_INCIDENT_ID = "incident_id"
+ATTR_STATE = "state"
+ATTR_NOTE = "note"
+ATTR_SINCE = "since"
+ATTR_LIMIT = "limit"
+ATTR_PERIOD = "period"
+
+INSPECT_SCHEMA = vol.Schema(
+    {
+        vol.Required(ATTR_DEVICE_ID): cv.string,
+        vol.Optional(ATTR_PART_ID): vol.All(cv.string, vol.Length(min=1, max=128)),
+        vol.Optional(ATTR_LOT_ID): vol.All(cv.string, vol.Length(min=1, max=128)),
+    }
+)
+ACKNOWLEDGE_SCHEMA = vol.Schema(
+    {
+        vol.Required(ATTR_INCIDENT_ID): cv.string,
+        vol.Optional(ATTR_STATE, default="acknowledged"): vol.In(
+            ["acknowledged", "confirmed", "rejected"]
+        ),
+        vol.Optional(ATTR_NOTE): vol.All(cv.string, vol.Length(max=500)),
+    }
+)
+GET_INCIDENTS_SCHEMA = vol.Schema(
+    {
+        vol.Optional(ATTR_DEVICE_ID): cv.string,
+        vol.Optional(ATTR_SINCE): cv.datetime,
+        vol.Optional(ATTR_LIMIT, default=20): vol.All(vol.Coerce(int), vol.Range(1, 500)),
+    }
+)
+REPORT_SCHEMA = vol.Schema(
+    {
+        vol.Optional(ATTR_DEVICE_ID): cv.string,
+        vol.Optional(ATTR_PERIOD, default="today"): vol.In(
+            ["today", "last_8_hours", "last_24_hours"]
+        ),
+    }
+)
+
+
+def _hubs(hass: HomeAssistant) -> list[EdgeInspectorHub]:
+    hubs = [
+        entry.runtime_data
+        for entry in hass.config_entries.async_entries(DOMAIN)
+        if entry.state is ConfigEntryState.LOADED
+    ]
+    if not hubs:
+        raise ServiceValidationError(translation_domain=DOMAIN, translation_key="not_loaded")
+    return hubs
+
+
+def _station(hass: HomeAssistant, device_id: str) -> tuple[EdgeInspectorHub, str]:
+    device = dr.async_get(hass).async_get(device_id)
+    if device is not None:
+        subentries = {ident for domain, ident in device.identifiers if domain == DOMAIN}
+        for hub in _hubs(hass):
+            for runtime in hub.stations.values():
+                if runtime.subentry_id in subentries:
+                    return hub, runtime.station_id
+    raise ServiceValidationError(
+        translation_domain=DOMAIN,
+        translation_key="unknown_station",
+        translation_placeholders={"device_id": device_id},
+    )
+
+
+def _incident_data(incident: Incident) -> dict[str, Any]:
+    return incident.model_dump(mode="json", exclude={"detections"})
+
+
+async def _inspect(call: ServiceCall) -> ServiceResponse:
+    hub, sid = _station(call.hass, call.data[ATTR_DEVICE_ID])
+    result = await hub.async_inspect(
+        sid, part_id=call.data.get(ATTR_PART_ID), lot_id=call.data.get(ATTR_LOT_ID)
+    )
+    return {
+        "inspection_id": result.inspection_id,
+        "verdict": str(result.verdict),
+        "part_id": result.part_id,
+        "lot_id": result.lot_id,
+        "defects": [
+            {"class": d.class_name, "confidence": round(d.confidence, 4)} for d in result.defects
+        ],
+        "new_incident_ids": list(result.new_incident_ids),
+        "latency_ms": round(result.latency.total_ms, 1),
+    }
+
+
+async def _acknowledge(call: ServiceCall) -> ServiceResponse:
+    ident = call.data[ATTR_INCIDENT_ID]
+    state = IncidentState(call.data[ATTR_STATE])
+    user = call.context.user_id
+    who = "service"
+    if user is not None and (found := await call.hass.auth.async_get_user(user)) is not None:
+        who = found.name or user
+    entry = {
+        "state": str(state),
+        "by": who,
+        "at": dt_util.utcnow().isoformat(),
+        "note": call.data.get(ATTR_NOTE),
+    }
+    for hub in _hubs(call.hass):
+
+        def change(current: Incident) -> Incident:
+            feedback = [*current.extra.get("feedback", []), entry]
+            return current.model_copy(
+                update={"state": state, "extra": {**current.extra, "feedback": feedback}}
+            )
+
+        updated = await hub.engine.store.modify_incident(ident, change)
+        if updated is not None:
+            await hub.engine.sinks.on_incident_update(updated)
+            return {
+                "incident_id": ident,
+                "state": str(state),
+                "feedback": updated.extra["feedback"],
+            }
+    raise ServiceValidationError(
+        translation_domain=DOMAIN,
+        translation_key="unknown_incident",
+        translation_placeholders={"incident_id": ident},
+    )
+
+
+async def _get_incidents(call: ServiceCall) -> ServiceResponse:
+    since: datetime | None = call.data.get(ATTR_SINCE)
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=dt_util.get_default_time_zone())
+    pairs: list[tuple[EdgeInspectorHub, str | None]]
+    if ATTR_DEVICE_ID in call.data:
+        pairs = [_station(call.hass, call.data[ATTR_DEVICE_ID])]
+    else:
+        pairs = [(hub, None) for hub in _hubs(call.hass)]
+    found: list[Incident] = []
+    for hub, sid in pairs:
+        found += await hub.engine.store.incidents(
+            station_id=sid, since=since, limit=call.data[ATTR_LIMIT]
+        )
+    found.sort(key=lambda i: i.created_at, reverse=True)
+    return {"incidents": [_incident_data(i) for i in found[: call.data[ATTR_LIMIT]]]}
+
+
+async def _report(call: ServiceCall) -> ServiceResponse:
+    now = dt_util.now()
+    period = call.data[ATTR_PERIOD]
+    since = {
+        "today": dt_util.start_of_local_day(),
+        "last_8_hours": now - timedelta(hours=8),
+        "last_24_hours": now - timedelta(hours=24),
+    }[period]
+    if ATTR_DEVICE_ID in call.data:
+        pairs = [_station(call.hass, call.data[ATTR_DEVICE_ID])]
+    else:
+        pairs = [(hub, sid) for hub in _hubs(call.hass) for sid in hub.stations]
+    stations = []
+    lines = [f"Inspection report, {period.replace('_', ' ')} (since {since:%Y-%m-%d %H:%M})"]
+    for hub, sid in pairs:
+        runtime = hub.stations[sid]
+        store = hub.engine.store
+        counts = await store.inspection_counts(station_id=sid, since=since)
+        by_class = await store.counts_by_class(station_id=sid, since=since)
+        rate = counts.defect_rate
+        stations.append(
+            {
+                "station": runtime.name,
+                "inspections": counts.inspections,
+                "failed": counts.failed,
+                "yield_percent": round(100 * (1 - rate), 2) if counts.inspections else None,
+                "defect_rate_percent": round(100 * rate, 2) if counts.inspections else None,
+                "incidents_by_class": {c.defect_class: c.count for c in by_class},
+            }
+        )
+        classes = ", ".join(f"{c.defect_class} {c.count}" for c in by_class) or "no incidents"
+        lines.append(
+            f"- {runtime.name}: {counts.inspections} inspections, {counts.failed} failed"
+            + (f" (yield {100 * (1 - rate):.1f}%)" if counts.inspections else "")
+            + f"; {classes}"
+        )
+    return {
+        "period": period,
+        "since": since.isoformat(),
+        "stations": stations,
+        "text": "\n".join(lines),
+    }
+
+
+@callback
+def async_setup_services(hass: HomeAssistant) -> None:
+    """Register the integration's services."""
+    hass.services.async_register(
+        DOMAIN, "inspect", _inspect, INSPECT_SCHEMA, supports_response=SupportsResponse.OPTIONAL
+    )
+    hass.services.async_register(
+        DOMAIN,
+        "acknowledge",
+        _acknowledge,
+        ACKNOWLEDGE_SCHEMA,
+        supports_response=SupportsResponse.OPTIONAL,
+    )
+    hass.services.async_register(
+        DOMAIN,
+        "get_incidents",
+        _get_incidents,
+        GET_INCIDENTS_SCHEMA,
+        supports_response=SupportsResponse.ONLY,
+    )
+    hass.services.async_register(
+        DOMAIN, "report", _report, REPORT_SCHEMA, supports_response=SupportsResponse.ONLY
+    )

@@ -1,0 +1,285 @@
+"""The integration in a real Home Assistant core: set-up flows, a station fed by a real camera
+entity (`local_file`), YOLO in Home Assistant's process, entities, bus events and services."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+from homeassistant.config_entries import ConfigEntryState, ConfigSubentryData
+from homeassistant.core import Event, HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import entity_registry as er
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+from custom_components.edge_inspector.const import DOMAIN, EVENT_DEFECT
+from edge_inspector.demo.synthetic import ConveyorFrame
+
+
+async def _until(hass: HomeAssistant, check: Callable[[], object], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out waiting for Home Assistant"
+        await asyncio.sleep(0.1)
+        await hass.async_block_till_done()
+
+
+@pytest.fixture
+async def camera_file(
+    hass: HomeAssistant, tmp_path: Path, defect_scenes: list[ConveyorFrame]
+) -> Path:
+    """A real camera entity (`local_file`) showing a frame with a defect."""
+    path = tmp_path / "camera.jpg"
+    cv2.imwrite(str(path), defect_scenes[2].image)
+    entry = MockConfigEntry(
+        domain="local_file",
+        options={"name": "Press camera", "file_path": str(path)},
+        title="Press camera",
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    assert hass.states.get("camera.press_camera") is not None
+    return path
+
+
+def _station(**changes: Any) -> ConfigSubentryData:
+    data: dict[str, Any] = {
+        "camera_entity_id": "camera.press_camera",
+        "model_path": "demo",
+        "defects": {"scratch": 0.3, "dent": 0.3, "crack": 0.3, "spot": 0.3},
+        "interval": 0.3,
+        "mode": "continuous",
+        "imgsz": 320,
+        "product": "steel bracket",
+        "line": "Line 2",
+    }
+    data.update(changes)
+    return ConfigSubentryData(
+        data=data, subentry_type="station", title="Press", unique_id=data["camera_entity_id"]
+    )
+
+
+@pytest.fixture
+async def loaded(hass: HomeAssistant, tmp_path: Path, camera_file: Path) -> MockConfigEntry:
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        title="Edge Inspector",
+        data={"ollama_url": "", "ollama_model": "qwen2.5vl:7b", "storage": str(tmp_path / "store")},
+        subentries_data=[_station()],
+        unique_id=DOMAIN,
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    return entry
+
+
+async def test_a_defect_reaches_entities_events_and_services(
+    hass: HomeAssistant, loaded: MockConfigEntry, camera_file: Path
+) -> None:
+    assert loaded.state is ConfigEntryState.LOADED
+    defects: list[Event] = []
+    hass.bus.async_listen(EVENT_DEFECT, defects.append)
+    await _until(hass, lambda: defects)
+
+    # one device for the station, under its subentry
+    subentry_id = next(iter(loaded.subentries))
+    device = dr.async_get(hass).async_get_device(identifiers={(DOMAIN, subentry_id)})
+    assert device is not None and device.name == "Press"
+    entities = {
+        e.unique_id.removeprefix(f"{loaded.entry_id}_{subentry_id}_"): e.entity_id
+        for e in er.async_entries_for_device(er.async_get(hass), device.id, True)
+    }
+    assert set(entities) == {
+        "inspections",
+        "defects",
+        "incidents",
+        "defect_rate",
+        "yield",
+        "last_defect_class",
+        "latency",
+        "defect",
+        "defect_event",
+        "last_defect_image",
+        "inspection_enabled",
+        "inspect_now",
+        "confidence_threshold",
+    }
+    assert er.async_get(hass).async_get(entities["latency"]).disabled_by is not None
+
+    await _until(hass, lambda: hass.states.get(entities["defect"]).state == "on")
+    event = defects[0].data
+    assert event["station"] == "Press" and event["camera_entity_id"] == "camera.press_camera"
+    assert event["defect_class"] in ("scratch", "dent", "crack", "spot")
+    assert int(hass.states.get(entities["inspections"]).state) >= 1
+    assert float(hass.states.get(entities["defect_rate"]).state) > 0
+    await _until(
+        hass,
+        lambda: (
+            hass.states.get(entities["last_defect_class"]).state
+            in {e.data["defect_class"] for e in defects}
+        ),
+    )
+    fired = hass.states.get(entities["defect_event"])
+    by_id = {e.data["incident_id"]: e.data["defect_class"] for e in defects}
+    assert by_id[fired.attributes["incident_id"]] == fired.attributes["event_type"]
+    assert hass.states.get(entities["last_defect_image"]).state != "unknown"
+    assert float(hass.states.get(entities["confidence_threshold"]).state) == 0.3
+
+    # services, with their answers
+    result = await hass.services.async_call(
+        DOMAIN,
+        "inspect",
+        {"device_id": device.id, "part_id": "P-9"},
+        blocking=True,
+        return_response=True,
+    )
+    assert result["verdict"] == "fail" and result["part_id"] == "P-9"
+    listed = await hass.services.async_call(
+        DOMAIN, "get_incidents", {"device_id": device.id}, blocking=True, return_response=True
+    )
+    assert event["incident_id"] in [i["incident_id"] for i in listed["incidents"]]
+    acked = await hass.services.async_call(
+        DOMAIN,
+        "acknowledge",
+        {"incident_id": event["incident_id"], "state": "rejected", "note": "glare"},
+        blocking=True,
+        return_response=True,
+    )
+    assert acked["state"] == "rejected" and acked["feedback"][0]["note"] == "glare"
+    report = await hass.services.async_call(
+        DOMAIN, "report", {}, blocking=True, return_response=True
+    )
+    assert report["stations"][0]["station"] == "Press"
+    assert report["stations"][0]["inspections"] >= 1
+    assert "Press:" in report["text"]
+
+    # controls
+    await hass.services.async_call(
+        "number",
+        "set_value",
+        {"entity_id": entities["confidence_threshold"], "value": 0.8},
+        blocking=True,
+    )
+    await _until(hass, lambda: hass.states.get(entities["confidence_threshold"]).state == "0.8")
+    await hass.services.async_call(
+        "switch", "turn_off", {"entity_id": entities["inspection_enabled"]}, blocking=True
+    )
+    await _until(hass, lambda: hass.states.get(entities["inspection_enabled"]).state == "off")
+
+    assert await hass.config_entries.async_unload(loaded.entry_id)
+    await hass.async_block_till_done()
+
+
+async def test_a_camera_that_fails_makes_the_station_unavailable_until_it_is_back(
+    hass: HomeAssistant,
+    loaded: MockConfigEntry,
+    camera_file: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sensor = "binary_sensor.press_defect"
+    await _until(hass, lambda: hass.states.get(sensor).state == "on")
+    moved = camera_file.with_suffix(".bak")
+    camera_file.rename(moved)
+    await _until(hass, lambda: hass.states.get(sensor).state == "unavailable")
+    await asyncio.sleep(1.0)  # several failed grabs: logged once
+    assert caplog.text.count("Press unavailable: camera camera.press_camera") == 1
+    moved.rename(camera_file)
+    await _until(hass, lambda: hass.states.get(sensor).state == "on")
+    assert "Press available again" in caplog.text
+    assert await hass.config_entries.async_unload(loaded.entry_id)
+    await hass.async_block_till_done()
+
+
+async def test_unload_leaves_no_threads_or_listeners(
+    hass: HomeAssistant, loaded: MockConfigEntry
+) -> None:
+    await _until(
+        hass, lambda: hass.states.get("sensor.press_inspections").state not in ("unknown", "0")
+    )
+    assert any(t.name.startswith("edge_inspector") for t in threading.enumerate())
+    assert await hass.config_entries.async_unload(loaded.entry_id)
+    await hass.async_block_till_done()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("edge_inspector")]
+    assert hass.states.get("sensor.press_inspections").state == "unavailable"
+    assert await hass.config_entries.async_setup(loaded.entry_id)  # and it comes back
+    await hass.async_block_till_done()
+    await _until(
+        hass, lambda: hass.states.get("sensor.press_inspections").state not in ("unavailable",)
+    )
+    assert await hass.config_entries.async_unload(loaded.entry_id)
+    await hass.async_block_till_done()
+
+
+# -- set-up flows -------------------------------------------------------------------------------
+
+
+async def test_the_hub_flow_creates_one_entry(hass: HomeAssistant, tmp_path: Path) -> None:
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": "user"})
+    assert result["type"] is FlowResultType.FORM and result["step_id"] == "user"
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"storage": str(tmp_path / "store")}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["data"] == {
+        "ollama_url": "",
+        "ollama_model": "qwen2.5vl:7b",
+        "storage": str(tmp_path / "store"),
+    }
+    again = await hass.config_entries.flow.async_init(DOMAIN, context={"source": "user"})
+    assert again["type"] is FlowResultType.ABORT
+    assert again["reason"] in ("already_configured", "single_instance_allowed")
+    entry = hass.config_entries.async_entries(DOMAIN)[0]
+    assert await hass.config_entries.async_unload(entry.entry_id)
+
+
+async def test_the_station_flow_validates_and_creates_a_subentry(
+    hass: HomeAssistant, tmp_path: Path, camera_file: Path
+) -> None:
+    entry = MockConfigEntry(
+        domain=DOMAIN, data={"storage": str(tmp_path / "store")}, unique_id=DOMAIN
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    flow = await hass.config_entries.subentries.async_init(
+        (entry.entry_id, "station"), context={"source": "user"}
+    )
+    assert flow["type"] is FlowResultType.FORM
+    base = {
+        "name": "Press",
+        "camera_entity_id": "camera.press_camera",
+        "model_path": "demo",
+        "defects": "scratch, dent",
+        "threshold": 0.4,
+        "interval": 1,
+        "mode": "continuous",
+        "imgsz": 320,
+    }
+    bad = await hass.config_entries.subentries.async_configure(
+        flow["flow_id"], {**base, "model_path": str(tmp_path / "missing.pt"), "defects": " , "}
+    )
+    assert bad["errors"] == {"model_path": "model_missing", "defects": "invalid_classes"}
+    done = await hass.config_entries.subentries.async_configure(flow["flow_id"], base)
+    assert done["type"] is FlowResultType.CREATE_ENTRY
+    await hass.async_block_till_done()
+    subentry = next(iter(entry.subentries.values()))
+    assert subentry.data["defects"] == {"scratch": 0.4, "dent": 0.4}
+
+    second = await hass.config_entries.subentries.async_init(
+        (entry.entry_id, "station"), context={"source": "user"}
+    )
+    dup = await hass.config_entries.subentries.async_configure(
+        second["flow_id"], {**base, "name": "Again"}
+    )
+    assert dup["errors"] == {"camera_entity_id": "camera_in_use"}
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()

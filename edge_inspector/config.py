@@ -339,6 +339,11 @@ class ServiceActionTarget(_Model):
     type: Literal["service"]
     service: Annotated[str, Field(pattern=r"^[a-z0-9_]+\.[a-z0-9_]+$")]
     data: dict[str, Any] = Field(default_factory=dict)
+    pass_arguments: bool = Field(
+        default=False,
+        description="Add the model's (schema-checked) arguments to the service data, for a "
+        "script with fields. The fixed data always wins.",
+    )
 
 
 type ActionTarget = Annotated[

@@ -14,6 +14,7 @@ from homeassistant.config_entries import (
     ConfigFlow,
     ConfigFlowResult,
     ConfigSubentryFlow,
+    OptionsFlow,
     SubentryFlowResult,
 )
 from homeassistant.const import CONF_NAME
@@ -32,6 +33,7 @@ from homeassistant.helpers.selector import (
 )
 
 from .const import (
+    CONF_ACTIONS,
     CONF_CAMERA,
     CONF_DEFECTS,
     CONF_IMGSZ,
@@ -126,12 +128,69 @@ class EdgeInspectorConfigFlow(ConfigFlow, domain=DOMAIN):
             return self.async_update_reload_and_abort(entry, data=result)
         return result  # type: ignore[return-value]
 
+    @staticmethod
+    @callback
+    def async_get_options_flow(config_entry: ConfigEntry) -> OptionsFlow:
+        return ActionsOptionsFlow()
+
     @classmethod
     @callback
     def async_get_supported_subentry_types(
         cls, config_entry: ConfigEntry
     ) -> dict[str, type[ConfigSubentryFlow]]:
         return {SUBENTRY_STATION: StationSubentryFlow}
+
+
+class ActionsOptionsFlow(OptionsFlow):
+    """The VLM's mapped actions: tools that call Home Assistant services, with guard rails."""
+
+    async def async_step_init(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        errors: dict[str, str] = {}
+        placeholders = {"error": ""}
+        if user_input is not None:
+            text = user_input.get(CONF_ACTIONS, "")
+            try:
+                check_actions(text)
+            except ValueError as exc:
+                errors[CONF_ACTIONS] = "invalid_actions"
+                placeholders["error"] = str(exc)[:300]
+            else:
+                return self.async_create_entry(data={**self.config_entry.options, **user_input})
+        schema = vol.Schema(
+            {
+                vol.Optional(CONF_ACTIONS, default=""): TextSelector(
+                    TextSelectorConfig(multiline=True)
+                )
+            }
+        )
+        return self.async_show_form(
+            step_id="init",
+            data_schema=self.add_suggested_values_to_schema(
+                schema, user_input or self.config_entry.options
+            ),
+            errors=errors,
+            description_placeholders=placeholders,
+        )
+
+
+def check_actions(text: str) -> None:
+    """Raise ValueError naming what is wrong with a YAML list of mapped actions."""
+    from pydantic import ValidationError
+
+    from edge_inspector.config import VlmConfig
+
+    from .hub import parse_actions
+
+    try:
+        VlmConfig.model_validate({"actions": parse_actions(text)})
+    except ValidationError as exc:
+        raise ValueError(
+            "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: "
+                f"{str(e['msg']).removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+        ) from None
 
 
 def _station_schema(new: bool) -> vol.Schema:

@@ -9,6 +9,7 @@ DOMAIN: Final = "edge_inspector"
 CONF_OLLAMA_URL: Final = "ollama_url"
 CONF_OLLAMA_MODEL: Final = "ollama_model"
 CONF_STORAGE: Final = "storage"
+CONF_ACTIONS: Final = "actions"
 
 SUBENTRY_STATION: Final = "station"
 CONF_CAMERA: Final = "camera_entity_id"

@@ -17,22 +17,27 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import voluptuous as vol
+import yaml
 from homeassistant.components import camera
 from homeassistant.config_entries import ConfigEntry, ConfigSubentry
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.dispatcher import async_dispatcher_send
 from homeassistant.helpers.event import async_track_time_interval
 
-from edge_inspector.config import EngineConfig
+from edge_inspector.config import ActionConfig, EngineConfig, ServiceActionTarget
 from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.engine import Engine
 from edge_inspector.errors import EdgeInspectorError
 from edge_inspector.events import Incident, InspectionResult, OperatorAlert, StationState
 from edge_inspector.sinks import EventSink
+from edge_inspector.tools.actions import ActionContext, ActionError
 
 from .const import (
+    CONF_ACTIONS,
     CONF_CAMERA,
     CONF_DEFECTS,
     CONF_IMGSZ,
@@ -69,6 +74,19 @@ def model_path(value: str | None) -> Path:
     return Path(value)
 
 
+def parse_actions(text: str) -> list[Any]:
+    """The mapped actions from the options: a YAML list, as `vlm.actions` in the engine's file."""
+    if not text or not text.strip():
+        return []
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"actions: not valid YAML: {exc}") from None
+    if not isinstance(data, list):
+        raise ValueError("actions: expected a list of actions")
+    return data
+
+
 def engine_config(hass: HomeAssistant, entry: ConfigEntry) -> EngineConfig:
     """The engine configuration of a hub entry and its station subentries."""
     storage = entry.data.get(CONF_STORAGE) or hass.config.path(DOMAIN)
@@ -94,11 +112,14 @@ def engine_config(hass: HomeAssistant, entry: ConfigEntry) -> EngineConfig:
             }
         )
     config: dict[str, Any] = {"stations": stations, "store": {"path": storage}}
+    vlm: dict[str, Any] = {"actions": parse_actions(entry.options.get(CONF_ACTIONS, ""))}
     if entry.data.get(CONF_OLLAMA_URL):
-        config["vlm"] = {
-            "host": entry.data[CONF_OLLAMA_URL],
-            "model": entry.data.get(CONF_OLLAMA_MODEL) or DEFAULT_OLLAMA_MODEL,
-        }
+        vlm["host"] = entry.data[CONF_OLLAMA_URL]
+        vlm["model"] = entry.data.get(CONF_OLLAMA_MODEL) or DEFAULT_OLLAMA_MODEL
+    for key in ("request_timeout", "retry_interval", "deadline"):
+        if key in entry.options:
+            vlm[key] = entry.options[key]
+    config["vlm"] = vlm
     # A hub without stations yet is fine: they are added as subentries.
     return EngineConfig.model_validate(config, context={"allow_no_stations": True})
 
@@ -121,6 +142,32 @@ class StationRuntime:
     listeners: list[Callable[[], None]] = field(default_factory=list)
 
 
+class HaServicePort:
+    """`service` action targets: a Home Assistant service (or script) with its fixed data.
+
+    The fixed data names what is acted on, so the model never picks the entity. The model's
+    arguments (checked against the action's schema) are kept on the incident, and passed as
+    service data only with `pass_arguments: true` (a script with fields); the fixed data wins."""
+
+    def __init__(self, hass: HomeAssistant) -> None:
+        self.hass = hass
+
+    async def execute(
+        self, action: ActionConfig, arguments: dict[str, Any], context: ActionContext
+    ) -> str:
+        target = action.target
+        assert isinstance(target, ServiceActionTarget)
+        domain, service = target.service.split(".", 1)
+        if not self.hass.services.has_service(domain, service):
+            raise ActionError(f"Home Assistant has no service {target.service}")
+        try:
+            data = {**arguments, **target.data} if target.pass_arguments else dict(target.data)
+            await self.hass.services.async_call(domain, service, data, blocking=True)
+        except (HomeAssistantError, vol.Invalid) as exc:
+            raise ActionError(f"{target.service} failed: {exc}") from exc
+        return f"called {target.service}"
+
+
 class EdgeInspectorHub(EventSink):
     """The entry's runtime data: the engine and its stations."""
 
@@ -129,6 +176,7 @@ class EdgeInspectorHub(EventSink):
         self.entry = entry
         self.config = engine_config(hass, entry)
         self.engine = Engine(self.config, sinks=[self], session=async_get_clientsession(hass))
+        self.engine.action_ports["service"] = HaServicePort(hass)
         self.stations: dict[str, StationRuntime] = {}
         for subentry in entry.subentries.values():
             if subentry.subentry_type != SUBENTRY_STATION:
@@ -256,7 +304,11 @@ class EdgeInspectorHub(EventSink):
 
     def _payload(self, incident: Incident, runtime: StationRuntime) -> dict[str, Any]:
         vlm = incident.vlm
+        device = dr.async_get(self.hass).async_get_device(
+            identifiers={(DOMAIN, runtime.subentry_id)}
+        )
         return {
+            "device_id": device.id if device else None,
             "entry_id": self.entry.entry_id,
             "station_id": incident.station_id,
             "station": runtime.name,
@@ -299,9 +351,14 @@ class EdgeInspectorHub(EventSink):
         title = f"Edge Inspector: {runtime.name if runtime else alert.station_id}"
         from homeassistant.components import persistent_notification
 
+        message = alert.message
+        if alert.kind == "confirm_request":
+            message += (
+                f"\n\nAction `{alert.action}` with {alert.arguments}. To run it, call "
+                f"`{DOMAIN}.confirm_action` with incident_id `{alert.incident_id}`, "
+                f"request_id `{alert.alert_id}` and approve true (or false to decline)."
+            )
         persistent_notification.async_create(
-            self.hass,
-            alert.message,
-            title=title,
-            notification_id=f"{DOMAIN}_{alert.alert_id}",
+            self.hass, message, title=title, notification_id=f"{DOMAIN}_{alert.alert_id}"
         )
+        self.hass.bus.async_fire(f"{DOMAIN}_alert", alert.model_dump(mode="json"))

@@ -57,6 +57,13 @@ GET_INCIDENTS_SCHEMA = vol.Schema(
         vol.Optional(ATTR_LIMIT, default=20): vol.All(vol.Coerce(int), vol.Range(1, 500)),
     }
 )
+CONFIRM_SCHEMA = vol.Schema(
+    {
+        vol.Required(ATTR_INCIDENT_ID): cv.string,
+        vol.Required("request_id"): cv.string,
+        vol.Required("approve"): cv.boolean,
+    }
+)
 REPORT_SCHEMA = vol.Schema(
     {
         vol.Optional(ATTR_DEVICE_ID): cv.string,
@@ -169,6 +176,32 @@ async def _get_incidents(call: ServiceCall) -> ServiceResponse:
     return {"incidents": [_incident_data(i) for i in found[: call.data[ATTR_LIMIT]]]}
 
 
+async def _confirm_action(call: ServiceCall) -> ServiceResponse:
+    from edge_inspector.errors import EdgeInspectorError
+
+    who = "service"
+    if call.context.user_id and (user := await call.hass.auth.async_get_user(call.context.user_id)):
+        who = user.name or call.context.user_id
+    errors = []
+    for hub in _hubs(call.hass):
+        try:
+            record = await hub.engine.resolve_action(
+                call.data[ATTR_INCIDENT_ID],
+                call.data["request_id"],
+                approve=call.data["approve"],
+                by=who,
+            )
+        except EdgeInspectorError as exc:
+            errors.append(str(exc))
+            continue
+        return record.model_dump(mode="json")
+    raise ServiceValidationError(
+        translation_domain=DOMAIN,
+        translation_key="cannot_confirm",
+        translation_placeholders={"error": "; ".join(errors)},
+    )
+
+
 async def _report(call: ServiceCall) -> ServiceResponse:
     now = dt_util.now()
     period = call.data[ATTR_PERIOD]
@@ -235,4 +268,11 @@ def async_setup_services(hass: HomeAssistant) -> None:
     )
     hass.services.async_register(
         DOMAIN, "report", _report, REPORT_SCHEMA, supports_response=SupportsResponse.ONLY
+    )
+    hass.services.async_register(
+        DOMAIN,
+        "confirm_action",
+        _confirm_action,
+        CONFIRM_SCHEMA,
+        supports_response=SupportsResponse.OPTIONAL,
     )

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import pytest
 from homeassistant.config_entries import ConfigEntryState, ConfigSubentryData
 from homeassistant.core import Event, HomeAssistant
@@ -20,7 +19,6 @@ from homeassistant.helpers import entity_registry as er
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.edge_inspector.const import DOMAIN, EVENT_DEFECT
-from edge_inspector.demo.synthetic import ConveyorFrame
 
 
 async def _until(hass: HomeAssistant, check: Callable[[], object], timeout: float = 60) -> None:
@@ -29,25 +27,6 @@ async def _until(hass: HomeAssistant, check: Callable[[], object], timeout: floa
         assert time.monotonic() < deadline, "timed out waiting for Home Assistant"
         await asyncio.sleep(0.1)
         await hass.async_block_till_done()
-
-
-@pytest.fixture
-async def camera_file(
-    hass: HomeAssistant, tmp_path: Path, defect_scenes: list[ConveyorFrame]
-) -> Path:
-    """A real camera entity (`local_file`) showing a frame with a defect."""
-    path = tmp_path / "camera.jpg"
-    cv2.imwrite(str(path), defect_scenes[2].image)
-    entry = MockConfigEntry(
-        domain="local_file",
-        options={"name": "Press camera", "file_path": str(path)},
-        title="Press camera",
-    )
-    entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
-    assert hass.states.get("camera.press_camera") is not None
-    return path
 
 
 def _station(**changes: Any) -> ConfigSubentryData:

@@ -1,0 +1,275 @@
+"""The VLM's tool calls become Home Assistant service calls, under the same guard rails as the
+engine; device triggers fire automations; the flows check Ollama before saving."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from homeassistant.components import persistent_notification
+from homeassistant.components.device_automation import DeviceAutomationType
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers import device_registry as dr
+from homeassistant.setup import async_setup_component
+from pytest_homeassistant_custom_component.common import (
+    MockConfigEntry,
+    async_get_device_automations,
+)
+
+from custom_components.edge_inspector.const import DOMAIN, EVENT_INCIDENT
+from tests.ha.test_integration import _station, _until
+from tests.ollama_server import FakeOllama, Reply
+
+ACTIONS = """\
+- name: stop_conveyor
+  description: Stop the conveyor of line 2
+  parameters:
+    properties: {reason: {type: string, maxLength: 100}}
+    required: [reason]
+  target:
+    type: service
+    service: input_boolean.turn_off
+    data: {entity_id: input_boolean.conveyor}
+  rate_limit: {calls: 5, per_seconds: 60}
+- name: sound_alarm
+  description: Sound the line alarm
+  target: {type: service, service: input_boolean.turn_on, data: {entity_id: input_boolean.alarm}}
+  confirm: true
+"""
+
+
+@pytest.fixture
+async def ollama(socket_enabled: None) -> AsyncIterator[FakeOllama]:
+    server = FakeOllama()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def _setup(hass: HomeAssistant, tmp_path: Path, ollama: FakeOllama) -> MockConfigEntry:
+    assert await async_setup_component(
+        hass, "input_boolean", {"input_boolean": {"conveyor": {"initial": True}, "alarm": {}}}
+    )
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        data={
+            "ollama_url": ollama.url,
+            "ollama_model": "qwen2.5vl:7b",
+            "storage": str(tmp_path / "store"),
+        },
+        options={"actions": ACTIONS, "request_timeout": 5, "retry_interval": 0.5},
+        subentries_data=[_station(interval=3600, mode="triggered")],
+        unique_id=DOMAIN,
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    return entry
+
+
+async def test_tool_calls_run_mapped_services_and_confirmations_wait_for_a_person(
+    hass: HomeAssistant,
+    tmp_path: Path,
+    camera_file: Path,
+    ollama: FakeOllama,
+) -> None:
+    ollama.queue(
+        Reply.json(
+            {
+                "defect_type": "crack",
+                "severity": "critical",
+                "confidence": 0.9,
+                "description": "crack at the bend",
+            }
+        ),
+        Reply.tools(
+            ("stop_conveyor", {"reason": "crack"}),
+            ("sound_alarm", {}),
+            ("open_valve", {"valve": 1}),
+            ("stop_conveyor", {"reason": 42}),
+        ),
+        Reply(content="Line stopped."),
+    )
+    entry = await _setup(hass, tmp_path, ollama)
+    reports = []
+    hass.bus.async_listen(EVENT_INCIDENT, lambda e: reports.append(e.data))
+    device = dr.async_get(hass).async_get_device(
+        identifiers={(DOMAIN, next(iter(entry.subentries)))}
+    )
+    assert device is not None
+    verdict = await hass.services.async_call(
+        DOMAIN, "inspect", {"device_id": device.id}, blocking=True, return_response=True
+    )
+    assert verdict["verdict"] == "fail"
+    await _until(hass, lambda: any(r["vlm_status"] == "done" for r in reports))
+    assert hass.states.get("input_boolean.conveyor").state == "off"  # the mapped service ran
+    assert hass.states.get("input_boolean.alarm").state == "off"  # confirm: it waits
+    notes = persistent_notification._async_get_or_create_notifications(hass)
+    [request] = [n for n in notes.values() if "sound_alarm" in n["message"]]
+    incident_id = verdict["new_incident_ids"][0]
+    stored = await entry.runtime_data.engine.store.incident(incident_id)
+    assert stored is not None and stored.vlm is not None
+    assert [(a.tool, str(a.status)) for a in stored.vlm.actions] == [
+        ("stop_conveyor", "executed"),
+        ("sound_alarm", "awaiting_confirmation"),
+        ("open_valve", "refused"),
+        ("stop_conveyor", "refused"),
+    ]
+    request_id = stored.vlm.actions[1].request_id
+    assert request_id in request["message"]
+    done = await hass.services.async_call(
+        DOMAIN,
+        "confirm_action",
+        {"incident_id": incident_id, "request_id": request_id, "approve": True},
+        blocking=True,
+        return_response=True,
+    )
+    assert done["status"] == "executed"
+    assert hass.states.get("input_boolean.alarm").state == "on"
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+
+
+async def test_a_device_trigger_runs_an_automation_on_a_defect(
+    hass: HomeAssistant,
+    tmp_path: Path,
+    camera_file: Path,
+) -> None:
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        data={"storage": str(tmp_path / "store")},
+        subentries_data=[_station(interval=3600, mode="triggered")],
+        unique_id=DOMAIN,
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    device = dr.async_get(hass).async_get_device(
+        identifiers={(DOMAIN, next(iter(entry.subentries)))}
+    )
+    assert device is not None
+    triggers = await async_get_device_automations(hass, DeviceAutomationType.TRIGGER, device.id)
+    kinds = {(t["type"], t.get("subtype")) for t in triggers if t["domain"] == DOMAIN}
+    assert ("defect", None) in kinds and ("defect", "scratch") in kinds
+    assert ("report_ready", None) in kinds
+    assert await async_setup_component(
+        hass,
+        "automation",
+        {
+            "automation": {
+                "trigger": {
+                    "platform": "device",
+                    "domain": DOMAIN,
+                    "device_id": device.id,
+                    "type": "defect",
+                },
+                "action": {
+                    "event": "line_saw_defect",
+                    "event_data": {"cls": "{{ trigger.event.data.defect_class }}"},
+                },
+            }
+        },
+    )
+    seen: list[str] = []
+    hass.bus.async_listen("line_saw_defect", lambda e: seen.append(e.data["cls"]))
+    await hass.services.async_call(DOMAIN, "inspect", {"device_id": device.id}, blocking=True)
+    await _until(hass, lambda: seen)
+    assert seen[0] in ("scratch", "dent", "crack", "spot")
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+
+
+async def test_the_hub_flow_checks_ollama(
+    hass: HomeAssistant, tmp_path: Path, ollama: FakeOllama
+) -> None:
+    flow = await hass.config_entries.flow.async_init(DOMAIN, context={"source": "user"})
+    down = await hass.config_entries.flow.async_configure(
+        flow["flow_id"], {"ollama_url": "http://127.0.0.1:9", "ollama_model": "qwen2.5vl:7b"}
+    )
+    assert down["errors"] == {"base": "cannot_connect"}
+    missing = await hass.config_entries.flow.async_configure(
+        flow["flow_id"], {"ollama_url": ollama.url, "ollama_model": "llava:34b"}
+    )
+    assert missing["errors"] == {"base": "model_missing"}
+    ok = await hass.config_entries.flow.async_configure(
+        flow["flow_id"],
+        {"ollama_url": ollama.url, "ollama_model": "qwen2.5vl:7b", "storage": str(tmp_path)},
+    )
+    assert ok["type"] is FlowResultType.CREATE_ENTRY
+    entry = hass.config_entries.async_entries(DOMAIN)[0]
+    await hass.async_block_till_done()
+
+    # reconfigure: the same checks, then a reload with the new settings
+    flow = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": "reconfigure", "entry_id": entry.entry_id}
+    )
+    again = await hass.config_entries.flow.async_configure(
+        flow["flow_id"], {"ollama_url": ollama.url, "ollama_model": "nope:1b"}
+    )
+    assert again["errors"] == {"base": "model_missing"}
+    saved = await hass.config_entries.flow.async_configure(
+        flow["flow_id"], {"ollama_url": "", "storage": str(tmp_path)}
+    )
+    assert saved["type"] is FlowResultType.ABORT and saved["reason"] == "reconfigure_successful"
+    assert entry.data["ollama_url"] == ""
+
+    # options: the mapped actions are validated before they are saved
+    options = await hass.config_entries.options.async_init(entry.entry_id)
+    bad = await hass.config_entries.options.async_configure(
+        options["flow_id"],
+        {
+            "actions": "- name: search_manual\n  description: x\n"
+            "  target: {type: service, service: a.b}\n"
+        },
+    )
+    assert bad["errors"] == {"actions": "invalid_actions"}
+    assert "built-in tool" in bad["description_placeholders"]["error"]
+    good = await hass.config_entries.options.async_configure(
+        options["flow_id"], {"actions": ACTIONS}
+    )
+    assert good["type"] is FlowResultType.CREATE_ENTRY
+    await hass.async_block_till_done()
+    assert entry.options["actions"] == ACTIONS
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+
+
+async def test_a_station_is_reconfigured(
+    hass: HomeAssistant,
+    tmp_path: Path,
+    camera_file: Path,
+) -> None:
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        data={"storage": str(tmp_path / "store")},
+        subentries_data=[_station(interval=3600, mode="triggered")],
+        unique_id=DOMAIN,
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    subentry = next(iter(entry.subentries.values()))
+    flow = await entry.start_subentry_reconfigure_flow(hass, subentry.subentry_id)
+    assert flow["type"] is FlowResultType.FORM
+    result = await hass.config_entries.subentries.async_configure(
+        flow["flow_id"],
+        {
+            "camera_entity_id": "camera.press_camera",
+            "model_path": "demo",
+            "defects": "crack",
+            "threshold": 0.6,
+            "interval": 5,
+            "mode": "continuous",
+            "imgsz": 320,
+        },
+    )
+    assert result["type"] is FlowResultType.ABORT
+    await hass.async_block_till_done()
+    assert entry.subentries[subentry.subentry_id].data["defects"] == {"crack": 0.6}
+    await _until(hass, lambda: hass.states.get("number.press_confidence_threshold").state == "0.6")
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+    await asyncio.sleep(0)

@@ -262,3 +262,78 @@ async def test_the_station_flow_validates_and_creates_a_subentry(
     assert dup["errors"] == {"camera_entity_id": "camera_in_use"}
     assert await hass.config_entries.async_unload(entry.entry_id)
     await hass.async_block_till_done()
+
+
+# -- what Home Assistant's own validation (hassfest) would check, as far as it runs here --------
+
+COMPONENT = Path(__file__).parents[2] / "custom_components" / "edge_inspector"
+
+
+def test_manifest_translations_and_services_are_consistent() -> None:
+    import json
+
+    import yaml
+
+    manifest = json.loads((COMPONENT / "manifest.json").read_text())
+    assert list(manifest)[:2] == ["domain", "name"]
+    assert list(manifest)[2:] == sorted(list(manifest)[2:])  # hassfest's key order
+    for key in (
+        "documentation",
+        "issue_tracker",
+        "codeowners",
+        "iot_class",
+        "config_flow",
+        "integration_type",
+        "requirements",
+        "version",
+    ):
+        assert key in manifest, key
+    assert manifest["requirements"] == ["edge-inspector==0.1.0"]
+    hacs = json.loads((COMPONENT.parents[1] / "hacs.json").read_text())
+    assert hacs["name"] == manifest["name"]
+    strings = json.loads((COMPONENT / "strings.json").read_text())
+    assert json.loads((COMPONENT / "translations" / "en.json").read_text()) == strings
+    services = yaml.safe_load((COMPONENT / "services.yaml").read_text())
+    icons = json.loads((COMPONENT / "icons.json").read_text())
+    assert set(services) == set(strings["services"]) == set(icons["services"])
+    for name, spec in services.items():
+        assert set(spec["fields"]) == set(strings["services"][name]["fields"]), name
+    # every entity translation key used in the code has a name and an icon
+    keys = set()
+    for platform in ("sensor", "binary_sensor", "button", "switch", "number", "event", "image"):
+        text = (COMPONENT / f"{platform}.py").read_text()
+        import re
+
+        found = set(re.findall(r'key="([a-z_]+)"', text)) | set(
+            re.findall(r'\(hub, (?:rt|runtime), "([a-z_]+)"\)', text)
+        )
+        found |= {"defect_event"} if platform == "event" else set()
+        found |= {"last_defect_image"} if platform == "image" else set()
+        for key in found:
+            assert "name" in strings["entity"][platform][key], (platform, key)
+            assert key in icons["entity"][platform], (platform, key)
+            keys.add(key)
+    assert len(keys) == 13
+    quality = yaml.safe_load((COMPONENT / "quality_scale.yaml").read_text())
+    assert quality["rules"]["config-flow"] == "done"
+    assert (COMPONENT / "brand" / "icon.png").read_bytes()[:4] == b"\x89PNG"
+
+
+async def test_diagnostics_redact_hosts_paths_and_cameras(
+    hass: HomeAssistant, loaded: MockConfigEntry
+) -> None:
+    import json
+
+    from custom_components.edge_inspector.diagnostics import (
+        async_get_config_entry_diagnostics,
+    )
+
+    await _until(hass, lambda: hass.states.get("binary_sensor.press_defect").state == "on")
+    diagnostics = await async_get_config_entry_diagnostics(hass, loaded)
+    text = json.dumps(diagnostics)
+    assert "camera.press_camera" not in text
+    assert str(loaded.data["storage"]) not in text
+    assert diagnostics["stations"]["Press"]["available"] is True
+    assert diagnostics["stations"]["Press"]["state"]["inspections"] >= 1
+    assert await hass.config_entries.async_unload(loaded.entry_id)
+    await hass.async_block_till_done()

@@ -1,0 +1,64 @@
+"""Diagnostics: the configuration and each station's state, with hosts, paths and cameras
+redacted."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from homeassistant.components.diagnostics import async_redact_data
+from homeassistant.core import HomeAssistant
+
+from .const import CONF_CAMERA, CONF_OLLAMA_URL, CONF_STORAGE
+
+if TYPE_CHECKING:
+    from . import EdgeInspectorConfigEntry
+
+TO_REDACT = {
+    CONF_OLLAMA_URL,
+    CONF_STORAGE,
+    CONF_CAMERA,
+    "host",
+    "url",
+    "path",
+    "frame_path",
+    "crop_path",
+    "image_path",
+    "camera_entity_id",
+    "headers",
+    "password",
+    "username",
+}
+
+
+async def async_get_config_entry_diagnostics(
+    hass: HomeAssistant, entry: EdgeInspectorConfigEntry
+) -> dict[str, Any]:
+    hub = entry.runtime_data
+    stations = {}
+    for sid, runtime in hub.stations.items():
+        last = runtime.last_incident
+        stations[runtime.name] = {
+            "state": runtime.state.model_dump(mode="json") if runtime.state else None,
+            "available": hub.is_available(sid),
+            "camera_error": runtime.camera_error is not None,
+            "last_incident": last.model_dump(mode="json", exclude={"detections"}) if last else None,
+        }
+    enricher = hub.engine.enricher
+    return {
+        "entry": async_redact_data(
+            {"data": dict(entry.data), "options": dict(entry.options)}, TO_REDACT
+        ),
+        "stations_config": [
+            async_redact_data(dict(s.data), TO_REDACT) for s in entry.subentries.values()
+        ],
+        "engine": async_redact_data(hub.config.model_dump(mode="json"), TO_REDACT),
+        "stations": async_redact_data(stations, TO_REDACT),
+        "vlm": None
+        if enricher is None
+        else {
+            "breaker": enricher.breaker.state,
+            "queue_depth": enricher.queue_depth,
+            "enriched": enricher.enriched,
+            "last_error": enricher.last_error,
+        },
+    }

@@ -14,7 +14,7 @@ echo "== mypy --strict"
 echo "== engine tests"
 # The engine's tests run without Home Assistant's pytest plugin, which blocks sockets and
 # checks for Home Assistant's own leftovers after every test.
-"$VENV/bin/pytest" -p no:homeassistant -p no:cacheprovider tests/engine tests/flows "$@"
+"$VENV/bin/pytest" -p no:homeassistant -p no:cacheprovider tests/engine tests/flows tests/e2e "$@"
 if [ -d tests/ha ]; then
   echo "== Home Assistant tests"
   "$VENV/bin/pytest" -p no:cacheprovider --cov=custom_components/edge_inspector \

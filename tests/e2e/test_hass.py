@@ -1,0 +1,42 @@
+"""A real `hass` process loads the integration from this working tree (scripts/hass.py): the UI's
+own REST config flows create a camera, the hub and a station, and the station's entities get
+states from YOLO running inside Home Assistant."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_real_home_assistant_shows_the_station(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "hass.py"),
+            "--config",
+            str(tmp_path / "hass"),
+            "--port",
+            str(_free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    log = (tmp_path / "hass" / "hass-run.log").read_text() if proc.returncode else ""
+    assert proc.returncode == 0, proc.stdout + proc.stderr + log[-3000:]
+    lines = dict(line.split(None, 1) for line in proc.stdout.splitlines() if line.startswith("  "))
+    assert lines["binary_sensor.press_defect"].strip() == "on"
+    assert int(lines["sensor.press_inspections"].split()[0]) >= 1
+    assert lines["switch.press_inspection"].strip() == "on"
+    assert "sensor.press_defect_rate" in lines

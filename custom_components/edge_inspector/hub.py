@@ -24,6 +24,7 @@ from homeassistant.config_entries import ConfigEntry, ConfigSubentry
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.dispatcher import async_dispatcher_send
 from homeassistant.helpers.event import async_track_time_interval
@@ -197,9 +198,23 @@ class EdgeInspectorHub(EventSink):
     async def async_start(self) -> None:
         await self.engine.start()
         for sid, runtime in self.stations.items():
+            issue = f"model_missing_{runtime.subentry_id}"
             if sid in self.engine.failed:
                 runtime.state = self.engine.failed[sid]
+                ir.async_create_issue(
+                    self.hass,
+                    DOMAIN,
+                    issue,
+                    is_fixable=False,
+                    severity=ir.IssueSeverity.ERROR,
+                    translation_key="station_failed",
+                    translation_placeholders={
+                        "station": runtime.name,
+                        "error": runtime.state.error or "unknown error",
+                    },
+                )
                 continue
+            ir.async_delete_issue(self.hass, DOMAIN, issue)
             runtime.state = self.engine.stations[sid].state()
             if self.config.station(sid).mode == "continuous":
                 self._unsubs.append(
@@ -211,12 +226,43 @@ class EdgeInspectorHub(EventSink):
                         cancel_on_shutdown=True,
                     )
                 )
+        self._start_checks()
+
+    def _start_checks(self) -> None:
+        if self.engine.enricher is not None:
+            self._unsubs.append(
+                async_track_time_interval(
+                    self.hass,
+                    self._check_vlm,
+                    timedelta(seconds=30),
+                    name="edge_inspector vlm check",
+                    cancel_on_shutdown=True,
+                )
+            )
 
     async def async_stop(self) -> None:
         for unsub in self._unsubs:
             unsub()
         self._unsubs.clear()
         await self.engine.stop()
+
+    @callback
+    def _check_vlm(self, _now: Any = None) -> None:
+        """A repair issue while Ollama lacks the configured model; gone once it has it."""
+        enricher = self.engine.enricher
+        error = enricher.last_error if enricher is not None else None
+        if error and "is not on the Ollama server" in error:
+            ir.async_create_issue(
+                self.hass,
+                DOMAIN,
+                "ollama_model_missing",
+                is_fixable=False,
+                severity=ir.IssueSeverity.WARNING,
+                translation_key="ollama_model_missing",
+                translation_placeholders={"error": error},
+            )
+        else:
+            ir.async_delete_issue(self.hass, DOMAIN, "ollama_model_missing")
 
     def _make_tick(self, sid: str) -> Callable[[Any], None]:
         @callback

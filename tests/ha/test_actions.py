@@ -133,6 +133,30 @@ async def test_tool_calls_run_mapped_services_and_confirmations_wait_for_a_perso
     await hass.async_block_till_done()
 
 
+async def test_a_missing_ollama_model_raises_a_repair_issue_until_it_is_pulled(
+    hass: HomeAssistant, tmp_path: Path, camera_file: Path, ollama: FakeOllama
+) -> None:
+    from homeassistant.helpers import issue_registry as ir
+
+    ollama.models = {"llava:7b": ["completion", "vision"]}
+    entry = await _setup(hass, tmp_path, ollama)
+    hub = entry.runtime_data
+    assert hub.engine.enricher is not None
+    await _until(hass, lambda: hub.engine.enricher.last_error)
+    hub._check_vlm()
+    issue = ir.async_get(hass).async_get_issue(DOMAIN, "ollama_model_missing")
+    assert (
+        issue is not None and "ollama pull qwen2.5vl:7b" in issue.translation_placeholders["error"]
+    )
+    ollama.models = {"qwen2.5vl:7b": ["completion", "vision", "tools"]}
+    hub.engine.enricher.retry_now()
+    await _until(hass, lambda: hub.engine.enricher.last_error is None)
+    hub._check_vlm()
+    assert ir.async_get(hass).async_get_issue(DOMAIN, "ollama_model_missing") is None
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+
+
 async def test_a_device_trigger_runs_an_automation_on_a_defect(
     hass: HomeAssistant,
     tmp_path: Path,

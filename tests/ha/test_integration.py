@@ -337,3 +337,26 @@ async def test_diagnostics_redact_hosts_paths_and_cameras(
     assert diagnostics["stations"]["Press"]["state"]["inspections"] >= 1
     assert await hass.config_entries.async_unload(loaded.entry_id)
     await hass.async_block_till_done()
+
+
+async def test_a_station_whose_model_is_missing_raises_a_repair_issue(
+    hass: HomeAssistant, tmp_path: Path, camera_file: Path
+) -> None:
+    from homeassistant.helpers import issue_registry as ir
+
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        data={"storage": str(tmp_path / "store")},
+        subentries_data=[_station(model_path=str(tmp_path / "gone.pt"))],
+        unique_id=DOMAIN,
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    subentry_id = next(iter(entry.subentries))
+    issue = ir.async_get(hass).async_get_issue(DOMAIN, f"model_missing_{subentry_id}")
+    assert issue is not None and issue.severity is ir.IssueSeverity.ERROR
+    assert "gone.pt" in issue.translation_placeholders["error"]
+    assert hass.states.get("binary_sensor.press_defect").state == "unavailable"
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()

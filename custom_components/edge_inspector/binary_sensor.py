@@ -25,11 +25,40 @@ class DefectBinarySensor(StationEntity, BinarySensorEntity):
         return None if state is None else state.defect_present
 
 
+class OutOfControlBinarySensor(StationEntity, BinarySensorEntity):
+    """On when the last hour's defect rate is above the p-chart's upper control limit."""
+
+    _attr_device_class = BinarySensorDeviceClass.PROBLEM
+
+    @property
+    def is_on(self) -> bool | None:
+        chart = self.runtime.chart
+        return None if chart is None else chart.out_of_control
+
+    @property
+    def extra_state_attributes(self) -> dict[str, float | int] | None:
+        chart = self.runtime.chart
+        if chart is None:
+            return None
+        return {
+            "center_line": round(chart.p_bar, 5),
+            "upper_control_limit": round(chart.ucl, 5),
+            "lower_control_limit": round(chart.lcl, 5),
+            "defect_rate": round(chart.rate, 5),
+            "subgroup_size": chart.n,
+        }
+
+
 async def async_setup_entry(
     hass: HomeAssistant,
     entry: EdgeInspectorConfigEntry,
     async_add_entities: AddConfigEntryEntitiesCallback,
 ) -> None:
     add_station_entities(
-        entry, async_add_entities, lambda hub, rt: [DefectBinarySensor(hub, rt, "defect")]
+        entry,
+        async_add_entities,
+        lambda hub, rt: [
+            DefectBinarySensor(hub, rt, "defect"),
+            OutOfControlBinarySensor(hub, rt, "out_of_control"),
+        ],
     )

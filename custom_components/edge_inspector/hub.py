@@ -59,6 +59,7 @@ from .const import (
     SIGNAL_STATE,
     SUBENTRY_STATION,
 )
+from .spc import BASELINE, SUBGROUP, PChart, p_chart
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -140,6 +141,8 @@ class StationRuntime:
     last_incident: Incident | None = None
     camera_error: str | None = None
     grabbing: bool = False
+    class_counts: dict[str, int] = field(default_factory=dict)
+    chart: PChart | None = None
     listeners: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -226,9 +229,40 @@ class EdgeInspectorHub(EventSink):
                         cancel_on_shutdown=True,
                     )
                 )
+        for sid, runtime in self.stations.items():
+            counts = await self.engine.store.counts_by_class(station_id=sid)
+            runtime.class_counts = {c: 0 for c in runtime.defects} | {
+                c.defect_class: c.count for c in counts
+            }
+        await self.async_update_charts()
         self._start_checks()
 
+    async def async_update_charts(self, _now: Any = None) -> None:
+        """Recompute each station's p-chart from the store."""
+        from homeassistant.util import dt as dt_util
+
+        now = dt_util.utcnow()
+        store = self.engine.store
+        for sid, runtime in self.stations.items():
+            base = await store.inspection_counts(
+                station_id=sid, since=now - BASELINE, until=now - SUBGROUP
+            )
+            current = await store.inspection_counts(station_id=sid, since=now - SUBGROUP)
+            runtime.chart = p_chart(
+                base.inspections, base.failed, current.inspections, current.failed
+            )
+            self._signal_state(runtime)
+
     def _start_checks(self) -> None:
+        self._unsubs.append(
+            async_track_time_interval(
+                self.hass,
+                self.async_update_charts,
+                timedelta(seconds=60),
+                name="edge_inspector p-charts",
+                cancel_on_shutdown=True,
+            )
+        )
         if self.engine.enricher is not None:
             self._unsubs.append(
                 async_track_time_interval(
@@ -379,6 +413,9 @@ class EdgeInspectorHub(EventSink):
         if runtime is None:
             return
         runtime.last_incident = incident
+        runtime.class_counts[incident.defect_class] = (
+            runtime.class_counts.get(incident.defect_class, 0) + 1
+        )
         self.hass.bus.async_fire(EVENT_DEFECT, self._payload(incident, runtime))
         async_dispatcher_send(self.hass, SIGNAL_INCIDENT.format(runtime.station_id), incident)
         self._signal_state(runtime)

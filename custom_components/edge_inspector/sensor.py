@@ -111,6 +111,22 @@ class StationSensor(StationEntity, SensorEntity):
         return self.entity_description.value(self.runtime)
 
 
+class ClassIncidentsSensor(StationEntity, SensorEntity):
+    """Incidents of one defect class, all time: with one per class, a Pareto view."""
+
+    _attr_state_class = SensorStateClass.TOTAL_INCREASING
+
+    def __init__(self, hub: EdgeInspectorHub, runtime: StationRuntime, defect_class: str) -> None:
+        super().__init__(hub, runtime, "incidents_by_class")
+        self._class = defect_class
+        self._attr_unique_id = f"{self._attr_unique_id}_{defect_class}"
+        self._attr_translation_placeholders = {"defect_class": defect_class}
+
+    @property
+    def native_value(self) -> StateType:
+        return self.runtime.class_counts.get(self._class, 0)
+
+
 async def async_setup_entry(
     hass: HomeAssistant,
     entry: EdgeInspectorConfigEntry,
@@ -119,5 +135,8 @@ async def async_setup_entry(
     add_station_entities(
         entry,
         async_add_entities,
-        lambda hub, runtime: (StationSensor(hub, runtime, d) for d in SENSORS),
+        lambda hub, runtime: [
+            *(StationSensor(hub, runtime, d) for d in SENSORS),
+            *(ClassIncidentsSensor(hub, runtime, c) for c in runtime.defects),
+        ],
     )

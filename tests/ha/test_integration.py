@@ -86,11 +86,13 @@ async def test_a_defect_reaches_entities_events_and_services(
         "last_defect_class",
         "latency",
         "defect",
+        "out_of_control",
         "defect_event",
         "last_defect_image",
         "inspection_enabled",
         "inspect_now",
         "confidence_threshold",
+        *(f"incidents_by_class_{c}" for c in ("scratch", "dent", "crack", "spot")),
     }
     assert er.async_get(hass).async_get(entities["latency"]).disabled_by is not None
 
@@ -313,7 +315,7 @@ def test_manifest_translations_and_services_are_consistent() -> None:
             assert "name" in strings["entity"][platform][key], (platform, key)
             assert key in icons["entity"][platform], (platform, key)
             keys.add(key)
-    assert len(keys) == 13
+    assert len(keys) == 15
     quality = yaml.safe_load((COMPONENT / "quality_scale.yaml").read_text())
     assert quality["rules"]["config-flow"] == "done"
     assert (COMPONENT / "brand" / "icon.png").read_bytes()[:4] == b"\x89PNG"
@@ -359,4 +361,40 @@ async def test_a_station_whose_model_is_missing_raises_a_repair_issue(
     assert "gone.pt" in issue.translation_placeholders["error"]
     assert hass.states.get("binary_sensor.press_defect").state == "unavailable"
     assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+
+
+def test_the_p_chart_limits() -> None:
+    from custom_components.edge_inspector.spc import p_chart
+
+    assert p_chart(50, 5, 100, 10) is None  # too little baseline
+    assert p_chart(1000, 50, 10, 5) is None  # too small a subgroup
+    chart = p_chart(1000, 50, 100, 5)
+    assert chart is not None
+    assert round(chart.p_bar, 3) == 0.05
+    assert round(chart.ucl, 4) == round(0.05 + 3 * (0.05 * 0.95 / 100) ** 0.5, 4)
+    assert chart.lcl == 0.0 and not chart.out_of_control
+    worse = p_chart(1000, 50, 100, 13)
+    assert worse is not None and worse.out_of_control
+
+
+async def test_class_counts_and_the_control_chart_entities(
+    hass: HomeAssistant, loaded: MockConfigEntry
+) -> None:
+    await _until(hass, lambda: hass.states.get("binary_sensor.press_defect").state == "on")
+    counts = {
+        c: hass.states.get(f"sensor.press_{c}_incidents")
+        for c in ("scratch", "dent", "crack", "spot")
+    }
+    assert all(state is not None for state in counts.values())
+    hub = loaded.runtime_data
+    runtime = next(iter(hub.stations.values()))
+    await _until(hass, lambda: sum(runtime.class_counts.values()) >= 1)
+    await hub.async_update_charts()
+    await hass.async_block_till_done()
+    total = sum(int(hass.states.get(f"sensor.press_{c}_incidents").state) for c in counts)
+    assert total == sum(runtime.class_counts.values()) >= 1
+    # a few inspections of history: no verdict yet
+    assert hass.states.get("binary_sensor.press_process_out_of_control").state == "unknown"
+    assert await hass.config_entries.async_unload(loaded.entry_id)
     await hass.async_block_till_done()

@@ -110,8 +110,14 @@ mqtt: {{node_id: line2}}
         )
         assert device is not None
         assert (device.name, device.manufacturer) == ("Belt", "Edge Inspector")
-        entities = {e.entity_id for e in er.async_entries_for_device(er.async_get(hass), device.id)}
-        assert entities == {
+        registry = er.async_get(hass)
+
+        def entities() -> set[str]:
+            return {e.entity_id for e in er.async_entries_for_device(registry, device.id)}
+
+        # discovery registers the components one by one: wait for the last of them
+        await _until(hass, lambda: len(entities()) >= 11)
+        assert entities() == {
             "sensor.belt_inspections",
             "sensor.belt_defects",
             "sensor.belt_defect_rate",

@@ -6,6 +6,7 @@ edge-inspector inspect IMAGE... --model PATH [--json]
 edge-inspector demo [--frames N | --duration S]
 edge-inspector train --data DATA.yaml  /  export --model PATH --format onnx
 edge-inspector schema [--out DIR]     write the JSON Schema of the events
+edge-inspector dataset export --out DIR  confirmed/rejected incidents as a YOLO dataset
 edge-inspector manuals index DIR      index equipment manuals (Markdown, text, PDF)
 edge-inspector manuals search QUERY   ranked passages: file, section, page, excerpt
 """
@@ -356,6 +357,19 @@ def cmd_manuals_search(args: argparse.Namespace) -> int:
     return 0 if hits else 1
 
 
+def cmd_dataset_export(args: argparse.Namespace) -> int:
+    from .dataset import export_dataset
+
+    report = export_dataset(args.store, args.out)
+    for reason in report.skipped:
+        print(f"skipped {reason}", file=sys.stderr)
+    print(
+        f"{report.data_yaml}: {report.positives} labelled frame(s) from confirmed incidents, "
+        f"{report.backgrounds} background frame(s) from rejected ones"
+    )
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-inspector", description="Local AI visual inspection."
@@ -433,6 +447,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="write the JSON Schema of the published events")
     p.add_argument("--out", type=Path, default=Path("schema"))
     p.set_defaults(func=cmd_schema)
+
+    dataset = sub.add_parser("dataset", help="turn operators' verdicts into a dataset")
+    dsub = dataset.add_subparsers(dest="dataset_command", required=True)
+    p = dsub.add_parser("export", help="confirmed and rejected incidents as a YOLO dataset")
+    p.add_argument("--store", type=Path, default=Path("edge-inspector-data"))
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_dataset_export)
 
     manuals = sub.add_parser("manuals", help="index and search the equipment manuals")
     msub = manuals.add_subparsers(dest="manuals_command", required=True)

@@ -263,6 +263,9 @@ class Incident(_Event):
     track_id: int | None = None
     frame_path: str | None = Field(default=None, description="Annotated frame (JPEG).")
     crop_path: str | None = Field(default=None, description="Crop around the defect (JPEG).")
+    raw_path: str | None = Field(
+        default=None, description="The frame as the camera gave it (JPEG), for datasets."
+    )
     state: IncidentState = IncidentState.OPEN
     model: ModelInfo
     latency_ms: float = Field(description="From the frame's capture to the incident.")

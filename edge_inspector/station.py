@@ -36,6 +36,7 @@ from .events import (
     Incident,
     InspectionResult,
     Latency,
+    ModelInfo,
     StationState,
     Verdict,
     VlmResult,
@@ -170,6 +171,11 @@ class Station:
             self._tasks.append(asyncio.create_task(self._run(), name=f"edge_inspector {self.id}"))
         elif not self.error:
             self._set_available()
+
+    @property
+    def model_info(self) -> ModelInfo:
+        """The model this station inspects with."""
+        return self._inference.detector.info
 
     async def stop(self) -> None:
         """Stop the loop, finish writing what was detected, close the source."""
@@ -458,13 +464,15 @@ class Station:
     ) -> Incident:
         quality = self.config.images.jpeg_quality
 
-        def _encode() -> tuple[bytes, bytes]:
+        def _encode() -> tuple[bytes, bytes, bytes]:
             drawn = annotate(frame.image, result.detections)
-            return encode_jpeg(drawn, quality), encode_jpeg(
-                crop(frame.image, incident.boxes), quality
+            return (
+                encode_jpeg(drawn, quality),
+                encode_jpeg(crop(frame.image, incident.boxes), quality),
+                encode_jpeg(frame.image, quality),
             )
 
-        frame_jpeg, crop_jpeg = await asyncio.get_running_loop().run_in_executor(
+        frame_jpeg, crop_jpeg, raw_jpeg = await asyncio.get_running_loop().run_in_executor(
             self._executor, _encode
         )
         when, ident = incident.created_at, incident.incident_id
@@ -474,8 +482,15 @@ class Station:
         crop_path = await self._store.save_image(
             ident, self._image_name(when, ident, "crop"), crop_jpeg, when
         )
+        raw_path = await self._store.save_image(
+            ident, self._image_name(when, ident, "raw"), raw_jpeg, when
+        )
         return incident.model_copy(
-            update={"frame_path": str(frame_path), "crop_path": str(crop_path)}
+            update={
+                "frame_path": str(frame_path),
+                "crop_path": str(crop_path),
+                "raw_path": str(raw_path),
+            }
         )
 
     async def _publish_state(self, *, force: bool = False) -> None:

@@ -35,6 +35,7 @@ from edge_inspector.engine import Engine
 from edge_inspector.errors import EdgeInspectorError
 from edge_inspector.events import Incident, InspectionResult, OperatorAlert, StationState
 from edge_inspector.sinks import EventSink
+from edge_inspector.store import FeedbackCounts
 from edge_inspector.tools.actions import ActionContext, ActionError
 
 from .const import (
@@ -143,6 +144,7 @@ class StationRuntime:
     grabbing: bool = False
     class_counts: dict[str, int] = field(default_factory=dict)
     chart: PChart | None = None
+    feedback: FeedbackCounts | None = None
     listeners: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -251,6 +253,7 @@ class EdgeInspectorHub(EventSink):
             runtime.chart = p_chart(
                 base.inspections, base.failed, current.inspections, current.failed
             )
+            runtime.feedback = await store.feedback_counts(station_id=sid)
             self._signal_state(runtime)
 
     def _start_checks(self) -> None:

@@ -43,7 +43,25 @@ def _yield(runtime: StationRuntime) -> StateType:
     return None if rate is None else round(100 - float(rate), 2)
 
 
+def _percent(value: float | None) -> StateType:
+    return None if value is None else round(100 * value, 2)
+
+
 SENSORS: tuple[StationSensorDescription, ...] = (
+    StationSensorDescription(
+        key="false_reject_rate",
+        native_unit_of_measurement=PERCENTAGE,
+        state_class=SensorStateClass.MEASUREMENT,
+        suggested_display_precision=1,
+        value=lambda r: _percent(r.feedback.false_reject_rate) if r.feedback else None,
+    ),
+    StationSensorDescription(
+        key="false_accept_rate",
+        native_unit_of_measurement=PERCENTAGE,
+        state_class=SensorStateClass.MEASUREMENT,
+        suggested_display_precision=1,
+        value=lambda r: _percent(r.feedback.false_accept_rate) if r.feedback else None,
+    ),
     StationSensorDescription(
         key="inspections",
         state_class=SensorStateClass.TOTAL_INCREASING,

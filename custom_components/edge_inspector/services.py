@@ -57,6 +57,15 @@ GET_INCIDENTS_SCHEMA = vol.Schema(
         vol.Optional(ATTR_LIMIT, default=20): vol.All(vol.Coerce(int), vol.Range(1, 500)),
     }
 )
+MISSED_SCHEMA = vol.Schema(
+    {
+        vol.Required(ATTR_DEVICE_ID): cv.string,
+        vol.Required("defect_class"): vol.All(cv.string, vol.Length(min=1, max=64)),
+        vol.Optional(ATTR_PART_ID): vol.All(cv.string, vol.Length(min=1, max=128)),
+        vol.Optional(ATTR_LOT_ID): vol.All(cv.string, vol.Length(min=1, max=128)),
+        vol.Optional(ATTR_NOTE): vol.All(cv.string, vol.Length(max=500)),
+    }
+)
 CONFIRM_SCHEMA = vol.Schema(
     {
         vol.Required(ATTR_INCIDENT_ID): cv.string,
@@ -146,6 +155,7 @@ async def _acknowledge(call: ServiceCall) -> ServiceResponse:
         updated = await hub.engine.store.modify_incident(ident, change)
         if updated is not None:
             await hub.engine.sinks.on_incident_update(updated)
+            await hub.async_update_charts()
             return {
                 "incident_id": ident,
                 "state": str(state),
@@ -174,6 +184,52 @@ async def _get_incidents(call: ServiceCall) -> ServiceResponse:
         )
     found.sort(key=lambda i: i.created_at, reverse=True)
     return {"incidents": [_incident_data(i) for i in found[: call.data[ATTR_LIMIT]]]}
+
+
+async def _report_missed_defect(call: ServiceCall) -> ServiceResponse:
+    """An operator found a defect the station passed: recorded for the false-accept rate."""
+    import uuid
+
+    hub, sid = _station(call.hass, call.data[ATTR_DEVICE_ID])
+    station = hub.engine.station(sid)
+    now = dt_util.utcnow()
+    incident = Incident(
+        incident_id=uuid.uuid4().hex,
+        station_id=sid,
+        station_name=station.config.name,
+        created_at=now,
+        inspection_id="",
+        part_id=call.data.get(ATTR_PART_ID),
+        lot_id=call.data.get(ATTR_LOT_ID),
+        defect_class=call.data["defect_class"],
+        confidence=0.0,
+        boxes=(),
+        detections=(),
+        state=IncidentState.CONFIRMED,
+        model=station.model_info,
+        latency_ms=0.0,
+        extra={
+            "missed": True,
+            "feedback": [
+                {
+                    "state": "confirmed",
+                    "by": await _who(call),
+                    "at": now.isoformat(),
+                    "note": call.data.get(ATTR_NOTE),
+                }
+            ],
+        },
+    )
+    await hub.engine.store.add_incident(incident)
+    await hub.async_update_charts()
+    return {"incident_id": incident.incident_id}
+
+
+async def _who(call: ServiceCall) -> str:
+    user_id = call.context.user_id
+    if user_id and (user := await call.hass.auth.async_get_user(user_id)):
+        return user.name or user_id
+    return "service"
 
 
 async def _confirm_action(call: ServiceCall) -> ServiceResponse:
@@ -268,6 +324,13 @@ def async_setup_services(hass: HomeAssistant) -> None:
     )
     hass.services.async_register(
         DOMAIN, "report", _report, REPORT_SCHEMA, supports_response=SupportsResponse.ONLY
+    )
+    hass.services.async_register(
+        DOMAIN,
+        "report_missed_defect",
+        _report_missed_defect,
+        MISSED_SCHEMA,
+        supports_response=SupportsResponse.OPTIONAL,
     )
     hass.services.async_register(
         DOMAIN,

@@ -1,5 +1,5 @@
 """Local state: SQLite history of inspections and incidents, images on disk, retention."""
 
-from .history import ClassCount, InspectionCounts, RetentionReport, Store
+from .history import ClassCount, FeedbackCounts, InspectionCounts, RetentionReport, Store
 
-__all__ = ["ClassCount", "InspectionCounts", "RetentionReport", "Store"]
+__all__ = ["ClassCount", "FeedbackCounts", "InspectionCounts", "RetentionReport", "Store"]

@@ -25,7 +25,7 @@ from ..config import RetentionConfig
 from ..errors import StoreError
 from ..events import Incident, IncidentState, InspectionResult
 
-__all__ = ["ClassCount", "InspectionCounts", "RetentionReport", "Store"]
+__all__ = ["ClassCount", "FeedbackCounts", "InspectionCounts", "RetentionReport", "Store"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -83,6 +83,27 @@ class InspectionCounts:
     @property
     def defect_rate(self) -> float:
         return self.failed / self.inspections if self.inspections else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackCounts:
+    """Operators' verdicts: incidents confirmed or rejected, and defects the engine missed."""
+
+    confirmed: int
+    rejected: int
+    missed: int
+
+    @property
+    def false_reject_rate(self) -> float | None:
+        """Flagged parts that were good: rejected / (confirmed + rejected)."""
+        flagged = self.confirmed + self.rejected
+        return self.rejected / flagged if flagged else None
+
+    @property
+    def false_accept_rate(self) -> float | None:
+        """Defective parts that passed: missed / (confirmed + missed)."""
+        defective = self.confirmed + self.missed
+        return self.missed / defective if defective else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +404,28 @@ class Store:
                 args,
             ).fetchone()
             return InspectionCounts(int(total), int(failed))
+
+        return await self._run(_q)
+
+    async def feedback_counts(
+        self, *, station_id: str | None = None, since: datetime | None = None
+    ) -> FeedbackCounts:
+        where, args = self._where(station_id, since, None)
+        extra = "AND" if where else "WHERE"
+
+        def _q() -> FeedbackCounts:
+            rows = self._conn.execute(
+                "SELECT state, COALESCE(json_extract(payload, '$.extra.missed'), 0), COUNT(*) "
+                f"FROM incidents {where} {extra} state IN ('confirmed', 'rejected') "
+                "GROUP BY 1, 2",
+                tuple(args),
+            ).fetchall()
+            counts = {(state, bool(missed)): n for state, missed, n in rows}
+            return FeedbackCounts(
+                confirmed=counts.get(("confirmed", False), 0),
+                rejected=counts.get(("rejected", False), 0) + counts.get(("rejected", True), 0),
+                missed=counts.get(("confirmed", True), 0),
+            )
 
         return await self._run(_q)
 

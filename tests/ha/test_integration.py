@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pytest
 from homeassistant.config_entries import ConfigEntryState, ConfigSubentryData
 from homeassistant.core import Event, HomeAssistant
@@ -19,6 +20,7 @@ from homeassistant.helpers import entity_registry as er
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.edge_inspector.const import DOMAIN, EVENT_DEFECT
+from edge_inspector.demo.synthetic import ConveyorFrame
 
 
 async def _until(hass: HomeAssistant, check: Callable[[], object], timeout: float = 60) -> None:
@@ -85,6 +87,8 @@ async def test_a_defect_reaches_entities_events_and_services(
         "yield",
         "last_defect_class",
         "latency",
+        "false_reject_rate",
+        "false_accept_rate",
         "defect",
         "out_of_control",
         "defect_event",
@@ -315,7 +319,7 @@ def test_manifest_translations_and_services_are_consistent() -> None:
             assert "name" in strings["entity"][platform][key], (platform, key)
             assert key in icons["entity"][platform], (platform, key)
             keys.add(key)
-    assert len(keys) == 15
+    assert len(keys) == 17
     quality = yaml.safe_load((COMPONENT / "quality_scale.yaml").read_text())
     assert quality["rules"]["config-flow"] == "done"
     assert (COMPONENT / "brand" / "icon.png").read_bytes()[:4] == b"\x89PNG"
@@ -398,3 +402,79 @@ async def test_class_counts_and_the_control_chart_entities(
     assert hass.states.get("binary_sensor.press_process_out_of_control").state == "unknown"
     assert await hass.config_entries.async_unload(loaded.entry_id)
     await hass.async_block_till_done()
+
+
+async def test_operator_verdicts_give_error_rates_and_a_dataset(
+    hass: HomeAssistant, tmp_path: Path, camera_file: Path, defect_scenes: list[ConveyorFrame]
+) -> None:
+    import subprocess
+    import sys
+
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        data={"storage": str(tmp_path / "store")},
+        subentries_data=[_station(interval=3600, mode="triggered")],
+        unique_id=DOMAIN,
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    device = dr.async_get(hass).async_get_device(
+        identifiers={(DOMAIN, next(iter(entry.subentries)))}
+    )
+    assert device is not None
+    incidents: list[str] = []
+    for scene in (defect_scenes[2], defect_scenes[3]):
+        cv2.imwrite(str(camera_file), scene.image)
+        result = await hass.services.async_call(
+            DOMAIN, "inspect", {"device_id": device.id}, blocking=True, return_response=True
+        )
+        incidents.append(result["new_incident_ids"][0])
+    store = entry.runtime_data.engine.store
+    async with asyncio.timeout(10):
+        while any([await store.incident(i) is None for i in incidents]):
+            await asyncio.sleep(0.05)
+    for ident, verdict in zip(incidents, ("confirmed", "rejected"), strict=True):
+        await hass.services.async_call(
+            DOMAIN, "acknowledge", {"incident_id": ident, "state": verdict}, blocking=True
+        )
+    await hass.services.async_call(
+        DOMAIN,
+        "report_missed_defect",
+        {"device_id": device.id, "defect_class": "crack", "part_id": "P-77"},
+        blocking=True,
+    )
+    await hass.async_block_till_done()
+    assert hass.states.get("sensor.press_false_reject_rate").state == "50.0"  # 1 of 2 flagged
+    assert hass.states.get("sensor.press_false_accept_rate").state == "50.0"  # 1 of 2 defective
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+
+    out = tmp_path / "dataset"
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "edge_inspector.cli",
+            "dataset",
+            "export",
+            "--store",
+            str(tmp_path / "store"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "1 labelled frame(s)" in proc.stdout and "1 background frame(s)" in proc.stdout
+    assert "a missed defect has no boxes" in proc.stderr
+    positive = (out / "labels" / f"{incidents[0]}.txt").read_text().split()
+    assert len(positive) % 5 == 0 and positive
+    assert all(0 <= float(v) <= 1 for v in positive[1::5] + positive[2::5])
+    assert (out / "labels" / f"{incidents[1]}.txt").read_text() == ""
+    assert (out / "images" / f"{incidents[0]}.jpg").read_bytes()[:2] == b"\xff\xd8"
+    assert "names:" in (out / "data.yaml").read_text()

@@ -10,6 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
+# Home Assistant's test plugin puts its own testing_config (with a `custom_components` package)
+# first on the import path; importing ours first makes `custom_components.edge_inspector` ours.
+import custom_components  # noqa: F401
 from edge_inspector.config import EngineConfig, load_config
 from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.demo.synthetic import ConveyorCamera, ConveyorFrame, random_scene

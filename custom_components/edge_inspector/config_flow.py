@@ -40,6 +40,8 @@ from .const import (
     CONF_INTERVAL,
     CONF_LINE,
     CONF_MODEL_PATH,
+    CONF_MQTT_BASE_TOPIC,
+    CONF_MQTT_PUBLISH,
     CONF_OLLAMA_MODEL,
     CONF_OLLAMA_URL,
     CONF_PRODUCT,
@@ -149,18 +151,25 @@ class ActionsOptionsFlow(OptionsFlow):
         placeholders = {"error": ""}
         if user_input is not None:
             text = user_input.get(CONF_ACTIONS, "")
+            topic = user_input.get(CONF_MQTT_BASE_TOPIC, DOMAIN)
             try:
                 check_actions(text)
             except ValueError as exc:
                 errors[CONF_ACTIONS] = "invalid_actions"
                 placeholders["error"] = str(exc)[:300]
-            else:
+            if not re.fullmatch(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*", topic or ""):
+                errors[CONF_MQTT_BASE_TOPIC] = "invalid_topic"
+            elif user_input.get(CONF_MQTT_PUBLISH) and "mqtt" not in self.hass.config.components:
+                errors[CONF_MQTT_PUBLISH] = "mqtt_not_set_up"
+            if not errors:
                 return self.async_create_entry(data={**self.config_entry.options, **user_input})
         schema = vol.Schema(
             {
                 vol.Optional(CONF_ACTIONS, default=""): TextSelector(
                     TextSelectorConfig(multiline=True)
-                )
+                ),
+                vol.Optional(CONF_MQTT_PUBLISH, default=False): bool,
+                vol.Optional(CONF_MQTT_BASE_TOPIC, default=DOMAIN): str,
             }
         )
         return self.async_show_form(

@@ -10,6 +10,8 @@ CONF_OLLAMA_URL: Final = "ollama_url"
 CONF_OLLAMA_MODEL: Final = "ollama_model"
 CONF_STORAGE: Final = "storage"
 CONF_ACTIONS: Final = "actions"
+CONF_MQTT_PUBLISH: Final = "mqtt_publish"
+CONF_MQTT_BASE_TOPIC: Final = "mqtt_base_topic"
 
 SUBENTRY_STATION: Final = "station"
 CONF_CAMERA: Final = "camera_entity_id"

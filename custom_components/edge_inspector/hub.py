@@ -46,6 +46,8 @@ from .const import (
     CONF_INTERVAL,
     CONF_LINE,
     CONF_MODEL_PATH,
+    CONF_MQTT_BASE_TOPIC,
+    CONF_MQTT_PUBLISH,
     CONF_OLLAMA_MODEL,
     CONF_OLLAMA_URL,
     CONF_PRODUCT,
@@ -183,6 +185,12 @@ class EdgeInspectorHub(EventSink):
         self.config = engine_config(hass, entry)
         self.engine = Engine(self.config, sinks=[self], session=async_get_clientsession(hass))
         self.engine.action_ports["service"] = HaServicePort(hass)
+        if entry.options.get(CONF_MQTT_PUBLISH):
+            from .mqtt_publish import HaMqttPublisher
+
+            self.engine.sinks.add(
+                HaMqttPublisher(hass, entry.options.get(CONF_MQTT_BASE_TOPIC) or DOMAIN)
+            )
         self.stations: dict[str, StationRuntime] = {}
         for subentry in entry.subentries.values():
             if subentry.subentry_type != SUBENTRY_STATION:

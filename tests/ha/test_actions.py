@@ -251,6 +251,15 @@ async def test_the_hub_flow_checks_ollama(
     )
     assert bad["errors"] == {"actions": "invalid_actions"}
     assert "built-in tool" in bad["description_placeholders"]["error"]
+    topics = await hass.config_entries.options.async_configure(
+        options["flow_id"],
+        {"actions": ACTIONS, "mqtt_publish": True, "mqtt_base_topic": "plant a/#"},
+    )
+    assert topics["errors"] == {"mqtt_base_topic": "invalid_topic"}
+    no_mqtt = await hass.config_entries.options.async_configure(
+        options["flow_id"], {"actions": ACTIONS, "mqtt_publish": True, "mqtt_base_topic": "ok"}
+    )
+    assert no_mqtt["errors"] == {"mqtt_publish": "mqtt_not_set_up"}
     good = await hass.config_entries.options.async_configure(
         options["flow_id"], {"actions": ACTIONS}
     )

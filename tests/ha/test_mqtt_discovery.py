@@ -175,3 +175,68 @@ mqtt: {{node_id: line2}}
     )
     assert await hass.config_entries.async_unload(entry.entry_id)
     await hass.async_block_till_done()
+
+
+async def test_the_integration_publishes_through_home_assistants_mqtt(
+    hass: HomeAssistant,
+    tmp_path: Path,
+    broker: Mosquitto,
+    camera_file: Path,
+) -> None:
+    """The in-process engine's events reach the broker through HA's own MQTT client, under the
+    standalone engine's topics, so the same Node-RED flows work in both modes."""
+    import json
+
+    import jsonschema
+
+    from tests.ha.test_integration import _station
+    from tests.mosquitto import Watcher
+
+    hass.config.config_dir = str(tmp_path)
+    (tmp_path / "configuration.yaml").write_text("")
+    mqtt_entry = MockConfigEntry(
+        domain="mqtt",
+        data={"broker": "127.0.0.1", "port": broker.port},
+        options={"discovery": False},
+        version=1,
+        minor_version=2,
+    )
+    mqtt_entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(mqtt_entry.entry_id)
+    await hass.async_block_till_done()
+    watcher = Watcher(broker.port, "plant_a/#", client_id="node_red")
+    entry = MockConfigEntry(
+        domain="edge_inspector",
+        data={"storage": str(tmp_path / "store")},
+        options={"mqtt_publish": True, "mqtt_base_topic": "plant_a"},
+        subentries_data=[_station(interval=3600, mode="triggered")],
+        unique_id="edge_inspector",
+    )
+    entry.add_to_hass(hass)
+    try:
+        assert await hass.config_entries.async_setup(entry.entry_id)
+        await hass.async_block_till_done()
+        device = dr.async_get(hass).async_get_device(
+            identifiers={("edge_inspector", next(iter(entry.subentries)))}
+        )
+        assert device is not None
+        await hass.services.async_call(
+            "edge_inspector", "inspect", {"device_id": device.id}, blocking=True
+        )
+        sid = next(iter(entry.runtime_data.stations))
+        await _until(hass, lambda: watcher.on(f"plant_a/{sid}/defect"))
+        await _until(hass, lambda: watcher.on(f"plant_a/{sid}/state"))
+    finally:
+        assert await hass.config_entries.async_unload(entry.entry_id)
+        await hass.async_block_till_done()
+        watcher.close()
+    schema = json.loads(
+        (
+            Path(__file__).parents[2] / "edge_inspector" / "schema" / "incident.schema.json"
+        ).read_text()
+    )
+    defect = json.loads(watcher.on(f"plant_a/{sid}/defect")[0])
+    jsonschema.validate(defect, schema)
+    assert defect["station_name"] == "Press"
+    state = json.loads(watcher.on(f"plant_a/{sid}/state")[-1])
+    assert state["inspections"] >= 1

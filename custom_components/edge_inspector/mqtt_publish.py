@@ -1,0 +1,81 @@
+"""Publish the engine's events through Home Assistant's own MQTT integration.
+
+With the option on, a Node-RED flow written for the standalone engine works unchanged: defects,
+incident updates, alerts and retained station states appear under the same topics
+(`<base>/<station>/defect`, `.../incident`, `.../alert`, `.../state`, `.../image`). Home
+Assistant discovery is not published: the integration's own entities are already there.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import HomeAssistantError
+
+from edge_inspector.events import Incident, OperatorAlert, StationState
+from edge_inspector.mqtt.bridge import state_payload
+from edge_inspector.mqtt.topics import Topics
+from edge_inspector.sinks import EventSink
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class HaMqttPublisher(EventSink):
+    """An engine sink that publishes through `mqtt.async_publish`."""
+
+    def __init__(self, hass: HomeAssistant, base_topic: str) -> None:
+        self.hass = hass
+        self.topics = Topics(base_topic)
+        self._failing = False
+
+    async def _publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
+        from homeassistant.components import mqtt
+
+        try:
+            await mqtt.async_publish(self.hass, topic, payload, qos=qos, retain=retain)
+        except HomeAssistantError as exc:
+            if not self._failing:
+                _LOGGER.warning("cannot publish through Home Assistant's MQTT: %s", exc)
+            self._failing = True
+            return
+        if self._failing:
+            _LOGGER.info("publishing through Home Assistant's MQTT again")
+            self._failing = False
+
+    async def on_incident(self, incident: Incident) -> None:
+        await self._publish(
+            self.topics.defect(incident.station_id),
+            incident.model_dump_json().encode(),
+            qos=1,
+            retain=False,
+        )
+        if incident.frame_path:
+            path = Path(incident.frame_path)
+            try:
+                image = await self.hass.async_add_executor_job(path.read_bytes)
+            except OSError:
+                return
+            await self._publish(self.topics.image(incident.station_id), image, qos=0, retain=True)
+
+    async def on_incident_update(self, incident: Incident) -> None:
+        await self._publish(
+            self.topics.incident(incident.station_id),
+            incident.model_dump_json().encode(),
+            qos=1,
+            retain=False,
+        )
+
+    async def on_alert(self, alert: OperatorAlert) -> None:
+        await self._publish(
+            self.topics.alert(alert.station_id),
+            alert.model_dump_json().encode(),
+            qos=1,
+            retain=False,
+        )
+
+    async def on_station_state(self, state: StationState) -> None:
+        await self._publish(
+            self.topics.state(state.station_id), state_payload(state), qos=1, retain=True
+        )

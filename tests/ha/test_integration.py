@@ -15,6 +15,7 @@ import pytest
 from homeassistant.config_entries import ConfigEntryState, ConfigSubentryData
 from homeassistant.core import Event, HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import entity_registry as er
 from pytest_homeassistant_custom_component.common import MockConfigEntry
@@ -478,3 +479,73 @@ async def test_operator_verdicts_give_error_rates_and_a_dataset(
     assert (out / "labels" / f"{incidents[1]}.txt").read_text() == ""
     assert (out / "images" / f"{incidents[0]}.jpg").read_bytes()[:2] == b"\xff\xd8"
     assert "names:" in (out / "data.yaml").read_text()
+
+
+async def test_controls_images_and_service_errors(
+    hass: HomeAssistant, tmp_path: Path, camera_file: Path
+) -> None:
+    from homeassistant.components.image import DATA_COMPONENT
+    from homeassistant.exceptions import ServiceValidationError
+
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        data={"storage": str(tmp_path / "store")},
+        subentries_data=[_station(interval=3600, mode="triggered")],
+        unique_id=DOMAIN,
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    image = hass.data[DATA_COMPONENT].get_entity("image.press_last_defect")
+    assert image is not None and await image.async_image() is None  # nothing yet
+    await hass.services.async_call(
+        "button", "press", {"entity_id": "button.press_inspect_now"}, blocking=True
+    )
+    await _until(hass, lambda: hass.states.get("image.press_last_defect").state != "unknown")
+    data = await image.async_image()
+    assert data is not None and data[:2] == b"\xff\xd8"
+    await hass.services.async_call(
+        "switch", "turn_off", {"entity_id": "switch.press_inspection"}, blocking=True
+    )
+    with pytest.raises(HomeAssistantError, match="disabled"):
+        await hass.services.async_call(
+            "button", "press", {"entity_id": "button.press_inspect_now"}, blocking=True
+        )
+    await hass.services.async_call(
+        "switch", "turn_on", {"entity_id": "switch.press_inspection"}, blocking=True
+    )
+    await _until(hass, lambda: hass.states.get("switch.press_inspection").state == "on")
+    with pytest.raises(ServiceValidationError):
+        await hass.services.async_call(
+            DOMAIN, "inspect", {"device_id": "no-such-device"}, blocking=True
+        )
+    with pytest.raises(ServiceValidationError):
+        await hass.services.async_call(
+            DOMAIN, "acknowledge", {"incident_id": "nope"}, blocking=True
+        )
+    with pytest.raises(ServiceValidationError):
+        await hass.services.async_call(
+            DOMAIN,
+            "confirm_action",
+            {"incident_id": "nope", "request_id": "x", "approve": True},
+            blocking=True,
+        )
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+    with pytest.raises(ServiceValidationError):  # nothing loaded
+        await hass.services.async_call(DOMAIN, "report", {}, blocking=True, return_response=True)
+
+
+async def test_a_broken_station_configuration_fails_the_entry_clearly(
+    hass: HomeAssistant, tmp_path: Path, camera_file: Path
+) -> None:
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        data={"storage": str(tmp_path / "store")},
+        subentries_data=[_station(defects={})],
+        unique_id=DOMAIN,
+    )
+    entry.add_to_hass(hass)
+    assert not await hass.config_entries.async_setup(entry.entry_id)
+    assert entry.state is ConfigEntryState.SETUP_ERROR
+    assert "invalid station configuration" in (entry.reason or "")

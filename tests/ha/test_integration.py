@@ -549,3 +549,51 @@ async def test_a_broken_station_configuration_fails_the_entry_clearly(
     assert not await hass.config_entries.async_setup(entry.entry_id)
     assert entry.state is ConfigEntryState.SETUP_ERROR
     assert "invalid station configuration" in (entry.reason or "")
+
+
+def _shape(value: Any) -> Any:
+    """The structure of diagnostics with the values that change from run to run replaced."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in sorted(value.items())}
+    if isinstance(value, list):
+        return [_shape(v) for v in value[:1]]
+    if isinstance(value, str):
+        return value if value in ("**REDACTED**", "continuous", "triggered", "push") else "str"
+    if isinstance(value, bool) or value is None:
+        return value
+    return type(value).__name__
+
+
+async def test_entities_and_diagnostics_match_the_snapshots(
+    hass: HomeAssistant, loaded: MockConfigEntry, snapshot: Any
+) -> None:
+    from custom_components.edge_inspector.diagnostics import (
+        async_get_config_entry_diagnostics,
+    )
+
+    await _until(hass, lambda: hass.states.get("binary_sensor.press_defect").state == "on")
+    registry = er.async_get(hass)
+    described = []
+    for entry in sorted(
+        er.async_entries_for_config_entry(registry, loaded.entry_id), key=lambda e: e.entity_id
+    ):
+        state = hass.states.get(entry.entity_id)
+        attributes = state.attributes if state else {}
+        described.append(
+            {
+                "entity_id": entry.entity_id,
+                "translation_key": entry.translation_key,
+                "entity_category": entry.entity_category,
+                "disabled_by": entry.disabled_by,
+                "device_class": attributes.get("device_class"),
+                "state_class": attributes.get("state_class"),
+                "unit": attributes.get("unit_of_measurement"),
+                "event_types": attributes.get("event_types"),
+                "icon_translation": entry.original_icon,
+            }
+        )
+    assert described == snapshot(name="entities")
+    diagnostics = await async_get_config_entry_diagnostics(hass, loaded)
+    assert _shape(diagnostics) == snapshot(name="diagnostics")
+    assert await hass.config_entries.async_unload(loaded.entry_id)
+    await hass.async_block_till_done()

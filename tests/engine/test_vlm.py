@@ -55,37 +55,23 @@ class Recorder(EventSink):
     async def on_alert(self, alert: OperatorAlert) -> None:
         self.alerts.append(alert)
 
-    async def final(self, incident_id: str, timeout: float = 20.0) -> Incident:
-        """The first update of the incident in a final VLM state."""
+    async def status(
+        self, incident_id: str, *statuses: VlmStatus, timeout: float = 20.0
+    ) -> Incident:
+        """The first update of the incident whose VLM status is one of `statuses`."""
         async with asyncio.timeout(timeout):
             while True:
                 for update in self.updates:
-                    if (
-                        update.incident_id == incident_id
-                        and update.vlm
-                        and update.vlm.status
-                        in (
-                            VlmStatus.DONE,
-                            VlmStatus.INVALID,
-                            VlmStatus.FAILED,
-                        )
-                    ):
+                    vlm = update.vlm
+                    if update.incident_id == incident_id and vlm and vlm.status in statuses:
                         return update
                 self.changed.clear()
                 await self.changed.wait()
 
-    async def status(self, incident_id: str, status: VlmStatus, timeout: float = 20.0) -> Incident:
-        async with asyncio.timeout(timeout):
-            while True:
-                for update in self.updates:
-                    if (
-                        update.incident_id == incident_id
-                        and update.vlm
-                        and update.vlm.status == status
-                    ):
-                        return update
-                self.changed.clear()
-                await self.changed.wait()
+    async def final(self, incident_id: str, timeout: float = 20.0) -> Incident:
+        """The first update of the incident in a final VLM state."""
+        done = (VlmStatus.DONE, VlmStatus.INVALID, VlmStatus.FAILED)
+        return await self.status(incident_id, *done, timeout=timeout)
 
 
 @dataclass

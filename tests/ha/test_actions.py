@@ -20,7 +20,7 @@ from pytest_homeassistant_custom_component.common import (
 )
 
 from custom_components.edge_inspector.const import DOMAIN, EVENT_INCIDENT
-from tests.ha.test_integration import _station, _until
+from tests.ha.test_integration import _station, _until, set_up_station
 from tests.ollama_server import FakeOllama, Reply
 
 ACTIONS = """\
@@ -162,20 +162,8 @@ async def test_a_device_trigger_runs_an_automation_on_a_defect(
     tmp_path: Path,
     camera_file: Path,
 ) -> None:
-    entry = MockConfigEntry(
-        domain=DOMAIN,
-        data={"storage": str(tmp_path / "store")},
-        subentries_data=[_station(interval=3600, mode="triggered")],
-        unique_id=DOMAIN,
-    )
-    entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
-    device = dr.async_get(hass).async_get_device(
-        identifiers={(DOMAIN, next(iter(entry.subentries)))}
-    )
-    assert device is not None
-    triggers = await async_get_device_automations(hass, DeviceAutomationType.TRIGGER, device.id)
+    entry, device_id = await set_up_station(hass, tmp_path)
+    triggers = await async_get_device_automations(hass, DeviceAutomationType.TRIGGER, device_id)
     kinds = {(t["type"], t.get("subtype")) for t in triggers if t["domain"] == DOMAIN}
     assert ("defect", None) in kinds and ("defect", "scratch") in kinds
     assert ("report_ready", None) in kinds
@@ -187,7 +175,7 @@ async def test_a_device_trigger_runs_an_automation_on_a_defect(
                 "trigger": {
                     "platform": "device",
                     "domain": DOMAIN,
-                    "device_id": device.id,
+                    "device_id": device_id,
                     "type": "defect",
                 },
                 "action": {
@@ -199,7 +187,7 @@ async def test_a_device_trigger_runs_an_automation_on_a_defect(
     )
     seen: list[str] = []
     hass.bus.async_listen("line_saw_defect", lambda e: seen.append(e.data["cls"]))
-    await hass.services.async_call(DOMAIN, "inspect", {"device_id": device.id}, blocking=True)
+    await hass.services.async_call(DOMAIN, "inspect", {"device_id": device_id}, blocking=True)
     await _until(hass, lambda: seen)
     assert seen[0] in ("scratch", "dent", "crack", "spot")
     assert await hass.config_entries.async_unload(entry.entry_id)
@@ -275,15 +263,7 @@ async def test_a_station_is_reconfigured(
     tmp_path: Path,
     camera_file: Path,
 ) -> None:
-    entry = MockConfigEntry(
-        domain=DOMAIN,
-        data={"storage": str(tmp_path / "store")},
-        subentries_data=[_station(interval=3600, mode="triggered")],
-        unique_id=DOMAIN,
-    )
-    entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
+    entry, _ = await set_up_station(hass, tmp_path)
     subentry = next(iter(entry.subentries.values()))
     flow = await entry.start_subentry_reconfigure_flow(hass, subentry.subentry_id)
     assert flow["type"] is FlowResultType.FORM

@@ -49,6 +49,26 @@ def _station(**changes: Any) -> ConfigSubentryData:
     )
 
 
+async def set_up_station(
+    hass: HomeAssistant, tmp_path: Path, **station: Any
+) -> tuple[MockConfigEntry, str]:
+    """A loaded hub with one triggered station (or as `station` says); its device id."""
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        data={"storage": str(tmp_path / "store")},
+        subentries_data=[_station(**({"interval": 3600, "mode": "triggered"} | station))],
+        unique_id=DOMAIN,
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    device = dr.async_get(hass).async_get_device(
+        identifiers={(DOMAIN, next(iter(entry.subentries)))}
+    )
+    assert device is not None
+    return entry, device.id
+
+
 @pytest.fixture
 async def loaded(hass: HomeAssistant, tmp_path: Path, camera_file: Path) -> MockConfigEntry:
     entry = MockConfigEntry(
@@ -76,9 +96,10 @@ async def test_a_defect_reaches_entities_events_and_services(
     subentry_id = next(iter(loaded.subentries))
     device = dr.async_get(hass).async_get_device(identifiers={(DOMAIN, subentry_id)})
     assert device is not None and device.name == "Press"
+    device_id = device.id
     entities = {
         e.unique_id.removeprefix(f"{loaded.entry_id}_{subentry_id}_"): e.entity_id
-        for e in er.async_entries_for_device(er.async_get(hass), device.id, True)
+        for e in er.async_entries_for_device(er.async_get(hass), device_id, True)
     }
     assert set(entities) == {
         "inspections",
@@ -124,13 +145,13 @@ async def test_a_defect_reaches_entities_events_and_services(
     result = await hass.services.async_call(
         DOMAIN,
         "inspect",
-        {"device_id": device.id, "part_id": "P-9"},
+        {"device_id": device_id, "part_id": "P-9"},
         blocking=True,
         return_response=True,
     )
     assert result["verdict"] == "fail" and result["part_id"] == "P-9"
     listed = await hass.services.async_call(
-        DOMAIN, "get_incidents", {"device_id": device.id}, blocking=True, return_response=True
+        DOMAIN, "get_incidents", {"device_id": device_id}, blocking=True, return_response=True
     )
     assert event["incident_id"] in [i["incident_id"] for i in listed["incidents"]]
     acked = await hass.services.async_call(
@@ -411,24 +432,12 @@ async def test_operator_verdicts_give_error_rates_and_a_dataset(
     import subprocess
     import sys
 
-    entry = MockConfigEntry(
-        domain=DOMAIN,
-        data={"storage": str(tmp_path / "store")},
-        subentries_data=[_station(interval=3600, mode="triggered")],
-        unique_id=DOMAIN,
-    )
-    entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
-    device = dr.async_get(hass).async_get_device(
-        identifiers={(DOMAIN, next(iter(entry.subentries)))}
-    )
-    assert device is not None
+    entry, device_id = await set_up_station(hass, tmp_path)
     incidents: list[str] = []
     for scene in (defect_scenes[2], defect_scenes[3]):
         cv2.imwrite(str(camera_file), scene.image)
         result = await hass.services.async_call(
-            DOMAIN, "inspect", {"device_id": device.id}, blocking=True, return_response=True
+            DOMAIN, "inspect", {"device_id": device_id}, blocking=True, return_response=True
         )
         incidents.append(result["new_incident_ids"][0])
     store = entry.runtime_data.engine.store
@@ -442,7 +451,7 @@ async def test_operator_verdicts_give_error_rates_and_a_dataset(
     await hass.services.async_call(
         DOMAIN,
         "report_missed_defect",
-        {"device_id": device.id, "defect_class": "crack", "part_id": "P-77"},
+        {"device_id": device_id, "defect_class": "crack", "part_id": "P-77"},
         blocking=True,
     )
     await hass.async_block_till_done()
@@ -487,15 +496,7 @@ async def test_controls_images_and_service_errors(
     from homeassistant.components.image import DATA_COMPONENT
     from homeassistant.exceptions import ServiceValidationError
 
-    entry = MockConfigEntry(
-        domain=DOMAIN,
-        data={"storage": str(tmp_path / "store")},
-        subentries_data=[_station(interval=3600, mode="triggered")],
-        unique_id=DOMAIN,
-    )
-    entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
+    entry, _ = await set_up_station(hass, tmp_path)
     image = hass.data[DATA_COMPONENT].get_entity("image.press_last_defect")
     assert image is not None and await image.async_image() is None  # nothing yet
     await hass.services.async_call(

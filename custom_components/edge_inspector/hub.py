@@ -32,7 +32,7 @@ from homeassistant.helpers.event import async_track_time_interval
 from edge_inspector.config import ActionConfig, EngineConfig, ServiceActionTarget
 from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.engine import Engine
-from edge_inspector.errors import EdgeInspectorError
+from edge_inspector.errors import EdgeInspectorError, ImageDecodeError
 from edge_inspector.events import Incident, InspectionResult, OperatorAlert, StationState
 from edge_inspector.sinks import EventSink
 from edge_inspector.store import FeedbackCounts
@@ -344,12 +344,16 @@ class EdgeInspectorHub(EventSink):
             raise HomeAssistantError(
                 f"{runtime.name}: camera {runtime.camera_entity_id} gave no image: {exc}"
             ) from exc
-        self._camera_ok(runtime)
         try:
             station = self.engine.station(sid)
-            return await station.inspect_image(image.content, part_id=part_id, lot_id=lot_id)
+            result = await station.inspect_image(image.content, part_id=part_id, lot_id=lot_id)
+        except ImageDecodeError as exc:  # the camera sent something that is not a picture
+            self._camera_failed(runtime, str(exc))
+            raise HomeAssistantError(f"{runtime.name}: {exc}") from exc
         except EdgeInspectorError as exc:
             raise HomeAssistantError(f"{runtime.name}: {exc}") from exc
+        self._camera_ok(runtime)
+        return result
 
     def _camera_failed(self, runtime: StationRuntime, error: str) -> None:
         if runtime.camera_error is None:

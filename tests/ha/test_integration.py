@@ -598,3 +598,53 @@ async def test_entities_and_diagnostics_match_the_snapshots(
     assert _shape(diagnostics) == snapshot(name="diagnostics")
     assert await hass.config_entries.async_unload(loaded.entry_id)
     await hass.async_block_till_done()
+
+
+async def test_removing_a_station_removes_its_device_and_entities(
+    hass: HomeAssistant, tmp_path: Path, camera_file: Path
+) -> None:
+    entry, device_id = await set_up_station(hass, tmp_path)
+    subentry_id = next(iter(entry.subentries))
+    assert er.async_entries_for_device(er.async_get(hass), device_id)
+    assert hass.config_entries.async_remove_subentry(entry, subentry_id)
+    await hass.async_block_till_done()
+    assert dr.async_get(hass).async_get(device_id) is None
+    assert not er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id)
+    assert entry.state is ConfigEntryState.LOADED  # reloaded without the station
+    assert entry.runtime_data.stations == {}
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+
+
+async def test_a_camera_sending_garbage_goes_unavailable_and_recovers_with_time_travel(
+    hass: HomeAssistant, tmp_path: Path, camera_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from datetime import timedelta
+
+    from homeassistant.util import dt as dt_util
+    from pytest_homeassistant_custom_component.common import async_fire_time_changed
+
+    good = camera_file.read_bytes()
+    entry, _ = await set_up_station(hass, tmp_path, interval=600, mode="continuous")
+    sensor = "binary_sensor.press_defect"
+    now = dt_util.utcnow()
+
+    async def tick(minutes: int) -> None:
+        async_fire_time_changed(hass, now + timedelta(minutes=minutes))
+        await hass.async_block_till_done()
+        await asyncio.sleep(0.5)  # the grab runs YOLO on its thread
+        await hass.async_block_till_done()
+
+    await tick(11)
+    await _until(hass, lambda: hass.states.get(sensor).state == "on")
+    camera_file.write_bytes(b"\xff\xd8 not really a JPEG")
+    await tick(21)
+    await _until(hass, lambda: hass.states.get(sensor).state == "unavailable")
+    await tick(31)
+    assert caplog.text.count("Press unavailable") == 1  # logged once, not on every grab
+    camera_file.write_bytes(good)
+    await tick(41)
+    await _until(hass, lambda: hass.states.get(sensor).state == "on")
+    assert "Press available again" in caplog.text
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()

@@ -42,6 +42,7 @@ from .const import (
     CONF_MODEL_PATH,
     CONF_MQTT_BASE_TOPIC,
     CONF_MQTT_PUBLISH,
+    CONF_NOTIFY,
     CONF_OLLAMA_MODEL,
     CONF_OLLAMA_URL,
     CONF_PRODUCT,
@@ -157,6 +158,10 @@ class ActionsOptionsFlow(OptionsFlow):
             except ValueError as exc:
                 errors[CONF_ACTIONS] = "invalid_actions"
                 placeholders["error"] = str(exc)[:300]
+            notify = (user_input.get(CONF_NOTIFY) or "").strip()
+            domain, _, service = notify.partition(".")
+            if notify and not self.hass.services.has_service(domain, service):
+                errors[CONF_NOTIFY] = "unknown_service"
             if not re.fullmatch(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*", topic or ""):
                 errors[CONF_MQTT_BASE_TOPIC] = "invalid_topic"
             elif user_input.get(CONF_MQTT_PUBLISH) and "mqtt" not in self.hass.config.components:
@@ -170,6 +175,7 @@ class ActionsOptionsFlow(OptionsFlow):
                 ),
                 vol.Optional(CONF_MQTT_PUBLISH, default=False): bool,
                 vol.Optional(CONF_MQTT_BASE_TOPIC, default=DOMAIN): str,
+                vol.Optional(CONF_NOTIFY): str,
             }
         )
         return self.async_show_form(

@@ -11,6 +11,8 @@ CONF_OLLAMA_MODEL: Final = "ollama_model"
 CONF_STORAGE: Final = "storage"
 CONF_ACTIONS: Final = "actions"
 CONF_MQTT_PUBLISH: Final = "mqtt_publish"
+CONF_NOTIFY: Final = "notify_service"
+ACTION_PREFIX: Final = "EDGE_INSPECTOR"
 CONF_MQTT_BASE_TOPIC: Final = "mqtt_base_topic"
 
 SUBENTRY_STATION: Final = "station"

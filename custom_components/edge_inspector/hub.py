@@ -21,13 +21,14 @@ import voluptuous as vol
 import yaml
 from homeassistant.components import camera
 from homeassistant.config_entries import ConfigEntry, ConfigSubentry
-from homeassistant.core import HomeAssistant, callback
+from homeassistant.core import Event, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.dispatcher import async_dispatcher_send
 from homeassistant.helpers.event import async_track_time_interval
+from homeassistant.util import dt as dt_util
 
 from edge_inspector.config import ActionConfig, EngineConfig, ServiceActionTarget
 from edge_inspector.demo import DEMO_MODEL
@@ -39,6 +40,7 @@ from edge_inspector.store import FeedbackCounts
 from edge_inspector.tools.actions import ActionContext, ActionError
 
 from .const import (
+    ACTION_PREFIX,
     CONF_ACTIONS,
     CONF_CAMERA,
     CONF_DEFECTS,
@@ -48,6 +50,7 @@ from .const import (
     CONF_MODEL_PATH,
     CONF_MQTT_BASE_TOPIC,
     CONF_MQTT_PUBLISH,
+    CONF_NOTIFY,
     CONF_OLLAMA_MODEL,
     CONF_OLLAMA_URL,
     CONF_PRODUCT,
@@ -247,21 +250,33 @@ class EdgeInspectorHub(EventSink):
         await self.async_update_charts()
         self._start_checks()
 
+        async def _on_action(event: Event) -> None:
+            action = str(event.data.get("action", ""))
+            if action.startswith(f"{ACTION_PREFIX}_"):
+                user = event.context.user_id or "notification"
+                await self.async_notification_action(action, user)
+
+        self._unsubs.append(
+            self.hass.bus.async_listen("mobile_app_notification_action", _on_action)
+        )
+
     async def async_update_charts(self, _now: Any = None) -> None:
         """Recompute each station's p-chart from the store."""
-        from homeassistant.util import dt as dt_util
-
         now = dt_util.utcnow()
         store = self.engine.store
         for sid, runtime in self.stations.items():
-            base = await store.inspection_counts(
-                station_id=sid, since=now - BASELINE, until=now - SUBGROUP
-            )
-            current = await store.inspection_counts(station_id=sid, since=now - SUBGROUP)
+            try:
+                base = await store.inspection_counts(
+                    station_id=sid, since=now - BASELINE, until=now - SUBGROUP
+                )
+                current = await store.inspection_counts(station_id=sid, since=now - SUBGROUP)
+                runtime.feedback = await store.feedback_counts(station_id=sid)
+            except EdgeInspectorError as exc:  # the engine is stopping (unload, reload)
+                _LOGGER.debug("control charts not updated: %s", exc)
+                return
             runtime.chart = p_chart(
                 base.inspections, base.failed, current.inspections, current.failed
             )
-            runtime.feedback = await store.feedback_counts(station_id=sid)
             self._signal_state(runtime)
 
     def _start_checks(self) -> None:
@@ -381,6 +396,61 @@ class EdgeInspectorHub(EventSink):
     def _signal_state(self, runtime: StationRuntime) -> None:
         async_dispatcher_send(self.hass, SIGNAL_STATE.format(runtime.station_id))
 
+    # -- actionable notifications --------------------------------------------------------
+
+    async def _notify(
+        self, title: str, message: str, actions: list[tuple[str, str, str]], *, tag: str
+    ) -> None:
+        """An actionable notification (mobile app) through the configured notify service."""
+        service = self.entry.options.get(CONF_NOTIFY)
+        if not service:
+            return
+        domain, name = service.split(".", 1)
+        data = {
+            "title": title,
+            "message": message,
+            "data": {
+                "tag": tag,
+                "actions": [
+                    {"action": f"{ACTION_PREFIX}_{kind}|{ref}", "title": label}
+                    for kind, ref, label in actions
+                ],
+            },
+        }
+        try:
+            await self.hass.services.async_call(domain, name, data, blocking=False)
+        except HomeAssistantError as exc:
+            _LOGGER.warning("cannot notify through %s: %s", service, exc)
+
+    async def async_notification_action(self, action: str, user: str) -> None:
+        """A button of one of our notifications was pressed."""
+        kind, _, ref = action.removeprefix(f"{ACTION_PREFIX}_").partition("|")
+        from edge_inspector.events import IncidentState
+
+        if kind in ("CONFIRM", "REJECT"):
+            state = IncidentState.CONFIRMED if kind == "CONFIRM" else IncidentState.REJECTED
+            when = dt_util.utcnow().isoformat()
+            entry = {"state": str(state), "by": user, "at": when, "note": "notification"}
+
+            def change(current: Incident) -> Incident:
+                feedback = [*current.extra.get("feedback", []), entry]
+                return current.model_copy(
+                    update={"state": state, "extra": {**current.extra, "feedback": feedback}}
+                )
+
+            updated = await self.engine.store.modify_incident(ref, change)
+            if updated is not None:
+                await self.engine.sinks.on_incident_update(updated)
+                await self.async_update_charts()
+        elif kind in ("APPROVE", "DECLINE"):
+            incident_id, _, request_id = ref.partition("|")
+            try:
+                await self.engine.resolve_action(
+                    incident_id, request_id, approve=kind == "APPROVE", by=user
+                )
+            except EdgeInspectorError as exc:
+                _LOGGER.warning("notification action %s refused: %s", action, exc)
+
     # -- EventSink: the engine's output --------------------------------------------------
 
     async def on_inspection(self, result: InspectionResult) -> None:
@@ -428,6 +498,17 @@ class EdgeInspectorHub(EventSink):
         if runtime is None:
             return
         runtime.last_incident = incident
+        await self._notify(
+            f"{runtime.name}: {incident.defect_class} ({incident.confidence:.0%})",
+            f"Defect on {runtime.name}"
+            + (f", part {incident.part_id}" if incident.part_id else "")
+            + ". Is it real?",
+            [
+                ("CONFIRM", incident.incident_id, "Real defect"),
+                ("REJECT", incident.incident_id, "False alarm"),
+            ],
+            tag=incident.incident_id,
+        )
         runtime.class_counts[incident.defect_class] = (
             runtime.class_counts.get(incident.defect_class, 0) + 1
         )
@@ -459,4 +540,12 @@ class EdgeInspectorHub(EventSink):
         persistent_notification.async_create(
             self.hass, message, title=title, notification_id=f"{DOMAIN}_{alert.alert_id}"
         )
+        if alert.kind == "confirm_request":
+            ref = f"{alert.incident_id}|{alert.alert_id}"
+            await self._notify(
+                title,
+                f"{alert.message} ({alert.action})",
+                [("APPROVE", ref, "Run it"), ("DECLINE", ref, "Decline")],
+                tag=alert.alert_id,
+            )
         self.hass.bus.async_fire(f"{DOMAIN}_alert", alert.model_dump(mode="json"))

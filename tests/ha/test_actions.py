@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from homeassistant.components import persistent_notification
 from homeassistant.components.device_automation import DeviceAutomationType
-from homeassistant.core import HomeAssistant
+from homeassistant.core import HomeAssistant, ServiceCall
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers import device_registry as dr
 from homeassistant.setup import async_setup_component
@@ -248,6 +249,10 @@ async def test_the_hub_flow_checks_ollama(
         options["flow_id"], {"actions": ACTIONS, "mqtt_publish": True, "mqtt_base_topic": "ok"}
     )
     assert no_mqtt["errors"] == {"mqtt_publish": "mqtt_not_set_up"}
+    no_notify = await hass.config_entries.options.async_configure(
+        options["flow_id"], {"actions": ACTIONS, "notify_service": "notify.nobody"}
+    )
+    assert no_notify["errors"] == {"notify_service": "unknown_service"}
     good = await hass.config_entries.options.async_configure(
         options["flow_id"], {"actions": ACTIONS}
     )
@@ -286,3 +291,76 @@ async def test_a_station_is_reconfigured(
     assert await hass.config_entries.async_unload(entry.entry_id)
     await hass.async_block_till_done()
     await asyncio.sleep(0)
+
+
+async def test_actionable_notifications_take_the_operators_answer(
+    hass: HomeAssistant, tmp_path: Path, camera_file: Path, ollama: FakeOllama
+) -> None:
+    """A defect asks the phone "real or false alarm?"; a confirmation request asks "run or
+    decline?"; the buttons' answers (mobile_app_notification_action) are carried out."""
+    sent: list[dict[str, Any]] = []
+
+    async def fake_notify(call: ServiceCall) -> None:
+        sent.append(dict(call.data))
+
+    hass.services.async_register("notify", "mobile_app_line_phone", fake_notify)
+    ollama.queue(
+        Reply.json(
+            {
+                "defect_type": "crack",
+                "severity": "critical",
+                "confidence": 0.9,
+                "description": "crack",
+            }
+        ),
+        Reply.tools(("sound_alarm", {})),
+        Reply(content="Asked."),
+    )
+    assert await async_setup_component(
+        hass, "input_boolean", {"input_boolean": {"conveyor": {"initial": True}, "alarm": {}}}
+    )
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        data={
+            "ollama_url": ollama.url,
+            "ollama_model": "qwen2.5vl:7b",
+            "storage": str(tmp_path / "store"),
+        },
+        options={
+            "actions": ACTIONS,
+            "request_timeout": 5,
+            "notify_service": "notify.mobile_app_line_phone",
+        },
+        subentries_data=[_station(interval=3600, mode="triggered")],
+        unique_id=DOMAIN,
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    device = dr.async_get(hass).async_get_device(
+        identifiers={(DOMAIN, next(iter(entry.subentries)))}
+    )
+    assert device is not None
+    verdict = await hass.services.async_call(
+        DOMAIN, "inspect", {"device_id": device.id}, blocking=True, return_response=True
+    )
+    incident_id = verdict["new_incident_ids"][0]
+    await _until(hass, lambda: len(sent) >= 2)
+    buttons = [a["action"] for n in sent for a in n["data"]["actions"]]
+    confirm = next(b for b in buttons if b.startswith("EDGE_INSPECTOR_REJECT|"))
+    approve = next(b for b in buttons if b.startswith("EDGE_INSPECTOR_APPROVE|"))
+    hass.bus.async_fire("mobile_app_notification_action", {"action": approve})
+    await _until(hass, lambda: hass.states.get("input_boolean.alarm").state == "on")
+    hass.bus.async_fire("mobile_app_notification_action", {"action": confirm})
+    store = entry.runtime_data.engine.store
+
+    async def rejected() -> bool:
+        found = await store.incident(incident_id)
+        return found is not None and found.state == "rejected"
+
+    async with asyncio.timeout(10):
+        while not await rejected():
+            await asyncio.sleep(0.05)
+    hass.bus.async_fire("mobile_app_notification_action", {"action": "SOMEONE_ELSE|x"})
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()

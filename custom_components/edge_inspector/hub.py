@@ -33,7 +33,7 @@ from homeassistant.util import dt as dt_util
 from edge_inspector.config import ActionConfig, EngineConfig, ServiceActionTarget
 from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.engine import Engine
-from edge_inspector.errors import EdgeInspectorError, ImageDecodeError
+from edge_inspector.errors import EdgeInspectorError, ImageDecodeError, ModelError
 from edge_inspector.events import Incident, InspectionResult, OperatorAlert, StationState
 from edge_inspector.sinks import EventSink
 from edge_inspector.store import FeedbackCounts
@@ -146,6 +146,7 @@ class StationRuntime:
     last_result: InspectionResult | None = None
     last_incident: Incident | None = None
     camera_error: str | None = None
+    engine_error: str | None = None
     grabbing: bool = False
     class_counts: dict[str, int] = field(default_factory=dict)
     chart: PChart | None = None
@@ -365,9 +366,19 @@ class EdgeInspectorHub(EventSink):
         except ImageDecodeError as exc:  # the camera sent something that is not a picture
             self._camera_failed(runtime, str(exc))
             raise HomeAssistantError(f"{runtime.name}: {exc}") from exc
+        except ModelError as exc:  # the engine could not run the model
+            if runtime.engine_error is None:
+                _LOGGER.error("%s unavailable: the engine failed: %s", runtime.name, exc)
+            runtime.engine_error = str(exc)
+            self._signal_state(runtime)
+            raise HomeAssistantError(f"{runtime.name}: {exc}") from exc
         except EdgeInspectorError as exc:
             raise HomeAssistantError(f"{runtime.name}: {exc}") from exc
         self._camera_ok(runtime)
+        if runtime.engine_error is not None:
+            _LOGGER.info("%s available again: the engine runs", runtime.name)
+            runtime.engine_error = None
+            self._signal_state(runtime)
         return result
 
     def _camera_failed(self, runtime: StationRuntime, error: str) -> None:
@@ -388,6 +399,7 @@ class EdgeInspectorHub(EventSink):
         runtime = self.stations[sid]
         return (
             runtime.camera_error is None
+            and runtime.engine_error is None
             and runtime.state is not None
             and runtime.state.error is None
             and sid in self.engine.stations

@@ -648,3 +648,40 @@ async def test_a_camera_sending_garbage_goes_unavailable_and_recovers_with_time_
     assert "Press available again" in caplog.text
     assert await hass.config_entries.async_unload(entry.entry_id)
     await hass.async_block_till_done()
+
+
+async def test_an_engine_error_makes_the_station_unavailable_until_the_model_runs_again(
+    hass: HomeAssistant, tmp_path: Path, camera_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from datetime import timedelta
+
+    from homeassistant.util import dt as dt_util
+    from pytest_homeassistant_custom_component.common import async_fire_time_changed
+
+    entry, _ = await set_up_station(hass, tmp_path, interval=600, mode="continuous")
+    hub = entry.runtime_data
+    detector = next(iter(hub.engine.stations.values()))._inference.detector
+    working = detector._predict
+    sensor = "sensor.press_inspections"
+    now = dt_util.utcnow()
+
+    async def tick(minutes: int) -> None:
+        async_fire_time_changed(hass, now + timedelta(minutes=minutes))
+        await hass.async_block_till_done()
+        await asyncio.sleep(0.5)
+        await hass.async_block_till_done()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    detector._predict = broken
+    await tick(11)
+    await _until(hass, lambda: hass.states.get(sensor).state == "unavailable")
+    await tick(21)
+    assert caplog.text.count("Press unavailable: the engine failed") == 1
+    detector._predict = working
+    await tick(31)
+    await _until(hass, lambda: hass.states.get(sensor).state not in ("unavailable", "unknown"))
+    assert "Press available again: the engine runs" in caplog.text
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()

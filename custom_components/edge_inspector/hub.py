@@ -34,7 +34,13 @@ from edge_inspector.config import ActionConfig, EngineConfig, ServiceActionTarge
 from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.engine import Engine
 from edge_inspector.errors import EdgeInspectorError, ImageDecodeError, ModelError
-from edge_inspector.events import Incident, InspectionResult, OperatorAlert, StationState
+from edge_inspector.events import (
+    Incident,
+    IncidentState,
+    InspectionResult,
+    OperatorAlert,
+    StationState,
+)
 from edge_inspector.sinks import EventSink
 from edge_inspector.store import FeedbackCounts
 from edge_inspector.tools.actions import ActionContext, ActionError
@@ -151,7 +157,6 @@ class StationRuntime:
     class_counts: dict[str, int] = field(default_factory=dict)
     chart: PChart | None = None
     feedback: FeedbackCounts | None = None
-    listeners: list[Callable[[], None]] = field(default_factory=list)
 
 
 class HaServicePort:
@@ -434,26 +439,32 @@ class EdgeInspectorHub(EventSink):
         except HomeAssistantError as exc:
             _LOGGER.warning("cannot notify through %s: %s", service, exc)
 
+    async def async_set_verdict(
+        self, incident_id: str, state: IncidentState, *, by: str, note: str | None
+    ) -> Incident | None:
+        """An operator's verdict on an incident, kept in its audit trail (`extra.feedback`);
+        None when this hub has no such incident."""
+        entry = {"state": str(state), "by": by, "at": dt_util.utcnow().isoformat(), "note": note}
+
+        def change(current: Incident) -> Incident:
+            feedback = [*current.extra.get("feedback", []), entry]
+            return current.model_copy(
+                update={"state": state, "extra": {**current.extra, "feedback": feedback}}
+            )
+
+        updated = await self.engine.store.modify_incident(incident_id, change)
+        if updated is not None:
+            await self.engine.sinks.on_incident_update(updated)
+            await self.async_update_charts()
+        return updated
+
     async def async_notification_action(self, action: str, user: str) -> None:
         """A button of one of our notifications was pressed."""
         kind, _, ref = action.removeprefix(f"{ACTION_PREFIX}_").partition("|")
-        from edge_inspector.events import IncidentState
 
         if kind in ("CONFIRM", "REJECT"):
             state = IncidentState.CONFIRMED if kind == "CONFIRM" else IncidentState.REJECTED
-            when = dt_util.utcnow().isoformat()
-            entry = {"state": str(state), "by": user, "at": when, "note": "notification"}
-
-            def change(current: Incident) -> Incident:
-                feedback = [*current.extra.get("feedback", []), entry]
-                return current.model_copy(
-                    update={"state": state, "extra": {**current.extra, "feedback": feedback}}
-                )
-
-            updated = await self.engine.store.modify_incident(ref, change)
-            if updated is not None:
-                await self.engine.sinks.on_incident_update(updated)
-                await self.async_update_charts()
+            await self.async_set_verdict(ref, state, by=user, note="notification")
         elif kind in ("APPROVE", "DECLINE"):
             incident_id, _, request_id = ref.partition("|")
             try:

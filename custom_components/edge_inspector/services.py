@@ -134,28 +134,10 @@ async def _inspect(call: ServiceCall) -> ServiceResponse:
 async def _acknowledge(call: ServiceCall) -> ServiceResponse:
     ident = call.data[ATTR_INCIDENT_ID]
     state = IncidentState(call.data[ATTR_STATE])
-    user = call.context.user_id
-    who = "service"
-    if user is not None and (found := await call.hass.auth.async_get_user(user)) is not None:
-        who = found.name or user
-    entry = {
-        "state": str(state),
-        "by": who,
-        "at": dt_util.utcnow().isoformat(),
-        "note": call.data.get(ATTR_NOTE),
-    }
+    who = await _who(call)
     for hub in _hubs(call.hass):
-
-        def change(current: Incident) -> Incident:
-            feedback = [*current.extra.get("feedback", []), entry]
-            return current.model_copy(
-                update={"state": state, "extra": {**current.extra, "feedback": feedback}}
-            )
-
-        updated = await hub.engine.store.modify_incident(ident, change)
+        updated = await hub.async_set_verdict(ident, state, by=who, note=call.data.get(ATTR_NOTE))
         if updated is not None:
-            await hub.engine.sinks.on_incident_update(updated)
-            await hub.async_update_charts()
             return {
                 "incident_id": ident,
                 "state": str(state),
@@ -235,9 +217,7 @@ async def _who(call: ServiceCall) -> str:
 async def _confirm_action(call: ServiceCall) -> ServiceResponse:
     from edge_inspector.errors import EdgeInspectorError
 
-    who = "service"
-    if call.context.user_id and (user := await call.hass.auth.async_get_user(call.context.user_id)):
-        who = user.name or call.context.user_id
+    who = await _who(call)
     errors = []
     for hub in _hubs(call.hass):
         try:

@@ -132,7 +132,6 @@ class ActionGuard:
         self.ports: dict[str, ActionPort] = ports if ports is not None else {}  # shared, live
         self.limiter = RateLimiter(clock)
         self._timeout = timeout
-        self.executed: collections.Counter[str] = collections.Counter()
 
     def offered(self, station: StationConfig) -> list[ActionConfig]:
         """The actions the model may use at `station`."""
@@ -257,7 +256,6 @@ class ActionGuard:
             return self._record(
                 action.name, args, ActionStatus.FAILED, "the target did not answer in time", by=by
             )
-        self.executed[action.name] += 1
         _LOGGER.info(
             "incident %s: action %s executed: %s",
             context.incident_id,

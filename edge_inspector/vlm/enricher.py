@@ -143,7 +143,6 @@ class IncidentEnricher(EventSink):
         self.unavailable = 0
         self.last_error: str | None = None
         self.idle = asyncio.Event()
-        self._busy = 0
 
     @property
     def queue_depth(self) -> int:
@@ -238,7 +237,6 @@ class IncidentEnricher(EventSink):
     async def _worker(self) -> None:
         while True:
             ident = await self._queue.get()
-            self._busy += 1
             try:
                 await self._enrich(ident)
             except asyncio.CancelledError:
@@ -246,7 +244,6 @@ class IncidentEnricher(EventSink):
             except Exception:  # one incident must not stop the worker
                 _LOGGER.exception("VLM: enriching incident %s failed", ident)
             finally:
-                self._busy -= 1
                 self._known.discard(ident)
                 if not self._known:
                     self.idle.set()

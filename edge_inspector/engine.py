@@ -26,7 +26,7 @@ from .tools.actions import ActionGuard, ActionPort, WebhookPort
 from .vlm.enricher import IncidentEnricher, pending_result
 
 if TYPE_CHECKING:
-    from .manuals import ManualIndex
+    from .manuals import ManualHit, ManualIndex
 
 __all__ = ["Engine"]
 
@@ -75,6 +75,7 @@ class Engine:
         self.action_ports: dict[str, ActionPort] = {"webhook": WebhookPort(self._http)}
         self.actions = ActionGuard(config.vlm, self.action_ports)
         self.enricher: IncidentEnricher | None = None
+        self.manuals: ManualIndex | None = None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -110,6 +111,7 @@ class Engine:
                 await queue.close()
                 continue
             self._inference[key] = queue
+        await self._open_manuals()
         vlm_initial: VlmResult | None = None
         if self.config.vlm.enabled:
             self.enricher = await self._start_vlm()
@@ -121,21 +123,33 @@ class Engine:
         )
         self._started = True
 
-    async def _start_vlm(self) -> IncidentEnricher:
+    async def _open_manuals(self) -> None:
+        """The manuals index (for the VLM and for questions), indexed from the folder if set."""
         from .manuals import ManualIndex
+
+        if self.config.manuals.dir is not None or self.config.manuals_index.exists():
+            self.manuals = ManualIndex(self.config.manuals_index)
+            if self.config.manuals.dir is not None:
+                await self._index_manuals(self.manuals)
+
+    async def search_manuals(self, query: str, *, limit: int = 3) -> list[ManualHit]:
+        """Keyword search of the manuals (empty when none are configured)."""
+        manuals = self.manuals
+        if manuals is None:
+            return []
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: manuals.search(query, limit=limit)
+        )
+
+    async def _start_vlm(self) -> IncidentEnricher:
         from .vlm import OllamaVlm, VlmAgent
 
-        manuals = None
-        if self.config.manuals.dir is not None or self.config.manuals_index.exists():
-            manuals = ManualIndex(self.config.manuals_index)
-            if self.config.manuals.dir is not None:
-                await self._index_manuals(manuals)
         vlm = OllamaVlm(self.config.vlm)
         agent = VlmAgent(
             vlm,
             self.config.vlm,
             self.actions,
-            manuals=manuals,
+            manuals=self.manuals,
             manuals_config=self.config.manuals,
         )
         enricher = IncidentEnricher(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.const import Platform
@@ -30,12 +31,40 @@ CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
 type EdgeInspectorConfigEntry = ConfigEntry[EdgeInspectorHub]
 
 
+FRONTEND_URL = "/edge_inspector_frontend"
+CARD_FILE = "edge-inspector-card.js"
+
+
 async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
-    """Register the services (they exist whether or not an entry is loaded)."""
+    """Register what exists whether or not an entry is loaded: the services, the intents, the
+    LLM API, the websocket commands and the dashboard card."""
+    from . import llm_api
+    from .intents import async_setup_intents
     from .services import async_setup_services
+    from .websocket import async_setup_websocket
 
     async_setup_services(hass)
+    async_setup_intents(hass)
+    llm_api.async_register(hass)
+    async_setup_websocket(hass)
+    await _async_register_card(hass)
     return True
+
+
+async def _async_register_card(hass: HomeAssistant) -> None:
+    """Serve the Lovelace card (and the dashboard strategy) and load it in every browser."""
+    from homeassistant.components.http import StaticPathConfig
+
+    folder = Path(__file__).parent / "frontend"
+    await hass.http.async_register_static_paths(
+        [StaticPathConfig(FRONTEND_URL, str(folder), cache_headers=False)]
+    )
+    if "frontend" in hass.config.components:
+        from homeassistant.components import frontend
+        from homeassistant.loader import async_get_integration
+
+        version = (await async_get_integration(hass, DOMAIN)).version
+        frontend.add_extra_js_url(hass, f"{FRONTEND_URL}/{CARD_FILE}?v={version}")
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: EdgeInspectorConfigEntry) -> bool:
@@ -53,6 +82,9 @@ async def async_setup_entry(hass: HomeAssistant, entry: EdgeInspectorConfigEntry
         raise ConfigEntryNotReady(str(exc)) from exc
     entry.runtime_data = hub
     entry.async_on_unload(entry.add_update_listener(_async_reload))
+    from .intents import async_register_sentences
+
+    entry.async_on_unload(async_register_sentences(hass, hub))
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     return True
 

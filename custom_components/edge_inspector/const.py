@@ -14,6 +14,8 @@ CONF_MQTT_PUBLISH: Final = "mqtt_publish"
 CONF_NOTIFY: Final = "notify_service"
 ACTION_PREFIX: Final = "EDGE_INSPECTOR"
 CONF_MQTT_BASE_TOPIC: Final = "mqtt_base_topic"
+CONF_SHIFTS: Final = "shifts"
+DEFAULT_SHIFTS: Final = "06:00, 14:00, 22:00"
 
 SUBENTRY_STATION: Final = "station"
 CONF_CAMERA: Final = "camera_entity_id"

@@ -126,6 +126,9 @@ def engine_config(hass: HomeAssistant, entry: ConfigEntry) -> EngineConfig:
             }
         )
     config: dict[str, Any] = {"stations": stations, "store": {"path": storage}}
+    manuals = Path(storage) / "manuals"
+    if manuals.is_dir():  # equipment manuals for the VLM and for Assist's manual search
+        config["manuals"] = {"dir": str(manuals)}
     vlm: dict[str, Any] = {"actions": parse_actions(entry.options.get(CONF_ACTIONS, ""))}
     if entry.data.get(CONF_OLLAMA_URL):
         vlm["host"] = entry.data[CONF_OLLAMA_URL]
@@ -148,6 +151,7 @@ class StationRuntime:
     camera_entity_id: str
     interval: float
     defects: tuple[str, ...]
+    line: str | None = None
     state: StationState | None = None
     last_result: InspectionResult | None = None
     last_incident: Incident | None = None
@@ -212,6 +216,7 @@ class EdgeInspectorHub(EventSink):
                 camera_entity_id=subentry.data[CONF_CAMERA],
                 interval=float(subentry.data.get(CONF_INTERVAL, DEFAULT_INTERVAL)),
                 defects=tuple(sorted(subentry.data[CONF_DEFECTS])),
+                line=subentry.data.get(CONF_LINE) or None,
             )
         self._unsubs: list[Callable[[], None]] = []
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..config import RetentionConfig
@@ -79,6 +79,20 @@ class ClassCount:
 class InspectionCounts:
     inspections: int
     failed: int
+
+    @property
+    def defect_rate(self) -> float:
+        return self.failed / self.inspections if self.inspections else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateBucket:
+    """Inspections and failures in one time bucket (a point of a defect-rate chart)."""
+
+    start: datetime
+    inspections: int
+    failed: int
+    incidents: int
 
     @property
     def defect_rate(self) -> float:
@@ -404,6 +418,42 @@ class Store:
                 args,
             ).fetchone()
             return InspectionCounts(int(total), int(failed))
+
+        return await self._run(_q)
+
+    async def rate_series(
+        self, *, station_id: str | None, since: datetime, until: datetime, bucket: float
+    ) -> list[RateBucket]:
+        """Inspections, failures and incidents per `bucket` seconds from `since` to `until`,
+        every bucket present (empty ones with zeros), oldest first."""
+        if bucket <= 0 or until <= since:
+            return []
+        start = since.timestamp()
+        count = min(int((until.timestamp() - start) // bucket) + 1, 10_000)
+        where, args = self._where(station_id, since, until)
+
+        def _q() -> list[RateBucket]:
+            self._flush()
+            ins = self._conn.execute(
+                f"SELECT CAST((ts - ?) / ? AS INTEGER), COUNT(*), "
+                f"COALESCE(SUM(verdict = 'fail'), 0) FROM inspections {where} GROUP BY 1",
+                [start, bucket, *args],
+            ).fetchall()
+            inc = self._conn.execute(
+                f"SELECT CAST((ts - ?) / ? AS INTEGER), COUNT(*) FROM incidents {where} GROUP BY 1",
+                [start, bucket, *args],
+            ).fetchall()
+            by_ins = {int(i): (int(n), int(f)) for i, n, f in ins}
+            by_inc = {int(i): int(n) for i, n in inc}
+            return [
+                RateBucket(
+                    start=datetime.fromtimestamp(start + i * bucket, tz=since.tzinfo or UTC),
+                    inspections=by_ins.get(i, (0, 0))[0],
+                    failed=by_ins.get(i, (0, 0))[1],
+                    incidents=by_inc.get(i, 0),
+                )
+                for i in range(count)
+            ]
 
         return await self._run(_q)
 

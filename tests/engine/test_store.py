@@ -178,3 +178,33 @@ async def test_an_image_path_cannot_escape_the_store(store: Store) -> None:
 
     with pytest.raises(StoreError, match="outside the image folder"):
         await store.save_image("x", "../../etc/evil.jpg", b"x", T0)
+
+
+async def test_rate_series_buckets_inspections_and_incidents_per_station(store: Store) -> None:
+    # Bucket 0 (06:00-06:15): 3 inspections, 1 failed, 1 incident; bucket 1 empty;
+    # bucket 2 (06:30-06:45): 2 inspections, 2 failed, 2 incidents; another station ignored.
+    for n, verdict, minute in [(1, "pass", 1), (2, "fail", 5), (3, "pass", 14)]:
+        await store.add_inspection(_inspection(n, Verdict(verdict), T0 + timedelta(minutes=minute)))
+    for n, minute in [(4, 31), (5, 44)]:
+        await store.add_inspection(_inspection(n, Verdict.FAIL, T0 + timedelta(minutes=minute)))
+    await store.add_inspection(_inspection(6, Verdict.FAIL, T0 + timedelta(minutes=2), "s2"))
+    await store.add_incident(_incident(1, "scratch", T0 + timedelta(minutes=5)))
+    await store.add_incident(_incident(2, "dent", T0 + timedelta(minutes=31)))
+    await store.add_incident(_incident(3, "dent", T0 + timedelta(minutes=44)))
+    series = await store.rate_series(
+        station_id="s1", since=T0, until=T0 + timedelta(minutes=50), bucket=900
+    )
+    assert [b.start for b in series] == [T0 + timedelta(minutes=15 * i) for i in range(4)]
+    assert [(b.inspections, b.failed, b.incidents) for b in series] == [
+        (3, 1, 1),
+        (0, 0, 0),
+        (2, 2, 2),
+        (0, 0, 0),
+    ]
+    assert series[0].defect_rate == pytest.approx(1 / 3)
+    assert series[1].defect_rate == 0.0
+    everywhere = await store.rate_series(
+        station_id=None, since=T0, until=T0 + timedelta(minutes=14), bucket=900
+    )
+    assert [(b.inspections, b.failed) for b in everywhere] == [(3, 2)]  # 06:14 is `until`
+    assert await store.rate_series(station_id="s1", since=T0, until=T0, bucket=900) == []

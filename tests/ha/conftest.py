@@ -7,14 +7,19 @@ from pathlib import Path
 import cv2
 import pytest
 from homeassistant.core import HomeAssistant
+from homeassistant.setup import async_setup_component
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from edge_inspector.demo.synthetic import ConveyorFrame
 
 
 @pytest.fixture(autouse=True)
-def auto_enable_custom_integrations(enable_custom_integrations: None) -> None:
-    return
+async def auto_enable_custom_integrations(
+    hass: HomeAssistant, enable_custom_integrations: None
+) -> None:
+    # A real Home Assistant always runs its core integration; conversation (ours depends on it
+    # for Assist) needs it.
+    assert await async_setup_component(hass, "homeassistant", {})
 
 
 @pytest.fixture

@@ -1,0 +1,593 @@
+"""Answers about inspection, from the engine's store: one source for Assist and the card.
+
+The LLM tools (`llm_api.py`), the intents (`intents.py`) and the dashboard card's websocket
+commands (`websocket.py`) all call these functions, so a question asked by voice, by an LLM or
+read off the card gets the same, exact figures, offline. Each answer is a JSON-able dict with a
+`speech` line a voice assistant can say as is.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from typing import Any
+
+from homeassistant.config_entries import ConfigEntryState
+from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers import device_registry as dr
+from homeassistant.util import dt as dt_util
+
+from edge_inspector.events import Incident
+
+from .const import CONF_SHIFTS, DEFAULT_SHIFTS, DOMAIN
+from .hub import EdgeInspectorHub, StationRuntime
+
+PERIOD_HELP = (
+    "today, yesterday, this shift, last shift, last hour, last N hours, last N minutes, "
+    "this week, since HH:MM (or since 6am), or an ISO 8601 date and time"
+)
+
+
+class AnswerError(HomeAssistantError):
+    """A question that cannot be answered as asked (unknown station, period or incident)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """A time range a question is about; `until` None means now."""
+
+    label: str
+    since: datetime
+    until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StationRef:
+    hub: EdgeInspectorHub
+    runtime: StationRuntime
+
+    @property
+    def station_id(self) -> str:
+        return self.runtime.station_id
+
+
+# -- parsing what people say -------------------------------------------------------------
+
+_WORD_NUMBERS = {
+    "a": 1,
+    "an": 1,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "twelve": 12,
+    "twenty four": 24,
+}
+_LAST_N = re.compile(
+    r"\b(?:last|past)\s+(?:(\d+|a|an|one|two|three|four|five|six|seven|eight|nine|ten|twelve|"
+    r"twenty four)\s+)?(hour|hours|minute|minutes|min|mins|day|days)\b"
+)
+_SINCE = re.compile(
+    r"\bsince\s+(\d{1,2})(?:[:.h](\d{2}))?\s*(am|pm|a\.m\.|p\.m\.|o'?clock)?(?=\s|$|[?.!,])"
+)
+
+
+def shift_starts(hub: EdgeInspectorHub | None) -> list[time]:
+    """The shifts' start times, from the hub's options (default 06:00, 14:00, 22:00)."""
+    text = str(hub.entry.options.get(CONF_SHIFTS, DEFAULT_SHIFTS)) if hub else DEFAULT_SHIFTS
+    starts = []
+    for part in re.split(r"[,\s]+", text.strip()):
+        if not part:
+            continue
+        hour, _, minute = part.partition(":")
+        try:
+            starts.append(time(int(hour), int(minute or 0)))
+        except ValueError as exc:
+            raise AnswerError(f"shift start {part!r} is not a time (HH:MM)") from exc
+    return sorted(starts) or [time(0)]
+
+
+def _shift(now: datetime, starts: list[time], back: int) -> tuple[datetime, datetime]:
+    """The shift `back` shifts before the current one: (start, end)."""
+    day = now.date()
+    moments = sorted(
+        datetime.combine(day + timedelta(days=d), s, tzinfo=now.tzinfo)
+        for d in (-2, -1, 0, 1)
+        for s in starts
+    )
+    current = max(i for i, m in enumerate(moments) if m <= now)
+    return moments[current - back], moments[current - back + 1]
+
+
+def parse_period(
+    text: str | None, *, now: datetime | None = None, shifts: list[time] | None = None
+) -> Period:
+    """The time range a phrase names; no phrase means today. Local time throughout."""
+    now = now or dt_util.now()
+    today = dt_util.start_of_local_day(now)
+    phrase = " ".join((text or "").lower().replace("_", " ").split())
+    if not phrase or phrase in ("today", "so far today", "for today"):
+        return Period("today", today)
+    if phrase in ("yesterday",):
+        return Period("yesterday", today - timedelta(days=1), today)
+    if phrase in ("this week", "the week", "week"):
+        return Period("this week", today - timedelta(days=today.weekday()))
+    if "shift" in phrase:
+        back = 1 if re.search(r"\b(last|previous)\b", phrase) else 0
+        start, end = _shift(now, shifts or [time(6), time(14), time(22)], back)
+        label = "the last shift" if back else "this shift"
+        return Period(label, start, end if back else None)
+    if match := _LAST_N.search(phrase):
+        count_text, unit = match.groups()
+        count = _WORD_NUMBERS[count_text] if count_text in _WORD_NUMBERS else int(count_text or 1)
+        if unit.startswith("h"):
+            delta, name = timedelta(hours=count), "hour"
+        elif unit.startswith("d"):
+            delta, name = timedelta(days=count), "day"
+        else:
+            delta, name = timedelta(minutes=count), "minute"
+        label = f"the last {name}" if count == 1 else f"the last {count} {name}s"
+        return Period(label, now - delta)
+    if match := _SINCE.search(phrase):
+        hour, minute, suffix = int(match[1]), int(match[2] or 0), (match[3] or "").replace(".", "")
+        if suffix == "pm" and hour < 12:
+            hour += 12
+        elif suffix == "am" and hour == 12:
+            hour = 0
+        if hour > 23 or minute > 59:
+            raise AnswerError(f"{match[0]!r} is not a time of day")
+        since = datetime.combine(now.date(), time(hour, minute), tzinfo=now.tzinfo)
+        if since > now:  # "since 22:00" said at 02:00 means last night
+            since -= timedelta(days=1)
+        return Period(f"since {since:%H:%M}", since)
+    if parsed := dt_util.parse_datetime(phrase.replace(" ", "T", 1) if "-" in phrase else ""):
+        since = parsed if parsed.tzinfo else parsed.replace(tzinfo=now.tzinfo)
+        return Period(f"since {dt_util.as_local(since):%Y-%m-%d %H:%M}", since)
+    raise AnswerError(f"I do not understand the time range {text!r}; say {PERIOD_HELP}")
+
+
+def _norm(text: str) -> str:
+    text = re.sub(r"[^\w\s]", " ", text.lower())
+    words = [w for w in text.split() if w not in ("the", "station", "stations")]
+    return " ".join(words)
+
+
+def hubs(hass: HomeAssistant) -> list[EdgeInspectorHub]:
+    return [
+        entry.runtime_data
+        for entry in hass.config_entries.async_entries(DOMAIN)
+        if entry.state is ConfigEntryState.LOADED
+    ]
+
+
+def all_stations(hass: HomeAssistant) -> list[StationRef]:
+    return [StationRef(hub, runtime) for hub in hubs(hass) for runtime in hub.stations.values()]
+
+
+def find_stations(hass: HomeAssistant, name: str | None) -> list[StationRef]:
+    """The stations a name means: a station's name or id, or a line ('line 2') with all its
+    stations; nothing (or 'all') means every station. Unknown names raise AnswerError."""
+    stations = all_stations(hass)
+    if not stations:
+        raise AnswerError("Edge Inspector has no stations set up")
+    wanted = _norm(name or "")
+    if wanted in ("", "all", "every", "any", "each", "all of them"):
+        return stations
+    exact = [
+        s
+        for s in stations
+        if wanted in (_norm(s.runtime.name), _norm(s.station_id), _norm(s.runtime.line or ""))
+    ]
+    if exact:
+        return exact
+    partial = [s for s in stations if wanted in _norm(s.runtime.name)]
+    if partial:
+        return partial
+    known = ", ".join(sorted(s.runtime.name for s in stations))
+    raise AnswerError(f"there is no station called {name!r} (stations: {known})")
+
+
+def station_by_device(hass: HomeAssistant, device_id: str) -> StationRef:
+    device = dr.async_get(hass).async_get(device_id)
+    if device is not None:
+        idents = {ident for domain, ident in device.identifiers if domain == DOMAIN}
+        for ref in all_stations(hass):
+            if ref.runtime.subentry_id in idents:
+                return ref
+    raise AnswerError(f"device {device_id} is not an Edge Inspector station")
+
+
+def station_by_id(hass: HomeAssistant, station_id: str) -> StationRef:
+    for ref in all_stations(hass):
+        if ref.station_id == station_id:
+            return ref
+    raise AnswerError(f"there is no station with id {station_id!r}")
+
+
+def defect_classes(text: str | None, stations: list[StationRef]) -> set[str] | None:
+    """The defect classes a word means ('scratches' is `scratch`); None means every class."""
+    wanted = _norm(text or "")
+    if wanted in ("", "defect", "defects", "problem", "problems", "fault", "faults", "all"):
+        return None
+    known = {c for s in stations for c in s.runtime.defects}
+    for candidate in (wanted, wanted.removesuffix("es"), wanted.removesuffix("s")):
+        for cls in known:
+            if _norm(cls) == candidate or _norm(cls).replace("_", " ") == candidate:
+                return {cls}
+    listed = ", ".join(sorted(known))
+    raise AnswerError(f"no station looks for {text!r} (defect classes: {listed})")
+
+
+def _count(n: int, word: str) -> str:
+    if n == 1:
+        return f"1 {word}"
+    plural = word + ("es" if word.endswith(("s", "sh", "ch", "x")) else "s")
+    return f"{n} {plural}"
+
+
+def _when(moment: datetime) -> str:
+    local = dt_util.as_local(moment)
+    if local.date() == dt_util.now().date():
+        return f"at {local:%H:%M}"
+    return f"on {local:%Y-%m-%d} at {local:%H:%M}"
+
+
+def _join(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _where(stations: list[StationRef], everything: bool) -> str:
+    if everything:
+        return "on all stations"
+    return "on " + _join([s.runtime.name for s in stations])
+
+
+# -- the answers -------------------------------------------------------------------------
+
+
+async def defect_count(
+    hass: HomeAssistant,
+    *,
+    station: str | None = None,
+    defect_class: str | None = None,
+    period: str | None = None,
+) -> dict[str, Any]:
+    """Defects (incidents) by class in a time range, per station, with inspection counts."""
+    stations = find_stations(hass, station)
+    everything = len(stations) == len(all_stations(hass)) and not station
+    classes = defect_classes(defect_class, stations)
+    span = parse_period(period, shifts=shift_starts(stations[0].hub))
+    rows: list[dict[str, Any]] = []
+    overall: dict[str, int] = {}
+    total = 0
+    for ref in stations:
+        store = ref.hub.engine.store
+        counts = await store.counts_by_class(
+            station_id=ref.station_id, since=span.since, until=span.until
+        )
+        inspected = await store.inspection_counts(
+            station_id=ref.station_id, since=span.since, until=span.until
+        )
+        by_class = {
+            c.defect_class: c.count for c in counts if not classes or c.defect_class in classes
+        }
+        total += sum(by_class.values())
+        for cls, n in by_class.items():
+            overall[cls] = overall.get(cls, 0) + n
+        rows.append(
+            {
+                "station_id": ref.station_id,
+                "station": ref.runtime.name,
+                "line": ref.runtime.line,
+                "inspections": inspected.inspections,
+                "failed": inspected.failed,
+                "defect_rate_percent": round(100 * inspected.defect_rate, 2)
+                if inspected.inspections
+                else None,
+                "defects": sum(by_class.values()),
+                "by_class": by_class,
+            }
+        )
+    word = next(iter(classes)).replace("_", " ") if classes else "defect"
+    speech = f"{_count(total, word)} {_where(stations, everything)} {span.label}"
+    if not classes and total:
+        parts = [
+            _count(n, c.replace("_", " ")) for c, n in sorted(overall.items(), key=lambda x: -x[1])
+        ]
+        speech += f": {_join(parts)}"
+    return {
+        "period": span.label,
+        "since": span.since.isoformat(),
+        "until": span.until.isoformat() if span.until else None,
+        "defect_class": sorted(classes) if classes else None,
+        "total": total,
+        "stations": rows,
+        "speech": speech + ".",
+    }
+
+
+def _status_row(ref: StationRef) -> dict[str, Any]:
+    runtime, hub = ref.runtime, ref.hub
+    state = runtime.state
+    available = hub.is_available(ref.station_id)
+    enabled = bool(state and state.enabled)
+    error = runtime.camera_error or runtime.engine_error or (state.error if state else None)
+    last = runtime.last_incident
+    return {
+        "station_id": ref.station_id,
+        "station": runtime.name,
+        "line": runtime.line,
+        "running": available and enabled,
+        "enabled": enabled,
+        "available": available,
+        "mode": state.mode if state else None,
+        "error": error,
+        "inspections_since_start": state.inspections if state else 0,
+        "defect_present": bool(state and state.defect_present),
+        "last_defect": None
+        if last is None
+        else {
+            "incident_id": last.incident_id,
+            "defect_class": last.defect_class,
+            "at": last.created_at.isoformat(),
+        },
+    }
+
+
+def _status_speech(row: dict[str, Any]) -> str:
+    name = row["station"]
+    if row["running"]:
+        text = f"{name} is running"
+    elif not row["available"]:
+        text = f"{name} is not running: {row['error'] or 'it is unavailable'}"
+    else:
+        text = f"{name} is switched off"
+    return text
+
+
+async def station_status(hass: HomeAssistant, *, station: str | None = None) -> dict[str, Any]:
+    """Whether each station runs, why not, and today's inspections and defects."""
+    stations = find_stations(hass, station)
+    today = dt_util.start_of_local_day()
+    rows = []
+    for ref in stations:
+        row = _status_row(ref)
+        store = ref.hub.engine.store
+        counts = await store.inspection_counts(station_id=ref.station_id, since=today)
+        incidents = await store.counts_by_class(station_id=ref.station_id, since=today)
+        row["inspections_today"] = counts.inspections
+        row["defects_today"] = sum(c.count for c in incidents)
+        row["yield_today_percent"] = (
+            round(100 * (1 - counts.defect_rate), 2) if counts.inspections else None
+        )
+        rows.append(row)
+    speech = "; ".join(
+        _status_speech(r) + f", {_count(r['defects_today'], 'defect')} today" for r in rows
+    )
+    return {"stations": rows, "speech": speech + "."}
+
+
+def incident_summary(incident: Incident) -> dict[str, Any]:
+    vlm = incident.vlm
+    return {
+        "incident_id": incident.incident_id,
+        "station_id": incident.station_id,
+        "station": incident.station_name,
+        "defect_class": incident.defect_class,
+        "confidence": round(incident.confidence, 3),
+        "created_at": incident.created_at.isoformat(),
+        "part_id": incident.part_id,
+        "lot_id": incident.lot_id,
+        "state": str(incident.state),
+        "vlm_status": str(vlm.status) if vlm else None,
+        "summary": vlm.report.summary if vlm and vlm.report else None,
+    }
+
+
+async def latest_incidents(
+    hass: HomeAssistant, *, station: str | None = None, limit: int = 5, period: str | None = None
+) -> dict[str, Any]:
+    stations = find_stations(hass, station)
+    span = parse_period(period, shifts=shift_starts(stations[0].hub)) if period else None
+    found: list[Incident] = []
+    for ref in stations:
+        found += await ref.hub.engine.store.incidents(
+            station_id=ref.station_id,
+            since=span.since if span else None,
+            until=span.until if span else None,
+            limit=limit,
+        )
+    found.sort(key=lambda i: i.created_at, reverse=True)
+    found = found[:limit]
+    if not found:
+        speech = "No defects recorded" + (f" {span.label}" if span else "") + "."
+    else:
+        last = found[0]
+        speech = (
+            f"The last defect was a {last.defect_class.replace('_', ' ')} on "
+            f"{last.station_name} {_when(last.created_at)}"
+            + (f", part {last.part_id}" if last.part_id else "")
+            + "."
+        )
+        if last.vlm and last.vlm.report:
+            speech += f" {last.vlm.report.summary}"
+    return {"incidents": [incident_summary(i) for i in found], "speech": speech}
+
+
+async def incident_report(
+    hass: HomeAssistant, *, incident_id: str | None = None, station: str | None = None
+) -> dict[str, Any]:
+    """One incident's full report (the latest one when no id is given)."""
+    incident: Incident | None = None
+    if incident_id:
+        for hub in hubs(hass):
+            if (incident := await hub.engine.store.incident(incident_id)) is not None:
+                break
+        if incident is None:
+            raise AnswerError(f"there is no incident {incident_id!r}")
+    else:
+        latest = await latest_incidents(hass, station=station, limit=1)
+        if not latest["incidents"]:
+            raise AnswerError("no defects have been recorded yet")
+        return await incident_report(hass, incident_id=latest["incidents"][0]["incident_id"])
+    data = incident_summary(incident)
+    vlm = incident.vlm
+    report = vlm.report if vlm else None
+    data["report"] = report.model_dump(mode="json") if report else None
+    data["classification"] = (
+        vlm.classification.model_dump(mode="json") if vlm and vlm.classification else None
+    )
+    data["actions"] = [a.model_dump(mode="json") for a in vlm.actions] if vlm else []
+    data["feedback"] = incident.extra.get("feedback", [])
+    head = (
+        f"{incident.defect_class.replace('_', ' ').capitalize()} on {incident.station_name} "
+        f"{_when(incident.created_at)} ({incident.confidence:.0%})"
+    )
+    if report:
+        steps = " ".join(f"{n}. {s}" for n, s in enumerate(report.fix_steps, 1))
+        speech = f"{head}. {report.summary} Probable cause: {report.probable_cause}."
+        if steps:
+            speech += f" Fix: {steps}"
+    elif vlm is not None:
+        speech = f"{head}. The report is {vlm.status}" + (f": {vlm.error}" if vlm.error else ".")
+    else:
+        speech = f"{head}. No report: the vision-language model is not configured."
+    data["speech"] = speech
+    return data
+
+
+async def manual_search(hass: HomeAssistant, *, query: str, limit: int = 3) -> dict[str, Any]:
+    query = query.strip()
+    if not query:
+        raise AnswerError("say what to look for in the manuals")
+    hits = []
+    for hub in hubs(hass):
+        hits += await hub.engine.search_manuals(query, limit=limit)
+    if not any(hub.engine.manuals for hub in hubs(hass)):
+        raise AnswerError(
+            "no equipment manuals are indexed: put them in the `manuals` folder of the "
+            "Edge Inspector storage directory and reload the integration"
+        )
+    hits.sort(key=lambda h: h.score)
+    hits = hits[:limit]
+    results = [
+        {
+            "reference": h.reference,
+            "file": h.file,
+            "section": h.section,
+            "page": h.page,
+            "excerpt": h.excerpt,
+        }
+        for h in hits
+    ]
+    speech = (
+        f"From {hits[0].reference}: {hits[0].excerpt}"
+        if hits
+        else f"Nothing about {query!r} in the manuals."
+    )
+    return {"query": query, "results": results, "speech": speech}
+
+
+async def inspect_now(
+    hass: HomeAssistant,
+    *,
+    station: str,
+    part_id: str | None = None,
+    lot_id: str | None = None,
+) -> dict[str, Any]:
+    """Take a picture at the station(s) now and inspect it."""
+    stations = find_stations(hass, station)
+    results = []
+    lines = []
+    for ref in stations:
+        result = await ref.hub.async_inspect(ref.station_id, part_id=part_id, lot_id=lot_id)
+        defects = [d.class_name for d in result.defects]
+        results.append(
+            {
+                "station_id": ref.station_id,
+                "station": ref.runtime.name,
+                "inspection_id": result.inspection_id,
+                "verdict": str(result.verdict),
+                "defects": defects,
+                "new_incident_ids": list(result.new_incident_ids),
+            }
+        )
+        found = (
+            "found " + _join(sorted({d.replace("_", " ") for d in defects}))
+            if defects
+            else "the part passed"
+        )
+        lines.append(f"{ref.runtime.name}: {found}")
+    return {"inspections": results, "speech": "Inspected. " + "; ".join(lines) + "."}
+
+
+async def station_overview(
+    hass: HomeAssistant, ref: StationRef, *, hours: float = 8, bucket_minutes: float = 15
+) -> dict[str, Any]:
+    """What the dashboard card shows for one station."""
+    now = dt_util.utcnow()
+    row = _status_row(ref)
+    store = ref.hub.engine.store
+    today = dt_util.start_of_local_day()
+    counts = await store.inspection_counts(station_id=ref.station_id, since=today)
+    by_class = await store.counts_by_class(station_id=ref.station_id, since=today)
+    series = await store.rate_series(
+        station_id=ref.station_id,
+        since=now - timedelta(hours=hours),
+        until=now,
+        bucket=bucket_minutes * 60,
+    )
+    last = ref.runtime.last_incident or await store.last_incident(ref.station_id)
+    report = await incident_report(hass, incident_id=last.incident_id) if last else None
+    entities = station_entities(hass, ref)
+    return {
+        **row,
+        "device_id": entities.pop("device_id", None),
+        "entities": entities,
+        "defect_classes": list(ref.runtime.defects),
+        "today": {
+            "inspections": counts.inspections,
+            "failed": counts.failed,
+            "defect_rate_percent": round(100 * counts.defect_rate, 2)
+            if counts.inspections
+            else None,
+            "by_class": {c.defect_class: c.count for c in by_class},
+        },
+        "series": {
+            "bucket_minutes": bucket_minutes,
+            "points": [
+                {
+                    "start": b.start.isoformat(),
+                    "inspections": b.inspections,
+                    "failed": b.failed,
+                    "incidents": b.incidents,
+                    "rate": round(b.defect_rate, 4),
+                }
+                for b in series
+            ],
+        },
+        "last_incident": report,
+    }
+
+
+def station_entities(hass: HomeAssistant, ref: StationRef) -> dict[str, Any]:
+    """The station's entity ids by role (translation key), and its device id."""
+    from homeassistant.helpers import entity_registry as er
+
+    device = dr.async_get(hass).async_get_device(identifiers={(DOMAIN, ref.runtime.subentry_id)})
+    out: dict[str, Any] = {"device_id": device.id if device else None}
+    if device is None:
+        return out
+    prefix = f"{ref.hub.entry.entry_id}_{ref.runtime.subentry_id}_"
+    for entry in er.async_entries_for_device(er.async_get(hass), device.id):
+        if entry.platform == DOMAIN and entry.unique_id.startswith(prefix):
+            out[f"{entry.domain}.{entry.unique_id.removeprefix(prefix)}"] = entry.entity_id
+    return out

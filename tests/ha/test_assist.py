@@ -1,0 +1,303 @@
+"""Assist: the Edge Inspector LLM API's tools and the sentences of the default agent, answered
+from the engine's store by a real Home Assistant's conversation and intent handling."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from freezegun.api import FrozenDateTimeFactory
+from homeassistant.components import conversation
+from homeassistant.core import Context, HomeAssistant
+from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers import intent, llm
+from homeassistant.util import dt as dt_util
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+from custom_components.edge_inspector import answers
+from custom_components.edge_inspector.const import DOMAIN
+from custom_components.edge_inspector.intents import parse_text, split_period
+from edge_inspector.events import (
+    BoundingBox,
+    Incident,
+    IncidentReport,
+    ModelInfo,
+    VlmResult,
+    VlmStatus,
+)
+
+from .test_integration import set_up_station
+
+MODEL = ModelInfo(name="demo.pt", sha256="0" * 64)
+NOW = datetime(2026, 11, 27, 9, 30)  # local time; the shifts start 06:00, 14:00, 22:00
+
+
+def _incident(n: int, cls: str, when: datetime, sid: str, summary: str | None = None) -> Incident:
+    vlm = None
+    if summary:
+        vlm = VlmResult(
+            status=VlmStatus.DONE,
+            model="qwen2.5vl:7b",
+            prompt_version="t",
+            updated_at=dt_util.as_utc(when),
+            report=IncidentReport(
+                summary=summary,
+                probable_cause="worn guide rail",
+                fix_steps=("Stop the press", "Replace the guide rail"),
+            ),
+        )
+    return Incident(
+        incident_id=f"inc{n}",
+        station_id=sid,
+        station_name="Press",
+        created_at=dt_util.as_utc(when),
+        inspection_id=f"insp{n}",
+        defect_class=cls,
+        confidence=0.87,
+        boxes=(BoundingBox(x1=1, y1=2, x2=30, y2=40),),
+        detections=(),
+        model=MODEL,
+        latency_ms=10.0,
+        part_id=f"P{n}",
+        vlm=vlm,
+    )
+
+
+@pytest.fixture
+async def station(
+    hass: HomeAssistant, tmp_path: Path, camera_file: Path, freezer: FrozenDateTimeFactory
+) -> tuple[MockConfigEntry, str]:
+    """Press on Line 2 with a history: scratches at 05:50, 06:10, 09:00, a dent at 09:20, a
+    scratch yesterday."""
+    await hass.config.async_update(time_zone="Europe/Berlin")
+    freezer.move_to(dt_util.as_utc(NOW.replace(tzinfo=dt_util.get_default_time_zone())))
+    assert await _setup_conversation(hass)
+    entry, _device = await set_up_station(hass, tmp_path)
+    hub = entry.runtime_data
+    sid = next(iter(hub.stations))
+    tz = dt_util.get_default_time_zone()
+    day = NOW.replace(tzinfo=tz)
+    history = [
+        _incident(1, "scratch", day - timedelta(days=1), sid),
+        _incident(2, "scratch", day.replace(hour=5, minute=50), sid),
+        _incident(3, "scratch", day.replace(hour=6, minute=10), sid),
+        _incident(4, "scratch", day.replace(hour=9, minute=0), sid),
+        _incident(5, "dent", day.replace(hour=9, minute=20), sid, summary="A dent near the hole."),
+    ]
+    for incident in history:
+        await hub.engine.store.add_incident(incident)
+    return entry, sid
+
+
+async def _setup_conversation(hass: HomeAssistant) -> bool:
+    from homeassistant.setup import async_setup_component
+
+    return await async_setup_component(hass, "conversation", {})
+
+
+async def _ask(hass: HomeAssistant, text: str) -> str:
+    result = await conversation.async_converse(
+        hass, text, None, Context(), language="en", agent_id=conversation.HOME_ASSISTANT_AGENT
+    )
+    speech = result.response.speech["plain"]["speech"]
+    return str(speech)
+
+
+def _local(hour: int, minute: int = 0) -> datetime:
+    return NOW.replace(hour=hour, minute=minute, tzinfo=dt_util.get_default_time_zone())
+
+
+def test_time_ranges_are_read_like_people_say_them() -> None:
+    tz = dt_util.get_default_time_zone()
+    now = NOW.replace(tzinfo=tz)
+    today = now.replace(hour=0, minute=0)
+    assert answers.parse_period(None, now=now).since == today
+    assert answers.parse_period("this shift", now=now).since == now.replace(hour=6, minute=0)
+    last = answers.parse_period("last shift", now=now)
+    assert (last.since, last.until) == (today - timedelta(hours=2), now.replace(hour=6, minute=0))
+    night = now.replace(hour=2)
+    assert answers.parse_period("this shift", now=night).since == today - timedelta(hours=2)
+    assert answers.parse_period("last hour", now=now).since == now - timedelta(hours=1)
+    assert answers.parse_period("the last 3 hours", now=now).label == "the last 3 hours"
+    assert answers.parse_period("since 6am", now=now).since == now.replace(hour=6, minute=0)
+    assert answers.parse_period("since 2 pm", now=now).since == today - timedelta(hours=10)
+    assert answers.parse_period("since 06:45", now=now).label == "since 06:45"
+    yesterday = answers.parse_period("yesterday", now=now)
+    assert (yesterday.since, yesterday.until) == (today - timedelta(days=1), today)
+    with pytest.raises(answers.AnswerError, match="do not understand"):
+        answers.parse_period("whenever", now=now)
+    with pytest.raises(answers.AnswerError, match="not a time"):
+        answers.parse_period("since 25:00", now=now)
+    assert split_period("scratches on line 2 since 6am") == ("scratches on line 2", "since 6am")
+    assert split_period("defects in the last hour on press") == (
+        "defects on press",
+        "the last hour",
+    )
+
+
+async def test_the_llm_api_tools_answer_from_the_store(
+    hass: HomeAssistant, station: tuple[MockConfigEntry, str]
+) -> None:
+    _entry, sid = station
+    apis = {api.id: api.name for api in llm.async_get_apis(hass)}
+    assert apis[DOMAIN] == "Edge Inspector"
+    context = llm.LLMContext(
+        platform="ollama",
+        context=Context(),
+        language="en",
+        assistant="conversation",
+        device_id=None,
+    )
+    api = await llm.async_get_api(hass, DOMAIN, context)
+    assert "Press (id " in api.api_prompt and "on Line 2" in api.api_prompt
+    assert "scratch" in api.api_prompt and "09:30" in api.api_prompt
+    names = {tool.name for tool in api.tools}
+    assert names == {
+        "edge_inspector_station_status",
+        "edge_inspector_count_defects",
+        "edge_inspector_latest_incidents",
+        "edge_inspector_incident_report",
+        "edge_inspector_search_manual",
+        "edge_inspector_inspect_now",
+    }
+
+    async def call(name: str, **args: Any) -> dict[str, Any]:
+        return dict(await api.async_call_tool(llm.ToolInput(tool_name=name, tool_args=args)))
+
+    # "how many scratches on line 2 since 6am?"
+    answer = await call(
+        "edge_inspector_count_defects",
+        station="line 2",
+        defect_class="scratches",
+        period="since 6am",
+    )
+    assert answer["total"] == 2
+    assert answer["speech"] == "2 scratches on Press since 06:00."
+    assert answer["stations"][0]["by_class"] == {"scratch": 2}
+    assert answer["since"] == _local(6).isoformat()
+    today = await call("edge_inspector_count_defects")
+    assert today["total"] == 4
+    assert today["speech"] == "4 defects on all stations today: 3 scratches and 1 dent."
+    shift = await call("edge_inspector_count_defects", period="this shift")
+    assert shift["total"] == 3
+    hour = await call("edge_inspector_count_defects", period="last hour", defect_class="dent")
+    assert (hour["total"], hour["speech"]) == (1, "1 dent on all stations the last hour.")
+    yesterday = await call("edge_inspector_count_defects", period="yesterday")
+    assert yesterday["total"] == 1
+
+    latest = await call("edge_inspector_latest_incidents", limit=2)
+    assert [i["incident_id"] for i in latest["incidents"]] == ["inc5", "inc4"]
+    assert latest["speech"].startswith("The last defect was a dent on Press at 09:20, part P5.")
+    report = await call("edge_inspector_incident_report")
+    assert report["incident_id"] == "inc5"
+    assert report["report"]["fix_steps"] == ["Stop the press", "Replace the guide rail"]
+    assert "Probable cause: worn guide rail. Fix: 1. Stop the press" in report["speech"]
+    older = await call("edge_inspector_incident_report", incident_id="inc2")
+    assert "No report" in older["speech"]
+
+    status = await call("edge_inspector_station_status", station="Press")
+    row = status["stations"][0]
+    assert row["station_id"] == sid and row["running"] is True and row["defects_today"] == 4
+    assert status["speech"] == "Press is running, 4 defects today."
+
+    inspected = await call("edge_inspector_inspect_now", station="press", part_id="P-77")
+    result = inspected["inspections"][0]
+    assert result["verdict"] == "fail" and "Press: found" in inspected["speech"]
+    store = hass.config_entries.async_entries(DOMAIN)[0].runtime_data.engine.store
+    for _ in range(100):  # the station records the inspection just after answering
+        if stored := await store.inspection(result["inspection_id"]):
+            break
+        await hass.async_add_executor_job(time.sleep, 0.05)  # the test's clock is frozen
+    assert stored is not None and stored.part_id == "P-77"
+
+    # wrong arguments are errors the model can read, never guesses
+    with pytest.raises(HomeAssistantError, match="no station called 'line 9'"):
+        await call("edge_inspector_count_defects", station="line 9")
+    with pytest.raises(HomeAssistantError, match="no station looks for 'bubbles'"):
+        await call("edge_inspector_count_defects", defect_class="bubbles")
+    with pytest.raises(HomeAssistantError, match="no equipment manuals"):
+        await call("edge_inspector_search_manual", query="guide rail")
+    with pytest.raises(HomeAssistantError, match="no incident 'nope'"):
+        await call("edge_inspector_incident_report", incident_id="nope")
+
+
+async def test_sentences_get_exact_answers_from_the_default_agent(
+    hass: HomeAssistant, station: tuple[MockConfigEntry, str]
+) -> None:
+    entry, _sid = station
+    asked = {
+        "How many scratches on line 2 since 6am?": "2 scratches on Press since 06:00.",
+        "how many defects today": "4 defects on all stations today: 3 scratches and 1 dent.",
+        "how many dents were found this shift": "1 dent on all stations this shift.",
+        "How many defects did we have on Press in the last hour": (
+            "2 defects on Press the last hour: 1 dent and 1 scratch."
+        ),
+        "how many scratches yesterday": "1 scratch on all stations yesterday.",
+        "What was the last defect on press?": (
+            "The last defect was a dent on Press at 09:20, part P5. A dent near the hole."
+        ),
+        "is press running": "Press is running, 4 defects today.",
+        "are all stations running": "Press is running, 4 defects today.",
+        "what's the status of line 2": "Press is running, 4 defects today.",
+    }
+    for question, expected in asked.items():
+        assert await _ask(hass, question) == expected, question
+
+    # the same intents answer with data, for agents and intent_script
+    response = await intent.async_handle(
+        hass,
+        DOMAIN,
+        "EdgeInspectorDefectCount",
+        {"station": {"value": "Press"}, "period": {"value": "since 6am"}},
+    )
+    assert response.response_type is intent.IntentResponseType.QUERY_ANSWER
+    assert response.speech_slots["total"] == 3
+    assert response.speech_slots["stations"][0]["by_class"] == {"scratch": 2, "dent": 1}
+    with pytest.raises(intent.IntentHandleError, match="no station called"):
+        await intent.async_handle(
+            hass, DOMAIN, "EdgeInspectorStationStatus", {"station": {"value": "Lathe"}}
+        )
+
+    # questions that are not ours still reach Home Assistant's own intents
+    other = await _ask(hass, "how many lights are on")
+    assert "defect" not in other and "Press" not in other
+
+    # inspect now: a new inspection (the camera shows a defect), the defect count changes
+    before = await answers.station_status(hass)
+    said = await _ask(hass, "inspect press now")
+    assert said.startswith("Inspected. Press: found")
+    counted = before["stations"][0]["inspections_today"]
+    for _ in range(100):  # recorded just after the answer
+        after = await answers.station_status(hass)
+        if after["stations"][0]["inspections_today"] > counted:
+            break
+        await hass.async_add_executor_job(time.sleep, 0.05)
+    assert after["stations"][0]["inspections_today"] == counted + 1
+
+    # the slots are read from the words the sentence matched
+    assert parse_text(hass, "EdgeInspectorDefectCount", "how many cracks at Press today?") == {
+        "period": "today",
+        "station": "Press",
+        "defect_class": "crack",
+    }
+
+    # sentences go away with the entry (the stations they name may change)
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    gone = await _ask(hass, "is press running")
+    assert "Press is running" not in gone
+
+
+async def test_switched_off_and_unknown_stations_are_said_plainly(
+    hass: HomeAssistant, station: tuple[MockConfigEntry, str]
+) -> None:
+    await hass.services.async_call(
+        "switch", "turn_off", {"entity_id": "switch.press_inspection"}, blocking=True
+    )
+    await hass.async_block_till_done()
+    assert await _ask(hass, "is press running") == "Press is switched off, 4 defects today."
+    assert await _ask(hass, "how many defects on press yesterday") == (
+        "1 defect on Press yesterday: 1 scratch."
+    )

@@ -539,11 +539,13 @@ async def station_overview(
     today = dt_util.start_of_local_day()
     counts = await store.inspection_counts(station_id=ref.station_id, since=today)
     by_class = await store.counts_by_class(station_id=ref.station_id, since=today)
+    bucket = bucket_minutes * 60
+    start = (now - timedelta(hours=hours)).timestamp() // bucket * bucket  # on the clock
     series = await store.rate_series(
         station_id=ref.station_id,
-        since=now - timedelta(hours=hours),
+        since=datetime.fromtimestamp(start, tz=now.tzinfo),
         until=now,
-        bucket=bucket_minutes * 60,
+        bucket=bucket,
     )
     last = ref.runtime.last_incident or await store.last_incident(ref.station_id)
     report = await incident_report(hass, incident_id=last.incident_id) if last else None

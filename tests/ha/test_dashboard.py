@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import yaml
-from yarl import URL
 from homeassistant.core import HomeAssistant, ServiceCall
 from homeassistant.helpers import entity_registry as er
 from homeassistant.setup import async_setup_component
@@ -19,6 +18,7 @@ from pytest_homeassistant_custom_component.typing import (
     ClientSessionGenerator,
     WebSocketGenerator,
 )
+from yarl import URL
 
 from custom_components.edge_inspector.const import DOMAIN
 from tests.ollama_server import FakeOllama, agent_script
@@ -138,7 +138,7 @@ async def test_the_built_in_dashboard_names_the_demo_stations_entities(
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
-                if key == "entity" or key == "entity_id":
+                if key in {"entity", "entity_id"}:
                     named.add(value)
                 elif key == "entities":
                     named.update(value)
@@ -162,7 +162,7 @@ async def test_the_blueprint_notifies_with_the_picture_and_the_vlm_summary(
     folder.mkdir(parents=True)
     source = ROOT / "blueprints" / "automation" / "edge_inspector" / "notify_on_defect.yaml"
     shutil.copy(source, folder)
-    blueprint = yaml.load(source.read_text(), Loader=_Loader)  # noqa: S506 (our own loader)
+    blueprint = yaml.load(source.read_text(), Loader=_Loader)
     assert blueprint["blueprint"]["domain"] == "automation"
     calls: list[ServiceCall] = async_mock_service(hass, "notify", "phone")
 

@@ -144,7 +144,10 @@ class Engine:
     async def _start_vlm(self) -> IncidentEnricher:
         from .vlm import OllamaVlm, VlmAgent
 
-        vlm = OllamaVlm(self.config.vlm)
+        # built on a worker: an HTTP client loads the CA certificates (blocking file I/O)
+        vlm = await asyncio.get_running_loop().run_in_executor(
+            self._executor, OllamaVlm, self.config.vlm
+        )
         agent = VlmAgent(
             vlm,
             self.config.vlm,

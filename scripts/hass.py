@@ -1,8 +1,10 @@
 """Start a real Home Assistant with this working tree's integration and a demo station.
 
     .venv/bin/python scripts/hass.py [--config var/hass] [--port 8123] [--keep-running]
+        [--frontend] [--ollama URL] [--mode continuous|triggered]
 
-Creates the configuration folder (http, api and config integrations, no frontend), links
+Creates the configuration folder (http, api and config integrations; with --frontend also the
+frontend and the Edge Inspector dashboard from dashboards/edge-inspector.yaml), links
 `custom_components/edge_inspector` from the working tree, adds a user, starts `hass`, then sets
 up, through the same REST config flows the UI uses, a `local_file` camera showing a synthetic
 frame with a defect, the Edge Inspector hub and one station on that camera. It prints the
@@ -46,14 +48,47 @@ def _request(url: str, data: Any = None, token: str | None = None, form: bool = 
         return json.loads(response.read() or b"null")
 
 
-def prepare(config: Path, port: int) -> None:
+def prepare(config: Path, port: int, frontend: bool = False) -> None:
     config.mkdir(parents=True, exist_ok=True)
+    extra = ""
+    if frontend:
+        import shutil
+
+        (config / "dashboards").mkdir(exist_ok=True)
+        for name in ("edge-inspector.yaml", "edge-inspector-builtin.yaml"):
+            shutil.copy(ROOT / "dashboards" / name, config / "dashboards" / name)
+        extra = (
+            "frontend:\nhistory:\nlovelace:\n  dashboards:\n"
+            "    edge-inspector:\n      mode: yaml\n"
+            "      filename: dashboards/edge-inspector.yaml\n"
+            "      title: Edge Inspector\n      icon: mdi:magnify-scan\n"
+            "      show_in_sidebar: true\n"
+            "    edge-inspector-builtin:\n      mode: yaml\n"
+            "      filename: dashboards/edge-inspector-builtin.yaml\n"
+            "      title: Inspection (built-in cards)\n      show_in_sidebar: true\n"
+        )
     (config / "configuration.yaml").write_text(
         "homeassistant:\n  name: Edge Inspector demo\n  time_zone: UTC\n  unit_system: metric\n"
         f"http:\n  server_host: 127.0.0.1\n  server_port: {port}\n"
-        "api:\nconfig:\nlogger:\n  default: warning\n  logs:\n"
+        "api:\nconfig:\n" + extra + "logger:\n  default: warning\n  logs:\n"
         "    custom_components.edge_inspector: info\n    edge_inspector: info\n"
     )
+    storage = config / ".storage"
+    storage.mkdir(exist_ok=True)
+    if not (storage / "onboarding").exists():
+        # Onboarding's other steps marked done: only the owner is made (by `login`), and the
+        # UI opens dashboards, not the wizard. (Its core_config step would also add default
+        # integrations, weather and text-to-speech, that need packages we do not install.)
+        (storage / "onboarding").write_text(
+            json.dumps(
+                {
+                    "version": 4,
+                    "minor_version": 1,
+                    "key": "onboarding",
+                    "data": {"done": ["core_config", "analytics", "integration"]},
+                }
+            )
+        )
     components = config / "custom_components"
     components.mkdir(exist_ok=True)
     link = components / "edge_inspector"
@@ -121,7 +156,9 @@ def flow(base: str, token: str, path: str, start: dict[str, Any], data: dict[str
     return _request(f"{base}/api/config/config_entries/{path}/{step['flow_id']}", data, token)
 
 
-def set_up(base: str, token: str, config: Path) -> None:
+def set_up(
+    base: str, token: str, config: Path, ollama: str | None = None, mode: str = "continuous"
+) -> None:
     entries = _request(f"{base}/api/config/config_entries/entry", token=token)
     domains = {e["domain"]: e for e in entries}
     if "local_file" not in domains:
@@ -133,7 +170,8 @@ def set_up(base: str, token: str, config: Path) -> None:
             {"name": "Press camera", "file_path": str(config / "press-camera.jpg")},
         )
     if "edge_inspector" not in domains:
-        flow(base, token, "flow", {"handler": "edge_inspector"}, {})
+        hub_data = {"ollama_url": ollama, "ollama_model": "qwen2.5vl:7b"} if ollama else {}
+        flow(base, token, "flow", {"handler": "edge_inspector"}, hub_data)
         entries = _request(f"{base}/api/config/config_entries/entry", token=token)
         domains = {e["domain"]: e for e in entries}
     hub = domains["edge_inspector"]
@@ -150,7 +188,7 @@ def set_up(base: str, token: str, config: Path) -> None:
                 "defects": "scratch, dent, crack, spot",
                 "threshold": 0.4,
                 "interval": 2,
-                "mode": "continuous",
+                "mode": mode,
                 "imgsz": 320,
                 "line": "Line 2",
             },
@@ -167,9 +205,12 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--keep-running", action="store_true")
     parser.add_argument("--timeout", type=float, default=180)
+    parser.add_argument("--frontend", action="store_true", help="the UI and the dashboards too")
+    parser.add_argument("--ollama", help="an Ollama server for incident reports")
+    parser.add_argument("--mode", choices=("continuous", "triggered"), default="continuous")
     args = parser.parse_args()
     config = args.config.resolve()
-    prepare(config, args.port)
+    prepare(config, args.port, args.frontend)
     base = f"http://127.0.0.1:{args.port}"
     log = open(config / "hass-run.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -192,7 +233,7 @@ def main() -> int:
                     raise SystemExit(f"Home Assistant did not start; see {log_file}") from None
                 time.sleep(1)
         token = login(base)
-        set_up(base, token, config)
+        set_up(base, token, config, args.ollama, args.mode)
         while True:
             states = _request(f"{base}/api/states", token=token)
             ours = [
@@ -204,6 +245,14 @@ def main() -> int:
             inspected = next(
                 (s for s in ours if s["entity_id"] == "sensor.press_inspections"), None
             )
+            button = next((s for s in ours if s["entity_id"] == "button.press_inspect_now"), None)
+            if args.mode == "triggered" and button and inspected and inspected["state"] == "0":
+                # a triggered station inspects on request: one now, so there is a defect
+                _request(
+                    f"{base}/api/services/button/press",
+                    {"entity_id": "button.press_inspect_now"},
+                    token,
+                )
             if inspected and inspected["state"] not in ("unknown", "unavailable", "0"):
                 break
             if time.monotonic() > deadline:

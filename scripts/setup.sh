@@ -14,7 +14,7 @@ PY_ORIG=python3.13_${PY_VERSION}.orig.tar.xz
 PY_SHA256=93e583f243454e6e9e4588ca2c2662206ad961659863277afcdb96801647d640
 PY_PREFIX=$CACHE/python-$PY_VERSION
 VENV=$ROOT/.venv
-APT_PACKAGES=(libgl1 libglib2.0-0 mosquitto mosquitto-clients openssl)
+APT_PACKAGES=(libgl1 libglib2.0-0 mosquitto mosquitto-clients openssl chromium fonts-dejavu-core)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -111,10 +111,24 @@ ensure_node_red() {
   (cd "$dir" && npm install --no-audit --no-fund --loglevel=error "node-red@$want" >/dev/null)
 }
 
+ensure_browser_driver() {
+  # Playwright's library (no bundled browsers: the tests drive Debian's chromium).
+  local want=1.49.1 dir=$CACHE/browser
+  if [ -f "$dir/node_modules/playwright-core/package.json" ] &&
+    grep -q "\"version\": \"$want\"" "$dir/node_modules/playwright-core/package.json"; then
+    return 0
+  fi
+  log "installing playwright-core $want into $dir"
+  mkdir -p "$dir"
+  (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund \
+    --loglevel=error "playwright-core@$want" >/dev/null)
+}
+
 main() {
   mkdir -p "$CACHE"
   ensure_apt_packages
   ensure_node_red
+  ensure_browser_driver
   local python
   if ! python=$(find_python); then
     build_python

@@ -73,8 +73,10 @@ async def check_ollama(url: str, model: str) -> str | None:
     """None when the server answers and has the model, else the error key."""
     import httpx
     import ollama
+    from homeassistant.util.ssl import get_default_context
 
-    client = ollama.AsyncClient(host=url, timeout=10)
+    # Home Assistant's shared SSL context: building one loads certificates (blocking I/O)
+    client = ollama.AsyncClient(host=url, timeout=10, verify=get_default_context())
     try:
         async with asyncio.timeout(10):
             listing = await client.list()

@@ -46,11 +46,13 @@ from .const import (
     CONF_OLLAMA_MODEL,
     CONF_OLLAMA_URL,
     CONF_PRODUCT,
+    CONF_SHIFTS,
     CONF_STORAGE,
     CONF_THRESHOLD,
     DEFAULT_IMGSZ,
     DEFAULT_INTERVAL,
     DEFAULT_OLLAMA_MODEL,
+    DEFAULT_SHIFTS,
     DEFAULT_THRESHOLD,
     DOMAIN,
     SUBENTRY_STATION,
@@ -146,6 +148,10 @@ class EdgeInspectorConfigFlow(ConfigFlow, domain=DOMAIN):
         return {SUBENTRY_STATION: StationSubentryFlow}
 
 
+_TIME = r"(?:[01]?\d|2[0-3]):[0-5]\d"
+SHIFTS = re.compile(rf"\s*{_TIME}(?:\s*,\s*{_TIME})*\s*")
+
+
 class ActionsOptionsFlow(OptionsFlow):
     """The VLM's mapped actions: tools that call Home Assistant services, with guard rails."""
 
@@ -168,6 +174,8 @@ class ActionsOptionsFlow(OptionsFlow):
                 errors[CONF_MQTT_BASE_TOPIC] = "invalid_topic"
             elif user_input.get(CONF_MQTT_PUBLISH) and "mqtt" not in self.hass.config.components:
                 errors[CONF_MQTT_PUBLISH] = "mqtt_not_set_up"
+            if not SHIFTS.fullmatch(user_input.get(CONF_SHIFTS, DEFAULT_SHIFTS)):
+                errors[CONF_SHIFTS] = "invalid_shifts"
             if not errors:
                 return self.async_create_entry(data={**self.config_entry.options, **user_input})
         schema = vol.Schema(
@@ -178,6 +186,7 @@ class ActionsOptionsFlow(OptionsFlow):
                 vol.Optional(CONF_MQTT_PUBLISH, default=False): bool,
                 vol.Optional(CONF_MQTT_BASE_TOPIC, default=DOMAIN): str,
                 vol.Optional(CONF_NOTIFY): str,
+                vol.Optional(CONF_SHIFTS, default=DEFAULT_SHIFTS): str,
             }
         )
         return self.async_show_form(

@@ -301,3 +301,25 @@ async def test_switched_off_and_unknown_stations_are_said_plainly(
     assert await _ask(hass, "how many defects on press yesterday") == (
         "1 defect on Press yesterday: 1 scratch."
     )
+
+
+async def test_shift_start_times_come_from_the_options(
+    hass: HomeAssistant, station: tuple[MockConfigEntry, str]
+) -> None:
+    from homeassistant.data_entry_flow import FlowResultType
+
+    entry, _sid = station
+    flow = await hass.config_entries.options.async_init(entry.entry_id)
+    flow = await hass.config_entries.options.async_configure(flow["flow_id"], {"shifts": "7am"})
+    assert flow["errors"] == {"shifts": "invalid_shifts"}
+    flow = await hass.config_entries.options.async_configure(
+        flow["flow_id"], {"shifts": "07:00, 19:00"}
+    )
+    assert flow["type"] is FlowResultType.CREATE_ENTRY
+    await hass.async_block_till_done()  # the entry reloads with the new options
+    answer = await answers.defect_count(hass, period="this shift")
+    assert answer["since"] == _local(7).isoformat()
+    assert answer["total"] == 2  # the scratch at 09:00 and the dent at 09:20
+    assert await _ask(hass, "how many defects last shift") == (
+        "2 defects on all stations the last shift: 2 scratches."
+    )

@@ -126,6 +126,27 @@ async function waitFor(page, check, what, timeout = 60000) {
     result.dark = await cardState(page);
     await page.screenshot({ path: path.join(out, "card-dark.png"), fullPage: true });
 
+    // The visual editor: lists the stations, and a choice becomes the card's configuration.
+    result.editor = await page.evaluate(async () => {
+      const ha = document.querySelector("home-assistant");
+      const editor = document.createElement("edge-inspector-card-editor");
+      const changes = [];
+      editor.addEventListener("config-changed", (e) => changes.push(e.detail.config));
+      editor.setConfig({ type: "custom:edge-inspector-card", station_id: "" });
+      editor.hass = ha.hass;
+      document.body.appendChild(editor);
+      await new Promise((r) => setTimeout(r, 1500));
+      const form = editor.querySelector("ha-form");
+      const schema = form ? form.schema : [];
+      const options = schema.length ? schema[0].selector.select.options : [];
+      if (form && options.length) {
+        form.dispatchEvent(new CustomEvent("value-changed", { detail: { value: { ...form.data, station_id: options[0].value } } }));
+      }
+      const stub = await customElements.get("edge-inspector-card").getStubConfig(ha.hass);
+      editor.remove();
+      return { fields: schema.map((f) => f.name), options, changed: changes[changes.length - 1] || null, stub };
+    });
+
     // The fallback dashboard made of built-in cards renders too.
     await page.emulateMedia({ colorScheme: "light" });
     await page.goto(`${base}/edge-inspector-builtin/inspection`);

@@ -131,6 +131,14 @@ def test_the_card_in_a_real_browser(tmp_path: Path) -> None:
         assert not _dark(before["background"]) and _dark(dark["background"])
         assert _dark(before["textColor"]) and not _dark(dark["textColor"])
 
+        # the visual editor lists the station and turns a choice into the card's options
+        editor = result["editor"]
+        assert editor["fields"][:3] == ["station_id", "title", "hours"]
+        (option,) = editor["options"]
+        assert option["label"] == "Press (Line 2)" and option["value"].startswith("s_")
+        assert editor["changed"]["station_id"] == option["value"]
+        assert editor["stub"] == {"station_id": option["value"]}
+
         # the fallback dashboard of built-in cards renders its cards
         assert {
             "hui-picture-entity-card",

@@ -323,3 +323,71 @@ async def test_shift_start_times_come_from_the_options(
     assert await _ask(hass, "how many defects last shift") == (
         "2 defects on all stations the last shift: 2 scratches."
     )
+
+
+async def test_home_assistants_ollama_agent_answers_with_the_edge_inspector_tools(
+    hass: HomeAssistant, station: tuple[MockConfigEntry, str], socket_enabled: None
+) -> None:
+    """The Ollama integration's conversation agent, with the Edge Inspector API ticked, asks
+    the (fake) model; the model calls our tool and words the answer from its result."""
+    import json
+
+    from homeassistant.config_entries import ConfigSubentryData
+
+    from tests.ollama_server import FakeOllama, Reply
+
+    seen: list[dict[str, Any]] = []
+
+    def model(body: dict[str, Any]) -> Reply:
+        seen.append(body)
+        results = [m for m in body["messages"] if m.get("role") == "tool"]
+        if not results:
+            return Reply.tools(
+                (
+                    "edge_inspector_count_defects",
+                    {"station": "line 2", "defect_class": "scratch", "period": "since 6am"},
+                )
+            )
+        data = json.loads(results[-1]["content"])
+        return Reply(content=f"{data['total']} scratches on line 2 since 6 am.")
+
+    server = FakeOllama()
+    server.script = model
+    await server.start()
+    try:
+        entry = MockConfigEntry(
+            domain="ollama",
+            data={"url": server.url},
+            version=3,
+            minor_version=3,
+            subentries_data=[
+                ConfigSubentryData(
+                    data={"model": "qwen2.5vl:7b", "llm_hass_api": [DOMAIN]},
+                    subentry_type="conversation",
+                    title="Ollama Conversation",
+                    unique_id=None,
+                )
+            ],
+        )
+        entry.add_to_hass(hass)
+        assert await hass.config_entries.async_setup(entry.entry_id)
+        await hass.async_block_till_done()
+        agent = next(
+            s.entity_id for s in hass.states.async_all("conversation") if "ollama" in s.entity_id
+        )
+        result = await conversation.async_converse(
+            hass, "How many scratches on line 2 since 6am?", None, Context(), agent_id=agent
+        )
+        assert result.response.speech["plain"]["speech"] == "2 scratches on line 2 since 6 am."
+        # the model was offered our tools and the API's prompt, and got the store's figures
+        offered = {t["function"]["name"] for t in seen[0]["tools"]}
+        assert "edge_inspector_count_defects" in offered
+        assert "Press (id " in seen[0]["messages"][0]["content"]
+        tool_result = json.loads(
+            next(m for m in seen[1]["messages"] if m.get("role") == "tool")["content"]
+        )
+        assert tool_result["total"] == 2
+        assert tool_result["speech"] == "2 scratches on Press since 06:00."
+        await hass.config_entries.async_unload(entry.entry_id)
+    finally:
+        await server.stop()

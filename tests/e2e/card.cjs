@@ -41,6 +41,8 @@ async function cardState(page) {
       barHeights: [...root.querySelectorAll(".chart svg rect")].map((r) => Number(r.getAttribute("height"))),
       report: root.querySelector(".report .summary")?.textContent?.trim(),
       reportTitle: root.querySelector(".report h3")?.textContent?.trim(),
+      reportMeta: root.querySelector(".report .meta")?.textContent?.trim(),
+      ackEnabled: !root.querySelector('[data-action="acknowledge"]')?.disabled,
       inspectEnabled: !root.querySelector('[data-action="inspect"]')?.disabled,
       background: haCard ? getComputedStyle(haCard).backgroundColor : null,
       textColor: root.querySelector(".title") ? getComputedStyle(root.querySelector(".title")).color : null,
@@ -119,6 +121,20 @@ async function waitFor(page, check, what, timeout = 60000) {
     result.clicked = clicked;
     result.after = await waitFor(page, (s) => Number(s.counters.inspections) > before, "the counter to change", 30000);
     await page.screenshot({ path: path.join(out, "card-after-inspect.png"), fullPage: true });
+
+    // Acknowledge the latest incident: its state on the card becomes "acknowledged".
+    await page.evaluate((tag) => {
+      const find = (root) => {
+        const hit = root.querySelector(tag);
+        if (hit) return hit;
+        for (const el of root.querySelectorAll("*")) {
+          if (el.shadowRoot) { const inner = find(el.shadowRoot); if (inner) return inner; }
+        }
+        return null;
+      };
+      find(document).shadowRoot.querySelector('[data-action="acknowledge"]').click();
+    }, CARD);
+    result.acknowledged = await waitFor(page, (s) => (s.reportMeta || "").endsWith("acknowledged"), "the acknowledgement", 30000);
 
     // Dark theme: the default theme follows the browser's colour scheme.
     await page.emulateMedia({ colorScheme: "dark" });

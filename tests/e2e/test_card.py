@@ -127,6 +127,11 @@ def test_the_card_in_a_real_browser(tmp_path: Path) -> None:
         assert result["clicked"] is True
         assert int(after["counters"]["inspections"]) == inspected + 1
 
+        # acknowledge: the latest incident's state changes and the button is spent
+        assert after["reportMeta"].endswith("open") and after["ackEnabled"] is True
+        assert result["acknowledged"]["reportMeta"].endswith("acknowledged")
+        assert result["acknowledged"]["ackEnabled"] is False
+
         # the theme: light, then dark when the browser prefers it
         assert not _dark(before["background"]) and _dark(dark["background"])
         assert _dark(before["textColor"]) and not _dark(dark["textColor"])

@@ -102,6 +102,7 @@ class _LogSink(EventSink):
 
 
 async def _run(config: EngineConfig, mqtt_url: str | None) -> None:
+    from .api import ApiServer
     from .engine import Engine
     from .mqtt import attach_mqtt
 
@@ -111,8 +112,13 @@ async def _run(config: EngineConfig, mqtt_url: str | None) -> None:
         loop.add_signal_handler(sig, stop.set)
     engine = Engine(config, sinks=[_LogSink()])
     bridge = attach_mqtt(engine, mqtt_url)
+    api = ApiServer(engine, config.http, bridge=bridge) if config.http.enabled else None
+    if api is not None:
+        engine.sinks.add(api)
     await engine.start()
     try:
+        if api is not None:
+            await api.start()
         if bridge is not None:
             await bridge.start()
         _LOGGER.info("running %d station(s); Ctrl-C stops", len(engine.stations))
@@ -126,6 +132,8 @@ async def _run(config: EngineConfig, mqtt_url: str | None) -> None:
                 task.cancel()
         _LOGGER.info("stopping")
     finally:
+        if api is not None:
+            await api.stop()
         await engine.stop()  # the last incidents reach the outbox before MQTT stops
         if bridge is not None:
             await bridge.stop()
@@ -145,8 +153,17 @@ def with_ollama(config: EngineConfig, host: str | None, model: str | None = None
     return config.model_copy(update={"vlm": vlm})
 
 
+def with_http(config: EngineConfig, port: int | None) -> EngineConfig:
+    """The configuration with the HTTP API on `port` (--http; 0 picks a free port)."""
+    if port is None:
+        return config
+    http = config.http.model_copy(update={"enabled": True, "port": port})
+    return config.model_copy(update={"http": http})
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = with_ollama(load_config(args.config), args.ollama, args.vlm_model)
+    config = with_http(config, args.http)
     asyncio.run(_run(config, args.mqtt))
     return 0
 
@@ -221,6 +238,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             mqtt=args.mqtt,
             ollama=args.ollama,
             vlm_model=args.vlm_model,
+            http=args.http,
         )
     )
     return 0
@@ -392,6 +410,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt", metavar="URL", help="broker: mqtt://[user:pass@]host:port, mqtts://")
     p.add_argument("--ollama", metavar="URL", help="Ollama server for the VLM (vlm.host)")
     p.add_argument("--vlm-model", metavar="NAME", help="Ollama model for the VLM (vlm.model)")
+    p.add_argument(
+        "--http", metavar="PORT", type=int, help="serve the HTTP API on this port (http.port)"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("inspect", help="detect objects in image files, one result per image")
@@ -412,6 +433,9 @@ def _parser() -> argparse.ArgumentParser:
         "--ollama", metavar="URL", help="enrich incidents with the VLM on this Ollama server"
     )
     p.add_argument("--vlm-model", metavar="NAME", help="Ollama model (default qwen2.5vl:7b)")
+    p.add_argument(
+        "--http", metavar="PORT", type=int, help="serve the HTTP API (loopback) on this port"
+    )
     p.add_argument(
         "--store",
         type=Path,

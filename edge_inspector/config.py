@@ -306,6 +306,40 @@ class MqttConfig(_Model):
     outbox_max_age_hours: Annotated[float, Field(gt=0)] = 168.0
 
 
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class HttpConfig(_Model):
+    """The engine's HTTP API: REST, the websocket push channel, MJPEG streams, metrics."""
+
+    enabled: bool = True
+    host: str = Field(default="127.0.0.1", description="Bind address (default loopback only).")
+    port: Annotated[int, Field(ge=0, le=65535)] = 8321
+    token: str | None = Field(
+        default=None,
+        min_length=16,
+        description="Bearer token clients must send; required when bound beyond loopback. "
+        "Default: the EDGE_INSPECTOR_TOKEN environment variable.",
+    )
+    mjpeg_fps: Annotated[float, Field(gt=0, le=30)] = 5.0
+    max_upload_mb: Annotated[float, Field(gt=0, le=100)] = 20.0
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> Self:
+        if self.enabled and self.host not in _LOOPBACK and not self.effective_token:
+            raise ValueError(
+                f"http.host {self.host} is reachable from other machines: set http.token (at "
+                "least 16 characters) or EDGE_INSPECTOR_TOKEN"
+            )
+        return self
+
+    @property
+    def effective_token(self) -> str | None:
+        import os
+
+        return self.token or os.environ.get("EDGE_INSPECTOR_TOKEN") or None
+
+
 # -- the VLM agent, its tools and the equipment manuals ----------------------------------------
 
 type ToolName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
@@ -468,6 +502,7 @@ class EngineConfig(_Model):
     store: StoreConfig = StoreConfig()
     detection: DetectionConfig = DetectionConfig()
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    http: HttpConfig = HttpConfig()
     vlm: VlmConfig = VlmConfig()
     manuals: ManualsConfig = ManualsConfig()
 

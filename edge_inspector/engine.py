@@ -17,7 +17,14 @@ from .config import EngineConfig, StationConfig
 from .detect.batcher import InferenceQueue, inference_thread
 from .detect.detector import YoloDetector
 from .errors import EdgeInspectorError, ModelError, StationNotFoundError
-from .events import ActionRecord, InspectionResult, StationState, VlmResult
+from .events import (
+    ActionRecord,
+    Incident,
+    IncidentState,
+    InspectionResult,
+    StationState,
+    VlmResult,
+)
 from .sinks import EventSink, SinkFanout
 from .sources import FrameSource, build_source
 from .station import Station
@@ -275,6 +282,11 @@ class Engine:
                 ) from None
             raise StationNotFoundError(f"no station {station_id!r}") from None
 
+    @property
+    def inference_depth(self) -> int:
+        """Frames waiting for a model, over every model."""
+        return sum(queue.depth for queue in self._inference.values())
+
     def states(self) -> list[StationState]:
         running = [s.state() for s in self.stations.values()]
         return running + list(self.failed.values())
@@ -294,6 +306,24 @@ class Engine:
     ) -> InspectionResult:
         """Inspect one fresh frame of a station now and return the result."""
         return await self.station(station_id).inspect_now(part_id=part_id, lot_id=lot_id)
+
+    async def set_verdict(
+        self, incident_id: str, state: IncidentState, *, by: str, note: str | None = None
+    ) -> Incident | None:
+        """An operator's verdict on an incident, appended to its audit trail (`extra.feedback`)
+        and told to every sink; None when there is no such incident."""
+        entry = {"state": str(state), "by": by, "at": datetime.now(UTC).isoformat(), "note": note}
+
+        def change(current: Incident) -> Incident:
+            feedback = [*current.extra.get("feedback", []), entry]
+            return current.model_copy(
+                update={"state": state, "extra": {**current.extra, "feedback": feedback}}
+            )
+
+        updated = await self.store.modify_incident(incident_id, change)
+        if updated is not None:
+            await self.sinks.on_incident_update(updated)
+        return updated
 
     async def wait_finished(self) -> None:
         """Wait until every station with a finite source has read all of it."""

@@ -115,6 +115,9 @@ class Station:
         self.last_incident_id: str | None = None
         self.last_latency_ms: float | None = None
         self.defect_present = False
+        # The last frame inspected and what was found on it: the live annotated view.
+        self.last_view: tuple[Frame, tuple[Detection, ...]] | None = None
+        self.view_seq = 0
 
     # -- control ----------------------------------------------------------------------------
 
@@ -125,6 +128,11 @@ class Station:
     @property
     def enabled(self) -> bool:
         return self._enabled.is_set()
+
+    @property
+    def pending_outputs(self) -> int:
+        """Inspections waiting to be stored and published."""
+        return sum(1 for o in self._outputs if o is not None)
 
     def set_enabled(self, enabled: bool) -> None:
         """Pause or resume inspection (triggered inspections are refused while paused)."""
@@ -312,6 +320,8 @@ class Station:
         width, height = frame.size
         detections = self.rules.apply(raw, width, height)
         detections, confirmed = self._tracker.update(detections, frame.image)
+        self.last_view = (frame, tuple(detections))
+        self.view_seq += 1
         rules_ms = (time.perf_counter() - rules_started) * 1000
         now = loop.time()
         total_ms = (now - frame.captured_at) * 1000

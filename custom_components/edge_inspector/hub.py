@@ -449,17 +449,8 @@ class EdgeInspectorHub(EventSink):
     ) -> Incident | None:
         """An operator's verdict on an incident, kept in its audit trail (`extra.feedback`);
         None when this hub has no such incident."""
-        entry = {"state": str(state), "by": by, "at": dt_util.utcnow().isoformat(), "note": note}
-
-        def change(current: Incident) -> Incident:
-            feedback = [*current.extra.get("feedback", []), entry]
-            return current.model_copy(
-                update={"state": state, "extra": {**current.extra, "feedback": feedback}}
-            )
-
-        updated = await self.engine.store.modify_incident(incident_id, change)
+        updated = await self.engine.set_verdict(incident_id, state, by=by, note=note)
         if updated is not None:
-            await self.engine.sinks.on_incident_update(updated)
             await self.async_update_charts()
         return updated
 

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from ..cli import with_ollama
+from ..api import ApiServer
+from ..cli import with_http, with_ollama
 from ..config import load_config
 from ..engine import Engine
 from ..events import Incident, InspectionResult
@@ -168,9 +169,10 @@ async def run_demo(
     ollama: str | None = None,
     vlm_model: str | None = None,
     vlm_grace: float = 120.0,
+    http: int | None = None,
 ) -> DemoReporter:
     """Run the demo until `frames` or `duration` is reached, or until SIGINT/SIGTERM."""
-    config = with_ollama(load_config(config_path), ollama, vlm_model)
+    config = with_http(with_ollama(load_config(config_path), ollama, vlm_model), http)
     station = config.stations[0]
     if fps is not None:
         station = station.model_copy(update={"fps": fps or None})
@@ -195,8 +197,18 @@ async def run_demo(
             loop.add_signal_handler(sig, stop.set)
     engine = Engine(config, sinks=[reporter])
     bridge = attach_mqtt(engine, mqtt)
+    api = ApiServer(engine, config.http, bridge=bridge) if http is not None else None
+    if api is not None:
+        engine.sinks.add(api)
     try:
         await engine.start()
+        if api is not None:
+            url = await api.start()
+            print(
+                f"HTTP API on {url} (live view: {url}/api/stations/{station.id}/stream.mjpeg)",
+                file=out,
+                flush=True,
+            )
         if bridge is not None:
             await bridge.start()
             print(
@@ -220,6 +232,8 @@ async def run_demo(
             with contextlib.suppress(TimeoutError):
                 await engine.enricher.wait_idle(timeout=vlm_grace)
     finally:
+        if api is not None:
+            await api.stop()
         await engine.stop()
         if bridge is not None:
             await bridge.stop()

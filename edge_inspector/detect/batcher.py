@@ -74,6 +74,11 @@ class InferenceQueue:
         self.batches = 0
         self.frames = 0
 
+    @property
+    def depth(self) -> int:
+        """Frames waiting for the model."""
+        return len(self._pending)
+
     async def start(self) -> None:
         """Load the model (in the inference thread) and start serving."""
         loop = asyncio.get_running_loop()

@@ -421,6 +421,64 @@ class Store:
 
         return await self._run(_q)
 
+    async def inspections(
+        self,
+        *,
+        station_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        verdict: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[dict[str, object]]:
+        """Inspections, newest first, as summaries (the full record is kept only for failed
+        inspections and those with a part id: `inspection(id)`)."""
+        where, args = self._where(station_id, since, until)
+        if verdict is not None:
+            where += (" AND" if where else "WHERE") + " verdict = ?"
+            args.append(verdict)
+
+        def _q() -> list[dict[str, object]]:
+            self._flush()
+            rows = self._conn.execute(
+                "SELECT id, station_id, ts, verdict, part_id, lot_id, defect_classes, detections, "
+                f"latency_ms, payload IS NOT NULL FROM inspections {where} "
+                "ORDER BY ts DESC, rowid DESC LIMIT ? OFFSET ?",
+                [*args, limit, offset],
+            ).fetchall()
+            return [
+                {
+                    "inspection_id": r[0],
+                    "station_id": r[1],
+                    "timestamp": datetime.fromtimestamp(r[2], tz=UTC).isoformat(),
+                    "verdict": r[3],
+                    "part_id": r[4],
+                    "lot_id": r[5],
+                    "defect_classes": [c for c in str(r[6]).split(",") if c],
+                    "detections": int(r[7]),
+                    "latency_ms": round(float(r[8]), 2),
+                    "detail": bool(r[9]),
+                }
+                for r in rows
+            ]
+
+        return await self._run(_q)
+
+    def image_file(self, path: str | None) -> Path | None:
+        """A stored image's file, only if it lies inside the store's image folder."""
+        if not path:
+            return None
+        candidate = Path(path)
+        if not candidate.is_absolute():
+            candidate = self.images_dir / candidate
+        try:
+            resolved = candidate.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+        if not resolved.is_relative_to(self.images_dir.resolve()) or not resolved.is_file():
+            return None
+        return resolved
+
     async def rate_series(
         self, *, station_id: str | None, since: datetime, until: datetime, bucket: float
     ) -> list[RateBucket]:

@@ -148,6 +148,11 @@ class IncidentEnricher(EventSink):
     def queue_depth(self) -> int:
         return len(self._known)
 
+    @property
+    def queued(self) -> int:
+        """Incidents waiting for the VLM."""
+        return self._queue.qsize()
+
     async def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._worker(), name=f"edge_inspector vlm worker {i}")

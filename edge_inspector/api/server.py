@@ -1,0 +1,601 @@
+"""The engine's HTTP API (aiohttp): REST, a websocket push channel, MJPEG, Prometheus metrics.
+
+Every path is described in `openapi.json` next to this file (served at `/api/openapi.json`).
+Errors are JSON `{"error": {"code", "message"}}` with a 4xx status; a handler that fails
+unexpectedly answers 500 with the same shape and the service goes on. With a token configured
+(required when bound beyond loopback) every path except `/api/health` and `/api/openapi.json`
+needs `Authorization: Bearer <token>` (or `?token=` for clients that cannot set headers, such as
+MJPEG viewers). Images are served only from the store's image folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from .. import __version__
+from ..annotate import annotate
+from ..config import HttpConfig
+from ..errors import (
+    EdgeInspectorError,
+    ImageDecodeError,
+    SourceError,
+    StationNotFoundError,
+)
+from ..events import Incident, IncidentState, InspectionResult, OperatorAlert, StationState
+from ..frames import encode_jpeg
+from ..sinks import EventSink
+from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+    from ..mqtt.bridge import MqttBridge
+
+__all__ = ["ApiServer"]
+
+_LOGGER = logging.getLogger(__name__)
+EVENT_TYPES = ("inspection", "incident", "incident_update", "station_state", "alert")
+_OPEN_PATHS = frozenset({"/api/health", "/api/openapi.json"})
+_CLIENT_QUEUE = 1000
+
+type Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """A request the API refuses: its status, code and message go back as JSON."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
+
+
+def _since(request: web.Request, name: str) -> datetime | None:
+    text = request.query.get(name)
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(
+            400, "invalid_parameter", f"{name}: not an ISO 8601 time: {text!r}"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, "invalid_parameter", f"{name}: not an integer: {text!r}") from None
+    if not low <= value <= high:
+        raise ApiError(400, "invalid_parameter", f"{name}: must be {low} to {high}")
+    return value
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    return data
+
+
+def _field[T](
+    data: dict[str, Any], name: str, kind: type[T], *, required: bool = False
+) -> T | None:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise ApiError(400, "missing_field", f"{name} is required")
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ApiError(400, "invalid_field", f"{name}: expected {kind.__name__}")
+    return value
+
+
+class _Client:
+    """One websocket subscriber: a bounded queue of messages for it."""
+
+    def __init__(self, events: frozenset[str]) -> None:
+        self.events = events
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=_CLIENT_QUEUE)
+        self.overflowed = False
+
+    def offer(self, kind: str, message: str) -> None:
+        if kind not in self.events or self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.overflowed = True  # too slow: it is closed and catches up from the store
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+
+class ApiServer(EventSink):
+    """Serves one engine over HTTP; an event sink, for the push channel and the metrics."""
+
+    def __init__(
+        self, engine: Engine, config: HttpConfig, *, bridge: MqttBridge | None = None
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.bridge = bridge
+        self.metrics = Metrics()
+        self._token = config.effective_token
+        self._clients: set[_Client] = set()
+        self._runner: web.AppRunner | None = None
+        self._closing = asyncio.Event()
+        self._started = time.monotonic()
+        self.url: str | None = None
+        self.app = self._make_app()
+
+    # -- life -------------------------------------------------------------------------------
+
+    def _make_app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[self._errors, self._auth],
+            client_max_size=int(self.config.max_upload_mb * 1024 * 1024),
+        )
+        r = app.router
+        r.add_get("/api/health", self.health)
+        r.add_get("/metrics", self.metrics_text)
+        r.add_get("/api/openapi.json", self.openapi)
+        r.add_get("/api/stations", self.stations)
+        r.add_get("/api/stations/{station_id}", self.station)
+        r.add_post("/api/stations/{station_id}/enabled", self.set_enabled)
+        r.add_post("/api/stations/{station_id}/thresholds", self.set_threshold)
+        r.add_post("/api/stations/{station_id}/inspect", self.inspect)
+        r.add_post("/api/stations/{station_id}/frames", self.push_frame)
+        r.add_get("/api/stations/{station_id}/snapshot.jpg", self.snapshot)
+        r.add_get("/api/stations/{station_id}/stream.mjpeg", self.mjpeg)
+        r.add_get("/api/inspections", self.inspections)
+        r.add_get("/api/inspections/{inspection_id}", self.inspection)
+        r.add_get("/api/incidents", self.incidents)
+        r.add_get("/api/incidents/{incident_id}", self.incident)
+        r.add_get("/api/incidents/{incident_id}/images/{kind}", self.incident_image)
+        r.add_post("/api/incidents/{incident_id}/verdict", self.verdict)
+        r.add_post("/api/incidents/{incident_id}/actions/{request_id}", self.resolve_action)
+        r.add_get("/api/ws", self.websocket)
+        return app
+
+    async def start(self) -> str:
+        """Listen; the base URL (the real port when the configuration says 0)."""
+        self._closing.clear()
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise EdgeInspectorError(
+                f"HTTP API: cannot listen on {self.config.host}:{self.config.port}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        addresses = self._runner.addresses
+        port = addresses[0][1] if addresses else self.config.port
+        host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
+        self.url = f"http://{host}:{port}"
+        _LOGGER.info("HTTP API on %s", self.url)
+        return self.url
+
+    async def stop(self) -> None:
+        self._closing.set()
+        for client in list(self._clients):
+            with contextlib.suppress(asyncio.QueueFull):
+                client.queue.put_nowait(None)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- middlewares ------------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _error(exc.status, exc.code, exc.message)
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+            raise
+        except StationNotFoundError as exc:
+            return _error(404, "station_not_found", str(exc))
+        except (ImageDecodeError, SourceError) as exc:
+            return _error(
+                422, "bad_image" if isinstance(exc, ImageDecodeError) else "source", str(exc)
+            )
+        except EdgeInspectorError as exc:
+            return _error(409, "refused", str(exc))
+        except TimeoutError:
+            return _error(504, "timeout", "the station did not answer in time")
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:
+            _LOGGER.exception("HTTP API: %s %s failed", request.method, request.path)
+            return _error(500, "internal", "internal error (logged by the engine)")
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self._token and request.path not in _OPEN_PATHS:
+            header = request.headers.get("Authorization", "")
+            given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+            given = given or request.query.get("token", "")
+            if not hmac.compare_digest(given.encode(), self._token.encode()):
+                return _error(401, "unauthorized", "a valid bearer token is required")
+        return await handler(request)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _station_state(self, station_id: str) -> StationState:
+        if station_id in self.engine.stations:
+            return self.engine.stations[station_id].state()
+        if station_id in self.engine.failed:
+            return self.engine.failed[station_id]
+        raise ApiError(404, "station_not_found", f"no station {station_id!r}")
+
+    async def _incident(self, request: web.Request) -> Incident:
+        incident = await self.engine.store.incident(request.match_info["incident_id"])
+        if incident is None:
+            raise ApiError(404, "incident_not_found", "no such incident")
+        return incident
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        states = self.engine.states()
+        stations = {
+            s.station_id: "ok" if s.available and not s.error else (s.error or "unavailable")
+            for s in states
+        }
+        enricher = self.engine.enricher
+        vlm = None if enricher is None else ("ok" if enricher.last_error is None else "degraded")
+        mqtt = None
+        if self.bridge is not None:
+            mqtt = "connected" if self.bridge.connected.is_set() else "disconnected"
+        degraded = (
+            any(v != "ok" for v in stations.values())
+            or vlm == "degraded"
+            or (mqtt == "disconnected")
+        )
+        return _json(
+            {
+                "status": "degraded" if degraded else "ok",
+                "version": __version__,
+                "uptime_s": round(time.monotonic() - self._started, 1),
+                "stations": stations,
+                "vlm": vlm,
+                "mqtt": mqtt,
+            }
+        )
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        text = self.metrics.render(self.engine, self.bridge, len(self._clients))
+        return web.Response(
+            text=text,
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        text = resources.files("edge_inspector.api").joinpath("openapi.json").read_text()
+        return web.Response(text=text, content_type="application/json")
+
+    async def stations(self, request: web.Request) -> web.Response:
+        return _json({"stations": [s.model_dump(mode="json") for s in self.engine.states()]})
+
+    async def station(self, request: web.Request) -> web.Response:
+        return _json(self._station_state(request.match_info["station_id"]).model_dump(mode="json"))
+
+    async def set_enabled(self, request: web.Request) -> web.Response:
+        sid = request.match_info["station_id"]
+        self._station_state(sid)
+        enabled = _field(await _body(request), "enabled", bool, required=True)
+        assert enabled is not None
+        self.engine.set_enabled(sid, enabled)
+        return _json(self.engine.station(sid).state().model_dump(mode="json"))
+
+    async def set_threshold(self, request: web.Request) -> web.Response:
+        sid = request.match_info["station_id"]
+        self._station_state(sid)
+        data = await _body(request)
+        name = _field(data, "class", str)
+        confidence = _field(data, "confidence", float, required=True)
+        assert confidence is not None
+        if not 0.0 < confidence <= 1.0:
+            raise ApiError(400, "invalid_field", "confidence: must be above 0 and at most 1")
+        station = self.engine.station(sid)
+        if name is not None and name not in station.rules.thresholds:
+            known = ", ".join(sorted(station.rules.thresholds))
+            raise ApiError(400, "invalid_field", f"class: {name!r} is not one of {known}")
+        self.engine.set_threshold(sid, name, confidence)
+        return _json(station.state().model_dump(mode="json"))
+
+    async def inspect(self, request: web.Request) -> web.Response:
+        sid = request.match_info["station_id"]
+        self._station_state(sid)
+        data = await _body(request)
+        result = await self.engine.inspect_now(
+            sid, part_id=_field(data, "part_id", str), lot_id=_field(data, "lot_id", str)
+        )
+        return _json(result.model_dump(mode="json"))
+
+    async def push_frame(self, request: web.Request) -> web.Response:
+        """A picture taken elsewhere (a Home Assistant camera) for a `push` station."""
+        sid = request.match_info["station_id"]
+        self._station_state(sid)
+        image = await request.read()
+        if not image:
+            raise ApiError(400, "missing_image", "send the picture (JPEG or PNG) as the body")
+        station = self.engine.station(sid)
+        result = await station.inspect_image(
+            image,
+            part_id=request.query.get("part_id") or None,
+            lot_id=request.query.get("lot_id") or None,
+        )
+        return _json(result.model_dump(mode="json"))
+
+    async def _annotated(self, station_id: str) -> tuple[int, bytes] | None:
+        self._station_state(station_id)
+        station = self.engine.stations.get(station_id)
+        if station is None or station.last_view is None:
+            return None
+        seq = station.view_seq
+        frame, detections = station.last_view
+        loop = asyncio.get_running_loop()
+        data = await loop.run_in_executor(
+            None, lambda: encode_jpeg(annotate(frame.image, detections), 80)
+        )
+        return seq, data
+
+    async def snapshot(self, request: web.Request) -> web.Response:
+        view = await self._annotated(request.match_info["station_id"])
+        if view is None:
+            raise ApiError(404, "no_frame", "the station has not inspected a frame yet")
+        return web.Response(
+            body=view[1], content_type="image/jpeg", headers={"Cache-Control": "no-store"}
+        )
+
+    async def mjpeg(self, request: web.Request) -> web.StreamResponse:
+        """The station's annotated live view as multipart JPEG, at most `mjpeg_fps` a second."""
+        sid = request.match_info["station_id"]
+        self._station_state(sid)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "multipart/x-mixed-replace; boundary=frame",
+                "Cache-Control": "no-store",
+            }
+        )
+        await response.prepare(request)
+        period = 1.0 / self.config.mjpeg_fps
+        sent = -1
+        try:
+            while not self._closing.is_set():
+                station = self.engine.stations.get(sid)
+                if station is not None and station.view_seq != sent:
+                    view = await self._annotated(sid)
+                    if view is not None:
+                        sent, data = view
+                        head = (
+                            "--frame\r\nContent-Type: image/jpeg\r\n"
+                            f"Content-Length: {len(data)}\r\n\r\n"
+                        ).encode()
+                        await response.write(head + data + b"\r\n")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), period)
+        except (ConnectionResetError, ConnectionError):
+            pass
+        return response
+
+    async def inspections(self, request: web.Request) -> web.Response:
+        verdict = request.query.get("verdict")
+        if verdict not in (None, "pass", "fail"):
+            raise ApiError(400, "invalid_parameter", "verdict: pass or fail")
+        limit = _int(request, "limit", 50, 1, 500)
+        offset = _int(request, "offset", 0, 0, 10_000_000)
+        rows = await self.engine.store.inspections(
+            station_id=request.query.get("station_id"),
+            since=_since(request, "since"),
+            until=_since(request, "until"),
+            verdict=verdict,
+            limit=limit,
+            offset=offset,
+        )
+        return _json({"inspections": rows, "limit": limit, "offset": offset})
+
+    async def inspection(self, request: web.Request) -> web.Response:
+        found = await self.engine.store.inspection(request.match_info["inspection_id"])
+        if found is None:
+            raise ApiError(404, "inspection_not_found", "no such inspection (or it was not kept)")
+        return _json(found.model_dump(mode="json"))
+
+    async def incidents(self, request: web.Request) -> web.Response:
+        limit = _int(request, "limit", 50, 1, 500)
+        offset = _int(request, "offset", 0, 0, 10_000_000)
+        found = await self.engine.store.incidents(
+            station_id=request.query.get("station_id"),
+            since=_since(request, "since"),
+            until=_since(request, "until"),
+            limit=limit,
+            offset=offset,
+        )
+        return _json(
+            {
+                "incidents": [i.model_dump(mode="json") for i in found],
+                "limit": limit,
+                "offset": offset,
+            }
+        )
+
+    async def incident(self, request: web.Request) -> web.Response:
+        return _json((await self._incident(request)).model_dump(mode="json"))
+
+    async def incident_image(self, request: web.Request) -> web.StreamResponse:
+        incident = await self._incident(request)
+        kind = request.match_info["kind"]
+        paths = {"frame": incident.frame_path, "crop": incident.crop_path, "raw": incident.raw_path}
+        if kind not in paths:
+            raise ApiError(404, "unknown_image", "images are frame, crop or raw")
+        path = self.engine.store.image_file(paths[kind])
+        if path is None:
+            raise ApiError(404, "image_not_found", f"the incident has no {kind} image (kept)")
+        return web.FileResponse(path, headers={"Content-Type": "image/jpeg"})
+
+    async def verdict(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        state = _field(data, "state", str) or "acknowledged"
+        if state not in ("acknowledged", "confirmed", "rejected"):
+            raise ApiError(400, "invalid_field", "state: acknowledged, confirmed or rejected")
+        note = _field(data, "note", str)
+        if note is not None and len(note) > 500:
+            raise ApiError(400, "invalid_field", "note: at most 500 characters")
+        by = _field(data, "by", str) or "api"
+        updated = await self.engine.set_verdict(
+            request.match_info["incident_id"], IncidentState(state), by=by[:100], note=note
+        )
+        if updated is None:
+            raise ApiError(404, "incident_not_found", "no such incident")
+        return _json(updated.model_dump(mode="json"))
+
+    async def resolve_action(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        approve = _field(data, "approve", bool, required=True)
+        assert approve is not None
+        by = _field(data, "by", str) or "api"
+        record = await self.engine.resolve_action(
+            request.match_info["incident_id"],
+            request.match_info["request_id"],
+            approve=approve,
+            by=by[:100],
+        )
+        return _json(record.model_dump(mode="json"))
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        """Live events: `{"type": ..., "data": ...}`. `?events=incident,station_state` picks
+        types; `?since=ISO` first replays the incidents stored since then (catch-up after a
+        disconnection), each as `incident`, then `{"type": "ready"}`."""
+        wanted = request.query.get("events")
+        events = frozenset(wanted.split(",")) if wanted else frozenset(EVENT_TYPES)
+        unknown = events - set(EVENT_TYPES)
+        if unknown:
+            raise ApiError(400, "invalid_parameter", f"events: unknown {sorted(unknown)}")
+        since = _since(request, "since")
+        ws = web.WebSocketResponse(heartbeat=30)
+        await ws.prepare(request)
+        client = _Client(events)
+        self._clients.add(client)  # before the replay: nothing falls between the two
+        try:
+            for state in self.engine.states():
+                await ws.send_str(
+                    json.dumps({"type": "station_state", "data": state.model_dump(mode="json")})
+                )
+            if since is not None:
+                offset = 0
+                while True:
+                    page = await self.engine.store.incidents(since=since, limit=200, offset=offset)
+                    for incident in reversed(page):
+                        await ws.send_str(
+                            json.dumps(
+                                {
+                                    "type": "incident",
+                                    "replay": True,
+                                    "data": incident.model_dump(mode="json"),
+                                }
+                            )
+                        )
+                    if len(page) < 200:
+                        break
+                    offset += 200
+            await ws.send_str(json.dumps({"type": "ready"}))
+            reader = asyncio.create_task(self._read_client(ws))
+            try:
+                while True:
+                    getter = asyncio.create_task(client.queue.get())
+                    done, _ = await asyncio.wait(
+                        {getter, reader}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if getter not in done:
+                        getter.cancel()
+                        break
+                    message = getter.result()
+                    if message is None:
+                        if client.overflowed:
+                            await ws.close(code=1013, message=b"too slow: reconnect with since")
+                        break
+                    await ws.send_str(message)
+            finally:
+                reader.cancel()
+        except (ConnectionResetError, ConnectionError):
+            pass
+        finally:
+            self._clients.discard(client)
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    @staticmethod
+    async def _read_client(ws: web.WebSocketResponse) -> None:
+        """Drain what the client sends (pings, closes); return when it goes."""
+        async for message in ws:
+            if message.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+                break
+
+    # -- EventSink --------------------------------------------------------------------------
+
+    def _broadcast(self, kind: str, payload: Any) -> None:
+        if not self._clients:
+            return
+        message = json.dumps({"type": kind, "data": payload.model_dump(mode="json")})
+        for client in list(self._clients):
+            client.offer(kind, message)
+
+    async def on_inspection(self, result: InspectionResult) -> None:
+        self.metrics.inspection(result)
+        self._broadcast("inspection", result)
+
+    async def on_incident(self, incident: Incident) -> None:
+        self.metrics.incident(incident)
+        self._broadcast("incident", incident)
+
+    async def on_incident_update(self, incident: Incident) -> None:
+        self._broadcast("incident_update", incident)
+
+    async def on_station_state(self, state: StationState) -> None:
+        self._broadcast("station_state", state)
+
+    async def on_alert(self, alert: OperatorAlert) -> None:
+        self._broadcast("alert", alert)

@@ -1,0 +1,356 @@
+"""The engine as a service: `edge-inspector run` as a real separate process, driven over HTTP,
+the websocket and MJPEG; its metrics read by prometheus_client's parser; its OpenAPI document
+checked against the server's routes and answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from edge_inspector.api.openapi import build, render
+from edge_inspector.demo.synthetic import ConveyorFrame
+from tests.service import TOKEN, Service, free_port, service_config
+
+OPENAPI = Path(__file__).parents[2] / "edge_inspector" / "api" / "openapi.json"
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    folder = tmp_path_factory.mktemp("service")
+    port = free_port()
+    config = folder / "engine.yaml"
+    config.write_text(service_config(folder / "store", port))
+    svc = Service(config, port)
+    svc.start()
+    yield svc
+    assert svc.stop() == 0
+
+
+def _json(body: bytes) -> Any:
+    return json.loads(body)
+
+
+def _validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    """A validator for one schema of the OpenAPI document (its $refs resolve in it)."""
+    document = json.loads(OPENAPI.read_text())
+    cls = jsonschema.validators.validator_for(
+        {"$schema": "https://json-schema.org/draft/2020-12/schema"}
+    )
+    return cls({**schema, "components": document["components"]})
+
+
+def _response_schema(path: str, method: str = "get", status: str = "200") -> dict[str, Any]:
+    document = json.loads(OPENAPI.read_text())
+    response = document["paths"][path][method]["responses"][status]
+    schema: dict[str, Any] = response["content"]["application/json"]["schema"]
+    return schema
+
+
+async def _ws(service: Service, query: str = "") -> aiohttp.ClientWebSocketResponse:
+    session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"})
+    ws = await session.ws_connect(f"{service.url}/api/ws{query}")
+    ws._test_session = session  # type: ignore[attr-defined]
+    return ws
+
+
+async def _close(ws: aiohttp.ClientWebSocketResponse) -> None:
+    await ws.close()
+    await ws._test_session.close()  # type: ignore[attr-defined]
+
+
+async def _until(ws: aiohttp.ClientWebSocketResponse, kind: str, timeout: float = 30) -> Any:
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await ws.receive_json()
+            if message["type"] == kind:
+                return message
+
+
+def test_the_openapi_document_is_committed_and_matches_the_routes(service: Service) -> None:
+    from edge_inspector.api.server import ApiServer
+
+    assert OPENAPI.read_text() == render(), "run: python -m edge_inspector.api.openapi > ..."
+    status, body, _ = service.get("/api/openapi.json", token=None)  # no token needed
+    assert status == 200 and _json(body) == build()
+
+    class _Engine:  # the routes do not depend on the engine
+        pass
+
+    from edge_inspector.config import HttpConfig
+
+    server = ApiServer(_Engine(), HttpConfig())  # type: ignore[arg-type]
+    routes = {
+        (r.method.lower(), r.resource.canonical)
+        for r in server.app.router.routes()
+        if r.resource is not None and r.method != "HEAD"
+    }
+    documented = {(method, path) for path, ops in build()["paths"].items() for method in ops}
+    assert routes == documented
+
+
+def test_a_token_is_required_and_errors_are_json(service: Service) -> None:
+    status, body, kind = service.get("/api/stations", token=None)
+    assert status == 401 and kind.startswith("application/json")
+    assert _json(body)["error"]["code"] == "unauthorized"
+    assert service.get("/api/stations", token="wrong-token-0123456789")[0] == 401
+    assert service.get(f"/metrics?token={TOKEN}", token=None)[0] == 200
+    health = service.get("/api/health", token=None)
+    assert health[0] == 200
+    _validator(_response_schema("/api/health")).validate(_json(health[1]))
+
+    bad = [
+        (("GET", "/api/nowhere", None), 404),
+        (("GET", "/api/stations/nope", None), 404),
+        (("GET", "/api/incidents?limit=0", None), 400),
+        (("GET", "/api/incidents?limit=abc", None), 400),
+        (("GET", "/api/incidents?since=yesterday", None), 400),
+        (("GET", "/api/inspections?verdict=maybe", None), 400),
+        (("GET", "/api/incidents/nope", None), 404),
+        (("POST", "/api/stations/line_a/enabled", {"enabled": "yes"}), 400),
+        (("POST", "/api/stations/line_a/enabled", {}), 400),
+        (("POST", "/api/stations/line_a/thresholds", {"class": "rust", "confidence": 0.5}), 400),
+        (("POST", "/api/stations/line_a/thresholds", {"confidence": 1.5}), 400),
+        (("POST", "/api/stations/line_a/frames", None), 400),  # empty body
+        (("POST", "/api/incidents/nope/verdict", {"state": "confirmed"}), 404),
+        (("POST", "/api/incidents/nope/verdict", {"state": "lost"}), 400),
+        (("POST", "/api/incidents/nope/actions/r1", {"approve": True}), 409),
+        (("DELETE", "/api/stations", None), 405),
+    ]
+    for (method, path, body), want in bad:
+        status, raw, kind = service.request(method, path, body)
+        assert status == want, (method, path, status, raw[:200])
+        assert kind.startswith("application/json"), (method, path)
+        _validator({"$ref": "#/components/schemas/Error"}).validate(_json(raw))
+    status, raw, _ = service.request(
+        "POST", "/api/stations/line_a/enabled", raw=b"{not json", content_type="application/json"
+    )
+    assert status == 400 and _json(raw)["error"]["code"] == "invalid_json"
+    # the service is still up after all that
+    assert service.get("/api/health")[0] == 200
+
+
+def test_path_traversal_reads_nothing_outside_the_store(service: Service) -> None:
+    for path in (
+        "/api/incidents/..%2F..%2Fhistory.sqlite3/images/frame",
+        "/api/incidents/x/images/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/api/stations/..%2F..%2Fetc/snapshot.jpg",
+        "/api/../../etc/passwd",
+        "/api/incidents/%2e%2e/images/frame",
+    ):
+        status, body, _ = service.get(path)
+        assert status in (400, 404), (path, status)
+        assert b"root:" not in body and b"SQLite" not in body
+
+
+async def test_stations_commands_frames_incidents_and_the_push_channel(
+    service: Service, defect_scenes: list[ConveyorFrame]
+) -> None:
+    status, body, _ = service.get("/api/stations")
+    assert status == 200
+    _validator(_response_schema("/api/stations")).validate(_json(body))
+    assert {s["station_id"] for s in _json(body)["stations"]} == {"line_a", "dock"}
+
+    ws = await _ws(service, "?events=incident,incident_update,station_state,inspection")
+    try:
+        first = await _until(ws, "station_state")
+        assert first["data"]["station_id"] in ("line_a", "dock")
+        await _until(ws, "ready")
+        live = await _until(ws, "inspection")  # the synthetic camera runs continuously
+        assert live["data"]["station_id"] == "line_a"
+
+        # a picture pushed to the push station (as Home Assistant does for its cameras)
+        ok, jpeg = cv2.imencode(".jpg", defect_scenes[0].image)
+        assert ok
+        status, body, _ = service.request(
+            "POST",
+            "/api/stations/dock/frames?part_id=P-1",
+            raw=jpeg.tobytes(),
+            content_type="image/jpeg",
+        )
+        assert status == 200, body
+        result = _json(body)
+        _validator({"$ref": "#/components/schemas/InspectionResult"}).validate(result)
+        assert result["verdict"] == "fail" and result["part_id"] == "P-1"
+        assert result["new_incident_ids"]
+        async with asyncio.timeout(30):
+            while True:
+                message = await ws.receive_json()
+                if message["type"] == "incident" and message["data"]["station_id"] == "dock":
+                    break
+        incident_id = message["data"]["incident_id"]
+        assert incident_id in result["new_incident_ids"]
+
+        status, body, _ = service.request(
+            "POST",
+            "/api/stations/dock/frames",
+            raw=b"this is not a picture",
+            content_type="image/jpeg",
+        )
+        assert status == 422 and _json(body)["error"]["code"] == "bad_image"
+
+        # the store: paged queries, one incident, its images
+        status, body, _ = service.get("/api/incidents?station_id=dock&limit=5")
+        assert status == 200
+        _validator(_response_schema("/api/incidents")).validate(_json(body))
+        listed = [i["incident_id"] for i in _json(body)["incidents"]]
+        assert set(listed) == set(result["new_incident_ids"])  # one per defect on the part
+        status, body, _ = service.get("/api/inspections?station_id=dock&verdict=fail")
+        _validator(_response_schema("/api/inspections")).validate(_json(body))
+        assert _json(body)["inspections"][0]["inspection_id"] == result["inspection_id"]
+        assert service.get(f"/api/inspections/{result['inspection_id']}")[0] == 200
+        for kind in ("frame", "crop"):
+            status, body, ctype = service.get(f"/api/incidents/{incident_id}/images/{kind}")
+            assert status == 200 and ctype == "image/jpeg"
+            assert cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR) is not None
+        assert service.get(f"/api/incidents/{incident_id}/images/thumbnail")[0] == 404
+
+        # a verdict: stored with who gave it, and pushed to clients
+        status, body, _ = service.request(
+            "POST",
+            f"/api/incidents/{incident_id}/verdict",
+            {"state": "confirmed", "by": "inspector 7", "note": "real scratch"},
+        )
+        assert status == 200 and _json(body)["state"] == "confirmed"
+        update = await _until(ws, "incident_update")
+        assert update["data"]["incident_id"] == incident_id
+        assert update["data"]["extra"]["feedback"][-1]["by"] == "inspector 7"
+
+        # commands: thresholds, enable/disable, inspect now
+        status, body, _ = service.request(
+            "POST", "/api/stations/line_a/thresholds", {"class": "dent", "confidence": 0.8}
+        )
+        assert status == 200 and _json(body)["thresholds"]["dent"] == 0.8
+        status, body, _ = service.request(
+            "POST", "/api/stations/line_a/enabled", {"enabled": False}
+        )
+        assert status == 200 and _json(body)["enabled"] is False
+        status, body, _ = service.request("POST", "/api/stations/line_a/inspect", {})
+        assert status == 409 and "disabled" in _json(body)["error"]["message"]
+        status, body, _ = service.request("POST", "/api/stations/line_a/enabled", {"enabled": True})
+        assert _json(body)["enabled"] is True
+        status, body, _ = service.request(
+            "POST", "/api/stations/line_a/inspect", {"part_id": "P-2", "lot_id": "L-9"}
+        )
+        assert status == 200, body
+        assert (_json(body)["part_id"], _json(body)["lot_id"]) == ("P-2", "L-9")
+    finally:
+        await _close(ws)
+
+
+async def test_the_annotated_live_view_is_an_mjpeg_stream(service: Service) -> None:
+    frames: list[np.ndarray] = []
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{service.url}/api/stations/line_a/stream.mjpeg?token={TOKEN}") as response,
+    ):
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=frame"
+        buffer = b""
+        async with asyncio.timeout(30):
+            async for chunk in response.content.iter_any():
+                buffer += chunk
+                while (start := buffer.find(b"\xff\xd8")) >= 0 and (
+                    end := buffer.find(b"\xff\xd9", start)
+                ) >= 0:
+                    image = cv2.imdecode(
+                        np.frombuffer(buffer[start : end + 2], np.uint8), cv2.IMREAD_COLOR
+                    )
+                    assert image is not None
+                    frames.append(image)
+                    buffer = buffer[end + 2 :]
+                if len(frames) >= 3:
+                    break
+    assert frames[0].shape[2] == 3 and frames[0].shape[0] > 100
+    status, body, ctype = service.get("/api/stations/line_a/snapshot.jpg")
+    assert status == 200 and ctype == "image/jpeg"
+    assert cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR) is not None
+    assert service.get("/api/stations/line_a/stream.mjpeg", token=None)[0] == 401
+
+
+def test_metrics_parse_with_prometheus_client(service: Service) -> None:
+    status, body, kind = service.get("/metrics")
+    assert status == 200 and kind.startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
+    assert families["edge_inspector_latency_seconds"].type == "histogram"
+    assert families["edge_inspector_inspections"].type == "counter"
+    assert samples[("edge_inspector_station_up", (("station", "line_a"),))] == 1
+    assert samples[("edge_inspector_frames_total", (("station", "line_a"),))] > 0
+    inspected = sum(
+        v for (name, labels), v in samples.items() if name == "edge_inspector_inspections_total"
+    )
+    assert inspected > 0
+    count = samples[
+        ("edge_inspector_latency_seconds_count", (("stage", "total"), ("station", "line_a")))
+    ]
+    inf = samples[
+        (
+            "edge_inspector_latency_seconds_bucket",
+            (("le", "+Inf"), ("stage", "total"), ("station", "line_a")),
+        )
+    ]
+    assert count == inf > 0
+    assert ("edge_inspector_queue_depth", (("queue", "inference"),)) in samples
+    assert samples[("edge_inspector_info", (("version", "0.1.0"),))] == 1
+
+
+@pytest.fixture
+async def restartable(tmp_path: Path) -> AsyncIterator[Service]:
+    port = free_port()
+    config = tmp_path / "engine.yaml"
+    config.write_text(service_config(tmp_path / "store", port, fps=0.5))
+    svc = Service(config, port)
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+async def test_after_a_restart_clients_catch_up_from_the_store(
+    restartable: Service, defect_scenes: list[ConveyorFrame]
+) -> None:
+    svc = restartable
+    status, body, _ = svc.get("/api/health")
+    assert status == 200
+    since = json.loads(body)  # just to have the service answer before we note the time
+    from datetime import UTC, datetime
+
+    mark = datetime.now(UTC).isoformat()
+    ok, jpeg = cv2.imencode(".jpg", defect_scenes[1].image)
+    assert ok
+    assert (
+        svc.request(
+            "POST", "/api/stations/dock/frames", raw=jpeg.tobytes(), content_type="image/jpeg"
+        )[0]
+        == 200
+    )
+    assert svc.stop() == 0  # SIGTERM: a clean exit
+    assert since["status"] in ("ok", "degraded")
+    svc.start()
+    ws = await _ws(svc, f"?events=incident&since={mark.replace('+', '%2B')}")
+    try:
+        replayed = []
+        async with asyncio.timeout(30):
+            while True:
+                message = await ws.receive_json()
+                if message["type"] == "ready":
+                    break
+                if message["type"] == "incident":
+                    assert message["replay"] is True
+                    replayed.append(message["data"]["station_id"])
+        assert "dock" in replayed
+    finally:
+        await _close(ws)

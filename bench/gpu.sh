@@ -22,3 +22,5 @@ python3 bench/bench_engine.py --device cuda:0 --model "$model" --frames 400 --ro
   --json "$out/bench-gpu.json" 2>&1 | tee "$out/bench-gpu.txt"
 python3 bench/bench_vlm.py --device cuda:0 --model "$model" --frames 600 --rounds 3 \
   --json "$out/bench-vlm-gpu.json" 2>"$out/bench-vlm-gpu.err" | tee "$out/bench-vlm-gpu.txt"
+python3 bench/bench_service.py --device cuda:0 --model "$model" --frames 300 --fps 20 --rounds 2 \
+  --json "$out/bench-service-gpu.json" 2>"$out/bench-service-gpu.err" | tee "$out/bench-service-gpu.txt"

@@ -221,6 +221,11 @@ class Engine:
                 available=False,
                 mode=config.mode,
                 error=error,
+                thresholds={name: d.confidence for name, d in config.defects.items()},
+                line=config.line,
+                product=config.product,
+                model=config.model.path.name,
+                push=config.source.type == "push",
                 updated_at=datetime.now(UTC),
             )
             await self.sinks.on_station_state(self.failed[config.id])
@@ -324,6 +329,45 @@ class Engine:
         if updated is not None:
             await self.sinks.on_incident_update(updated)
         return updated
+
+    async def report_missed_defect(
+        self,
+        station_id: str,
+        defect_class: str,
+        *,
+        by: str,
+        part_id: str | None = None,
+        lot_id: str | None = None,
+        note: str | None = None,
+    ) -> Incident:
+        """A defect a person found that the station passed: a confirmed incident marked
+        `extra.missed`, counted in the false-accept rate."""
+        import uuid
+
+        station = self.station(station_id)
+        now = datetime.now(UTC)
+        incident = Incident(
+            incident_id=uuid.uuid4().hex,
+            station_id=station_id,
+            station_name=station.config.name,
+            created_at=now,
+            inspection_id="",
+            part_id=part_id,
+            lot_id=lot_id,
+            defect_class=defect_class,
+            confidence=0.0,
+            boxes=(),
+            detections=(),
+            state=IncidentState.CONFIRMED,
+            model=station.model_info,
+            latency_ms=0.0,
+            extra={
+                "missed": True,
+                "feedback": [{"state": "confirmed", "by": by, "at": now.isoformat(), "note": note}],
+            },
+        )
+        await self.store.add_incident(incident)
+        return incident
 
     async def wait_finished(self) -> None:
         """Wait until every station with a finite source has read all of it."""

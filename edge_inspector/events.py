@@ -296,6 +296,10 @@ class StationState(_Event):
     thresholds: dict[str, float] = Field(
         default_factory=dict, description="Confidence each defect class needs, as now set."
     )
+    line: str | None = Field(default=None, description="The production line.")
+    product: str | None = None
+    model: str | None = Field(default=None, description="The model file's name.")
+    push: bool = Field(default=False, description="Inspects pictures sent to it (POST .../frames).")
     updated_at: datetime
 
 

@@ -164,6 +164,10 @@ class Station:
             last_latency_ms=self.last_latency_ms,
             defect_present=self.defect_present,
             thresholds=self.rules.thresholds,
+            line=self.config.line,
+            product=self.config.product,
+            model=self.config.model.path.name,
+            push=self._pushed,
             updated_at=datetime.now(UTC),
         )
 

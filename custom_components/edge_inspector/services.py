@@ -170,39 +170,15 @@ async def _get_incidents(call: ServiceCall) -> ServiceResponse:
 
 async def _report_missed_defect(call: ServiceCall) -> ServiceResponse:
     """An operator found a defect the station passed: recorded for the false-accept rate."""
-    import uuid
-
     hub, sid = _station(call.hass, call.data[ATTR_DEVICE_ID])
-    station = hub.engine.station(sid)
-    now = dt_util.utcnow()
-    incident = Incident(
-        incident_id=uuid.uuid4().hex,
-        station_id=sid,
-        station_name=station.config.name,
-        created_at=now,
-        inspection_id="",
+    incident = await hub.engine.report_missed_defect(
+        sid,
+        call.data["defect_class"],
+        by=await _who(call),
         part_id=call.data.get(ATTR_PART_ID),
         lot_id=call.data.get(ATTR_LOT_ID),
-        defect_class=call.data["defect_class"],
-        confidence=0.0,
-        boxes=(),
-        detections=(),
-        state=IncidentState.CONFIRMED,
-        model=station.model_info,
-        latency_ms=0.0,
-        extra={
-            "missed": True,
-            "feedback": [
-                {
-                    "state": "confirmed",
-                    "by": await _who(call),
-                    "at": now.isoformat(),
-                    "note": call.data.get(ATTR_NOTE),
-                }
-            ],
-        },
+        note=call.data.get(ATTR_NOTE),
     )
-    await hub.engine.store.add_incident(incident)
     await hub.async_update_charts()
     return {"incident_id": incident.incident_id}
 

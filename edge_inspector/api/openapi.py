@@ -106,6 +106,63 @@ def build() -> dict[str, Any]:
             },
         },
     }
+    count = {"type": "integer", "minimum": 0}
+    schemas["Stats"] = {
+        "type": "object",
+        "required": ["inspections", "failed", "by_class", "feedback"],
+        "properties": {
+            "inspections": count,
+            "failed": count,
+            "by_class": {"type": "object", "additionalProperties": count},
+            "feedback": {
+                "type": "object",
+                "required": ["confirmed", "rejected", "missed"],
+                "properties": {"confirmed": count, "rejected": count, "missed": count},
+            },
+        },
+    }
+    schemas["Series"] = {
+        "type": "object",
+        "required": ["bucket_s", "points"],
+        "properties": {
+            "bucket_s": {"type": "integer"},
+            "points": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["start", "inspections", "failed", "incidents"],
+                    "properties": {
+                        "start": {"type": "string", "format": "date-time"},
+                        "inspections": count,
+                        "failed": count,
+                        "incidents": count,
+                    },
+                },
+            },
+        },
+    }
+    schemas["ManualResults"] = {
+        "type": "object",
+        "required": ["indexed", "results"],
+        "properties": {
+            "indexed": {"type": "boolean"},
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["reference", "file", "section", "excerpt"],
+                    "properties": {
+                        "reference": {"type": "string"},
+                        "file": {"type": "string"},
+                        "section": {"type": "string"},
+                        "page": {"type": ["integer", "null"]},
+                        "excerpt": {"type": "string"},
+                        "score": {"type": "number"},
+                    },
+                },
+            },
+        },
+    }
     schemas["Health"] = {
         "type": "object",
         "required": ["status", "version", "stations"],
@@ -294,6 +351,25 @@ def build() -> dict[str, Any]:
             }
         },
         "/api/incidents": {
+            "post": {
+                "summary": "Report a defect a person found that the station passed",
+                "requestBody": _body(
+                    {
+                        "station_id": {"type": "string"},
+                        "defect_class": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "part_id": {"type": "string"},
+                        "lot_id": {"type": "string"},
+                        "note": {"type": "string", "maxLength": 500},
+                        "by": {"type": "string"},
+                    },
+                    ["station_id", "defect_class"],
+                ),
+                "responses": {
+                    "201": _json(_ref("Incident"), "Recorded (a confirmed, missed incident)"),
+                    **ERRORS,
+                    **NOT_FOUND,
+                },
+            },
             "get": {
                 "summary": "Incidents, newest first (paged)",
                 "parameters": PAGING,
@@ -311,6 +387,44 @@ def build() -> dict[str, Any]:
                     ),
                     **ERRORS,
                 },
+            },
+        },
+        "/api/stats": {
+            "get": {
+                "summary": "Counts in a time range: inspections, failures, incidents by class, "
+                "operators' verdicts",
+                "parameters": PAGING[:3],
+                "responses": {"200": _json(_ref("Stats")), **ERRORS},
+            }
+        },
+        "/api/stats/series": {
+            "get": {
+                "summary": "Inspections, failures and incidents per time bucket",
+                "parameters": [
+                    *PAGING[:3],
+                    _param(
+                        "bucket_s",
+                        "query",
+                        {"type": "integer", "minimum": 10, "maximum": 86400, "default": 900},
+                        "Bucket length in seconds.",
+                    ),
+                ],
+                "responses": {"200": _json(_ref("Series")), **ERRORS},
+            }
+        },
+        "/api/manuals/search": {
+            "get": {
+                "summary": "Search the equipment manuals",
+                "parameters": [
+                    _param("q", "query", {"type": "string"}, "What to look for.", required=True),
+                    _param(
+                        "limit",
+                        "query",
+                        {"type": "integer", "minimum": 1, "maximum": 20, "default": 3},
+                        "How many passages.",
+                    ),
+                ],
+                "responses": {"200": _json(_ref("ManualResults")), **ERRORS},
             }
         },
         "/api/incidents/{incident_id}": {

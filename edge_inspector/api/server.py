@@ -122,6 +122,12 @@ def _field[T](
     return value
 
 
+def _need[T](data: dict[str, Any], name: str, kind: type[T]) -> T:
+    value = _field(data, name, kind, required=True)
+    assert value is not None  # _field raised otherwise
+    return value
+
+
 class _Client:
     """One websocket subscriber: a bounded queue of messages for it."""
 
@@ -181,7 +187,11 @@ class ApiServer(EventSink):
         r.add_get("/api/stations/{station_id}/stream.mjpeg", self.mjpeg)
         r.add_get("/api/inspections", self.inspections)
         r.add_get("/api/inspections/{inspection_id}", self.inspection)
+        r.add_get("/api/stats", self.stats)
+        r.add_get("/api/stats/series", self.series)
+        r.add_get("/api/manuals/search", self.manual_search)
         r.add_get("/api/incidents", self.incidents)
+        r.add_post("/api/incidents", self.missed_defect)
         r.add_get("/api/incidents/{incident_id}", self.incident)
         r.add_get("/api/incidents/{incident_id}/images/{kind}", self.incident_image)
         r.add_post("/api/incidents/{incident_id}/verdict", self.verdict)
@@ -324,8 +334,7 @@ class ApiServer(EventSink):
     async def set_enabled(self, request: web.Request) -> web.Response:
         sid = request.match_info["station_id"]
         self._station_state(sid)
-        enabled = _field(await _body(request), "enabled", bool, required=True)
-        assert enabled is not None
+        enabled = _need(await _body(request), "enabled", bool)
         self.engine.set_enabled(sid, enabled)
         return _json(self.engine.station(sid).state().model_dump(mode="json"))
 
@@ -334,8 +343,7 @@ class ApiServer(EventSink):
         self._station_state(sid)
         data = await _body(request)
         name = _field(data, "class", str)
-        confidence = _field(data, "confidence", float, required=True)
-        assert confidence is not None
+        confidence = _need(data, "confidence", float)
         if not 0.0 < confidence <= 1.0:
             raise ApiError(400, "invalid_field", "confidence: must be above 0 and at most 1")
         station = self.engine.station(sid)
@@ -443,6 +451,102 @@ class ApiServer(EventSink):
             raise ApiError(404, "inspection_not_found", "no such inspection (or it was not kept)")
         return _json(found.model_dump(mode="json"))
 
+    async def stats(self, request: web.Request) -> web.Response:
+        """Counts for a station (or all) in a time range: inspections, failures, incidents by
+        class, operators' verdicts."""
+        sid = request.query.get("station_id") or None
+        since, until = _since(request, "since"), _since(request, "until")
+        store = self.engine.store
+        counts = await store.inspection_counts(station_id=sid, since=since, until=until)
+        by_class = await store.counts_by_class(station_id=sid, since=since, until=until)
+        feedback = await store.feedback_counts(station_id=sid, since=since)
+        return _json(
+            {
+                "inspections": counts.inspections,
+                "failed": counts.failed,
+                "by_class": {c.defect_class: c.count for c in by_class},
+                "feedback": {
+                    "confirmed": feedback.confirmed,
+                    "rejected": feedback.rejected,
+                    "missed": feedback.missed,
+                },
+            }
+        )
+
+    async def series(self, request: web.Request) -> web.Response:
+        """Inspections, failures and incidents per time bucket (a defect-rate chart)."""
+        since, until = _since(request, "since"), _since(request, "until")
+        if since is None:
+            raise ApiError(400, "missing_parameter", "since is required")
+        until = until or datetime.now(UTC)
+        bucket = _int(request, "bucket_s", 900, 10, 86_400)
+        if (until - since).total_seconds() / bucket > 10_000:
+            raise ApiError(400, "invalid_parameter", "at most 10000 buckets")
+        points = await self.engine.store.rate_series(
+            station_id=request.query.get("station_id") or None,
+            since=since,
+            until=until,
+            bucket=bucket,
+        )
+        return _json(
+            {
+                "bucket_s": bucket,
+                "points": [
+                    {
+                        "start": p.start.isoformat(),
+                        "inspections": p.inspections,
+                        "failed": p.failed,
+                        "incidents": p.incidents,
+                    }
+                    for p in points
+                ],
+            }
+        )
+
+    async def manual_search(self, request: web.Request) -> web.Response:
+        query = request.query.get("q", "").strip()
+        if not query:
+            raise ApiError(400, "missing_parameter", "q (what to look for) is required")
+        limit = _int(request, "limit", 3, 1, 20)
+        hits = await self.engine.search_manuals(query, limit=limit)
+        return _json(
+            {
+                "indexed": self.engine.manuals is not None,
+                "results": [
+                    {
+                        "reference": h.reference,
+                        "file": h.file,
+                        "section": h.section,
+                        "page": h.page,
+                        "excerpt": h.excerpt,
+                        "score": h.score,
+                    }
+                    for h in hits
+                ],
+            }
+        )
+
+    async def missed_defect(self, request: web.Request) -> web.Response:
+        """A defect a person found that a station passed (false-accept rate)."""
+        data = await _body(request)
+        sid = _need(data, "station_id", str)
+        defect_class = _need(data, "defect_class", str)
+        self._station_state(sid)
+        if not 0 < len(defect_class) <= 64:
+            raise ApiError(400, "invalid_field", "defect_class: 1 to 64 characters")
+        note = _field(data, "note", str)
+        if note is not None and len(note) > 500:
+            raise ApiError(400, "invalid_field", "note: at most 500 characters")
+        incident = await self.engine.report_missed_defect(
+            sid,
+            defect_class,
+            by=(_field(data, "by", str) or "api")[:100],
+            part_id=_field(data, "part_id", str),
+            lot_id=_field(data, "lot_id", str),
+            note=note,
+        )
+        return _json(incident.model_dump(mode="json"), status=201)
+
     async def incidents(self, request: web.Request) -> web.Response:
         limit = _int(request, "limit", 50, 1, 500)
         offset = _int(request, "offset", 0, 0, 10_000_000)
@@ -493,8 +597,7 @@ class ApiServer(EventSink):
 
     async def resolve_action(self, request: web.Request) -> web.Response:
         data = await _body(request)
-        approve = _field(data, "approve", bool, required=True)
-        assert approve is not None
+        approve = _need(data, "approve", bool)
         by = _field(data, "by", str) or "api"
         record = await self.engine.resolve_action(
             request.match_info["incident_id"],

@@ -225,6 +225,29 @@ async def test_stations_commands_frames_incidents_and_the_push_channel(
         assert update["data"]["incident_id"] == incident_id
         assert update["data"]["extra"]["feedback"][-1]["by"] == "inspector 7"
 
+        # counts and the rate series (what Home Assistant's remote mode reads), a missed defect
+        status, body, _ = service.get("/api/stats?station_id=dock")
+        stats = _json(body)
+        _validator(_response_schema("/api/stats")).validate(stats)
+        assert stats["inspections"] == 1 and stats["failed"] == 1
+        assert sum(stats["by_class"].values()) == len(result["new_incident_ids"])
+        assert stats["feedback"] == {"confirmed": 1, "rejected": 0, "missed": 0}
+        status, body, _ = service.get(
+            f"/api/stats/series?station_id=dock&since={result['timestamp'][:19]}Z&bucket_s=60"
+        )
+        series = _json(body)
+        _validator(_response_schema("/api/stats/series")).validate(series)
+        assert sum(p["failed"] for p in series["points"]) == 1
+        assert service.get("/api/stats/series")[0] == 400  # since is required
+        status, body, _ = service.request(
+            "POST", "/api/incidents", {"station_id": "dock", "defect_class": "crack", "by": "qa"}
+        )
+        assert status == 201 and _json(body)["extra"]["missed"] is True
+        stats = _json(service.get("/api/stats?station_id=dock")[1])
+        assert stats["feedback"]["missed"] == 1
+        status, body, _ = service.get("/api/manuals/search?q=scratch")
+        assert status == 200 and _json(body) == {"indexed": False, "results": []}
+
         # commands: thresholds, enable/disable, inspect now
         status, body, _ = service.request(
             "POST", "/api/stations/line_a/thresholds", {"class": "dent", "confidence": 0.8}

@@ -468,7 +468,7 @@ async def manual_search(hass: HomeAssistant, *, query: str, limit: int = 3) -> d
     query = query.strip()
     if not query:
         raise AnswerError("say what to look for in the manuals")
-    hits = []
+    hits: list[Any] = []
     for hub in hubs(hass):
         hits += await hub.engine.search_manuals(query, limit=limit)
     if not any(hub.engine.manuals for hub in hubs(hass)):

@@ -18,7 +18,8 @@ from homeassistant.config_entries import (
     SubentryFlowResult,
 )
 from homeassistant.const import CONF_NAME
-from homeassistant.core import callback
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.selector import (
     EntitySelector,
     EntitySelectorConfig,
@@ -35,7 +36,10 @@ from homeassistant.helpers.selector import (
 from .const import (
     CONF_ACTIONS,
     CONF_CAMERA,
+    CONF_CAMERAS,
     CONF_DEFECTS,
+    CONF_ENGINE_TOKEN,
+    CONF_ENGINE_URL,
     CONF_IMGSZ,
     CONF_INTERVAL,
     CONF_LINE,
@@ -57,7 +61,7 @@ from .const import (
     DOMAIN,
     SUBENTRY_STATION,
 )
-from .hub import model_path
+from .hub import model_path, parse_cameras
 
 _LOGGER = logging.getLogger(__name__)
 _CLASS = re.compile(r"^[A-Za-z0-9_\- ]{1,64}$")
@@ -67,8 +71,27 @@ HUB_SCHEMA = vol.Schema(
         vol.Optional(CONF_OLLAMA_URL): TextSelector(TextSelectorConfig(type=TextSelectorType.URL)),
         vol.Optional(CONF_OLLAMA_MODEL, default=DEFAULT_OLLAMA_MODEL): str,
         vol.Optional(CONF_STORAGE): str,
+        vol.Optional(CONF_ENGINE_URL): TextSelector(TextSelectorConfig(type=TextSelectorType.URL)),
+        vol.Optional(CONF_ENGINE_TOKEN): TextSelector(
+            TextSelectorConfig(type=TextSelectorType.PASSWORD)
+        ),
     }
 )
+
+
+async def check_engine(hass: HomeAssistant, url: str, token: str | None) -> str | None:
+    """None when an engine service answers at `url` and takes the token, else the error key."""
+    from edge_inspector.api.client import EngineClient, EngineUnreachableError
+    from edge_inspector.errors import EdgeInspectorError
+
+    client = EngineClient(url, token, async_get_clientsession(hass), timeout=10)
+    try:
+        await client.stations()  # needs the token, unlike the health check
+    except EngineUnreachableError as exc:
+        return "invalid_auth" if "refused the token" in str(exc) else "engine_unreachable"
+    except (EdgeInspectorError, ValueError, KeyError):
+        return "not_an_engine"
+    return None
 
 
 async def check_ollama(url: str, model: str) -> str | None:
@@ -104,7 +127,20 @@ class EdgeInspectorConfigFlow(ConfigFlow, domain=DOMAIN):
         if user_input is not None:
             url = (user_input.get(CONF_OLLAMA_URL) or "").strip()
             model = (user_input.get(CONF_OLLAMA_MODEL) or DEFAULT_OLLAMA_MODEL).strip()
-            if url and (problem := await check_ollama(url, model)) is not None:
+            engine = (user_input.get(CONF_ENGINE_URL) or "").strip().rstrip("/")
+            token = (user_input.get(CONF_ENGINE_TOKEN) or "").strip()
+            if engine:  # the engine runs as a service: its own Ollama and storage apply
+                if (problem := await check_engine(self.hass, engine, token or None)) is not None:
+                    errors[CONF_ENGINE_URL] = problem
+                else:
+                    return {
+                        CONF_OLLAMA_URL: "",
+                        CONF_OLLAMA_MODEL: model,
+                        CONF_STORAGE: "",
+                        CONF_ENGINE_URL: engine,
+                        CONF_ENGINE_TOKEN: token,
+                    }
+            elif url and (problem := await check_ollama(url, model)) is not None:
                 errors["base"] = problem
             else:
                 return {
@@ -176,6 +212,13 @@ class ActionsOptionsFlow(OptionsFlow):
                 errors[CONF_MQTT_PUBLISH] = "mqtt_not_set_up"
             if not SHIFTS.fullmatch(user_input.get(CONF_SHIFTS, DEFAULT_SHIFTS)):
                 errors[CONF_SHIFTS] = "invalid_shifts"
+            try:
+                cameras = parse_cameras(user_input.get(CONF_CAMERAS, ""))
+            except ValueError:
+                errors[CONF_CAMERAS] = "invalid_cameras"
+            else:
+                if any(self.hass.states.get(c) is None for c in cameras.values()):
+                    errors[CONF_CAMERAS] = "invalid_cameras"
             if not errors:
                 return self.async_create_entry(data={**self.config_entry.options, **user_input})
         schema = vol.Schema(
@@ -189,6 +232,17 @@ class ActionsOptionsFlow(OptionsFlow):
                 vol.Optional(CONF_SHIFTS, default=DEFAULT_SHIFTS): str,
             }
         )
+        if self.config_entry.data.get(CONF_ENGINE_URL):
+            schema = schema.extend(
+                {
+                    vol.Optional(CONF_CAMERAS, default=""): TextSelector(
+                        TextSelectorConfig(multiline=True)
+                    ),
+                    vol.Optional(CONF_INTERVAL, default=DEFAULT_INTERVAL): vol.All(
+                        vol.Coerce(float), vol.Range(min=0.2, max=3600)
+                    ),
+                }
+            )
         return self.async_show_form(
             step_id="init",
             data_schema=self.add_suggested_values_to_schema(
@@ -287,6 +341,8 @@ class StationSubentryFlow(ConfigSubentryFlow):
         return data, errors
 
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> SubentryFlowResult:
+        if self._get_entry().data.get(CONF_ENGINE_URL):
+            return self.async_abort(reason="remote_engine")
         errors: dict[str, str] = {}
         if user_input is not None:
             data, errors = await self._validate(user_input)

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 from homeassistant.components.diagnostics import async_redact_data
 from homeassistant.core import HomeAssistant
 
-from .const import CONF_CAMERA, CONF_OLLAMA_URL, CONF_STORAGE
+from edge_inspector.vlm.enricher import IncidentEnricher
+
+from .const import CONF_CAMERA, CONF_ENGINE_TOKEN, CONF_ENGINE_URL, CONF_OLLAMA_URL, CONF_STORAGE
 
 if TYPE_CHECKING:
     from . import EdgeInspectorConfigEntry
@@ -17,6 +19,8 @@ TO_REDACT = {
     CONF_OLLAMA_URL,
     CONF_STORAGE,
     CONF_CAMERA,
+    CONF_ENGINE_TOKEN,
+    CONF_ENGINE_URL,
     "host",
     "url",
     "path",
@@ -26,7 +30,10 @@ TO_REDACT = {
     "camera_entity_id",
     "headers",
     "password",
+    "token",
     "username",
+    CONF_ENGINE_TOKEN,
+    CONF_ENGINE_URL,
 }
 
 
@@ -44,7 +51,21 @@ async def async_get_config_entry_diagnostics(
             "last_incident": last.model_dump(mode="json", exclude={"detections"}) if last else None,
         }
     enricher = hub.engine.enricher
+    vlm: dict[str, Any] | None = None
+    if isinstance(enricher, IncidentEnricher):
+        vlm = {
+            "breaker": enricher.breaker.state,
+            "queue_depth": enricher.queue_depth,
+            "enriched": enricher.enriched,
+            "last_error": enricher.last_error,
+        }
+    elif enricher is not None:  # an engine service's VLM, as its health says
+        vlm = {"last_error": enricher.last_error}
+    engine: dict[str, Any] = {"mode": "remote" if hub.remote else "in-process"}
+    if hub.remote:
+        engine["connected"] = hub.is_connected
     return {
+        "engine_mode": engine,
         "entry": async_redact_data(
             {"data": dict(entry.data), "options": dict(entry.options)}, TO_REDACT
         ),
@@ -53,12 +74,5 @@ async def async_get_config_entry_diagnostics(
         ],
         "engine": async_redact_data(hub.config.model_dump(mode="json"), TO_REDACT),
         "stations": async_redact_data(stations, TO_REDACT),
-        "vlm": None
-        if enricher is None
-        else {
-            "breaker": enricher.breaker.state,
-            "queue_depth": enricher.queue_depth,
-            "enriched": enricher.enriched,
-            "last_error": enricher.last_error,
-        },
+        "vlm": vlm,
     }

@@ -12,7 +12,7 @@ from homeassistant.helpers.entity import Entity
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
 from .const import DOMAIN, SIGNAL_STATE
-from .hub import EdgeInspectorHub, StationRuntime, model_path
+from .hub import EdgeInspectorHub, StationRuntime
 
 if TYPE_CHECKING:
     from . import EdgeInspectorConfigEntry
@@ -29,13 +29,12 @@ class StationEntity(Entity):
         self.runtime = runtime
         self._attr_translation_key = key
         self._attr_unique_id = f"{hub.entry.entry_id}_{runtime.subentry_id}_{key}"
-        config = hub.config.station(runtime.station_id)
         self._attr_device_info = DeviceInfo(
             identifiers={(DOMAIN, runtime.subentry_id)},
             name=runtime.name,
             manufacturer="Edge Inspector",
-            model=model_path(str(config.model.path)).name,
-            suggested_area=config.line,
+            model=runtime.model_name,
+            suggested_area=runtime.line,
         )
 
     @property
@@ -66,7 +65,10 @@ def add_station_entities(
     """Add one platform's entities for every station, each under its own subentry."""
     hub = entry.runtime_data
     for runtime in hub.stations.values():
-        async_add_entities(list(make(hub, runtime)), config_subentry_id=runtime.subentry_id)
+        async_add_entities(
+            list(make(hub, runtime)),
+            config_subentry_id=None if runtime.remote else runtime.subentry_id,
+        )
 
 
 __all__ = ["HomeAssistant", "StationEntity", "add_station_entities"]

@@ -30,6 +30,7 @@ from homeassistant.helpers.dispatcher import async_dispatcher_send
 from homeassistant.helpers.event import async_track_time_interval
 from homeassistant.util import dt as dt_util
 
+from edge_inspector.api.client import RemoteEngine
 from edge_inspector.config import ActionConfig, EngineConfig, ServiceActionTarget
 from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.engine import Engine
@@ -49,7 +50,10 @@ from .const import (
     ACTION_PREFIX,
     CONF_ACTIONS,
     CONF_CAMERA,
+    CONF_CAMERAS,
     CONF_DEFECTS,
+    CONF_ENGINE_TOKEN,
+    CONF_ENGINE_URL,
     CONF_IMGSZ,
     CONF_INTERVAL,
     CONF_LINE,
@@ -99,6 +103,22 @@ def parse_actions(text: str) -> list[Any]:
     if not isinstance(data, list):
         raise ValueError("actions: expected a list of actions")
     return data
+
+
+def parse_cameras(text: str) -> dict[str, str]:
+    """Remote mode's camera map from the options: YAML `station_id: camera.entity_id`."""
+    if not text or not text.strip():
+        return {}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"cameras: not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v.startswith("camera.")
+        for k, v in data.items()
+    ):
+        raise ValueError("cameras: expected lines of `station_id: camera.entity_id`")
+    return dict(data)
 
 
 def engine_config(hass: HomeAssistant, entry: ConfigEntry) -> EngineConfig:
@@ -152,6 +172,8 @@ class StationRuntime:
     interval: float
     defects: tuple[str, ...]
     line: str | None = None
+    model_name: str | None = None
+    remote: bool = False  # a station of an engine service (no subentry; stations live there)
     state: StationState | None = None
     last_result: InspectionResult | None = None
     last_incident: Incident | None = None
@@ -195,8 +217,23 @@ class EdgeInspectorHub(EventSink):
     def __init__(self, hass: HomeAssistant, entry: ConfigEntry) -> None:
         self.hass = hass
         self.entry = entry
-        self.config = engine_config(hass, entry)
-        self.engine = Engine(self.config, sinks=[self], session=async_get_clientsession(hass))
+        self.remote = bool(entry.data.get(CONF_ENGINE_URL))
+        self.engine: Engine | RemoteEngine
+        if self.remote:
+            # The engine runs as a service elsewhere; its stations come from it.
+            self.config = EngineConfig.model_validate(
+                {"stations": []}, context={"allow_no_stations": True}
+            )
+            self.engine = RemoteEngine(
+                entry.data[CONF_ENGINE_URL],
+                entry.data.get(CONF_ENGINE_TOKEN),
+                session=async_get_clientsession(hass),
+                sinks=[self],
+            )
+            self.engine.on_connection = self._connection_changed
+        else:
+            self.config = engine_config(hass, entry)
+            self.engine = Engine(self.config, sinks=[self], session=async_get_clientsession(hass))
         self.engine.action_ports["service"] = HaServicePort(hass)
         if entry.options.get(CONF_MQTT_PUBLISH):
             from .mqtt_publish import HaMqttPublisher
@@ -217,13 +254,41 @@ class EdgeInspectorHub(EventSink):
                 interval=float(subentry.data.get(CONF_INTERVAL, DEFAULT_INTERVAL)),
                 defects=tuple(sorted(subentry.data[CONF_DEFECTS])),
                 line=subentry.data.get(CONF_LINE) or None,
+                model_name=model_path(subentry.data.get(CONF_MODEL_PATH)).name,
             )
         self._unsubs: list[Callable[[], None]] = []
 
     # -- life ---------------------------------------------------------------------------
 
+    def _remote_stations(self) -> None:
+        """The engine service's stations, each a device; cameras mapped in the options feed
+        its `push` stations."""
+        cameras = parse_cameras(self.entry.options.get(CONF_CAMERAS, ""))
+        interval = float(self.entry.options.get(CONF_INTERVAL, DEFAULT_INTERVAL))
+        for state in self.engine.states():
+            sid = state.station_id
+            self.stations[sid] = StationRuntime(
+                station_id=sid,
+                subentry_id=f"{self.entry.entry_id}_{sid}",
+                name=state.name,
+                camera_entity_id=cameras.get(sid, ""),
+                interval=interval,
+                defects=tuple(sorted(state.thresholds)),
+                line=state.line,
+                model_name=state.model,
+                remote=True,
+            )
+
+    async def _connection_changed(self, up: bool) -> None:
+        for runtime in self.stations.values():
+            self._signal_state(runtime)
+        if up:
+            await self.async_update_charts()
+
     async def async_start(self) -> None:
         await self.engine.start()
+        if self.remote:
+            self._remote_stations()
         for sid, runtime in self.stations.items():
             issue = f"model_missing_{runtime.subentry_id}"
             if sid in self.engine.failed:
@@ -243,7 +308,11 @@ class EdgeInspectorHub(EventSink):
                 continue
             ir.async_delete_issue(self.hass, DOMAIN, issue)
             runtime.state = self.engine.stations[sid].state()
-            if self.config.station(sid).mode == "continuous":
+            if self.remote:
+                continuous = bool(runtime.camera_entity_id) and runtime.state.push
+            else:
+                continuous = self.config.station(sid).mode == "continuous"
+            if continuous:
                 self._unsubs.append(
                     async_track_time_interval(
                         self.hass,
@@ -363,6 +432,12 @@ class EdgeInspectorHub(EventSink):
     ) -> InspectionResult:
         """Take a picture from the station's camera and inspect it now."""
         runtime = self.stations[sid]
+        if self.remote and not runtime.camera_entity_id:
+            # the engine reads its own camera
+            try:
+                return await self.engine.inspect_now(sid, part_id=part_id, lot_id=lot_id)
+            except EdgeInspectorError as exc:
+                raise HomeAssistantError(f"{runtime.name}: {exc}") from exc
         try:
             image = await camera.async_get_image(self.hass, runtime.camera_entity_id, timeout=10)
         except HomeAssistantError as exc:
@@ -405,8 +480,39 @@ class EdgeInspectorHub(EventSink):
             runtime.camera_error = None
             self._signal_state(runtime)
 
+    async def async_set_enabled(self, sid: str, enabled: bool) -> None:
+        """Pause or resume a station (in Home Assistant, or on the engine service)."""
+        try:
+            if isinstance(self.engine, RemoteEngine):
+                await self.engine.set_enabled(sid, enabled)
+            else:
+                self.engine.set_enabled(sid, enabled)
+        except EdgeInspectorError as exc:
+            raise HomeAssistantError(f"{self.stations[sid].name}: {exc}") from exc
+        self.stations[sid].state = self.engine.stations[sid].state()
+        self._signal_state(self.stations[sid])
+
+    async def async_set_threshold(self, sid: str, confidence: float) -> None:
+        """Every defect class's confidence threshold of a station."""
+        try:
+            if isinstance(self.engine, RemoteEngine):
+                await self.engine.set_threshold(sid, None, confidence)
+            else:
+                self.engine.set_threshold(sid, None, confidence)
+        except EdgeInspectorError as exc:
+            raise HomeAssistantError(f"{self.stations[sid].name}: {exc}") from exc
+        self.stations[sid].state = self.engine.stations[sid].state()
+        self._signal_state(self.stations[sid])
+
+    @property
+    def is_connected(self) -> bool:
+        """False while an engine service does not answer (always True in-process)."""
+        return not isinstance(self.engine, RemoteEngine) or self.engine.connected.is_set()
+
     def is_available(self, sid: str) -> bool:
         runtime = self.stations[sid]
+        if not self.is_connected:
+            return False
         return (
             runtime.camera_error is None
             and runtime.engine_error is None

@@ -10,6 +10,8 @@ from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers.dispatcher import async_dispatcher_connect
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
+from edge_inspector.api.client import RemoteEngine
+from edge_inspector.errors import EdgeInspectorError
 from edge_inspector.events import Incident
 
 from .const import SIGNAL_INCIDENT
@@ -29,6 +31,7 @@ class DefectImage(StationEntity, ImageEntity):
         StationEntity.__init__(self, hub, runtime, "last_defect_image")
         ImageEntity.__init__(self, hub.hass)
         self._path: str | None = None
+        self._incident_id: str | None = None
 
     async def async_added_to_hass(self) -> None:
         await super().async_added_to_hass()
@@ -43,6 +46,7 @@ class DefectImage(StationEntity, ImageEntity):
 
     def _show(self, incident: Incident) -> None:
         self._path = incident.frame_path
+        self._incident_id = incident.incident_id
         self._attr_image_last_updated = incident.created_at
         self._attr_extra_state_attributes = {
             "incident_id": incident.incident_id,
@@ -59,6 +63,14 @@ class DefectImage(StationEntity, ImageEntity):
         path = self._path
         if path is None:
             return None
+        engine = self.hub.engine
+        if isinstance(engine, RemoteEngine):  # the picture is on the engine service
+            if self._incident_id is None:
+                return None
+            try:
+                return await engine.incident_image(self._incident_id)
+            except EdgeInspectorError:
+                return None
         try:
             return await self.hass.async_add_executor_job(Path(path).read_bytes)
         except OSError:

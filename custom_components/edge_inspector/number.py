@@ -32,7 +32,7 @@ class ThresholdNumber(StationEntity, NumberEntity):
         return min(state.thresholds.values())
 
     async def async_set_native_value(self, value: float) -> None:
-        self.hub.engine.set_threshold(self.station_id, None, value)
+        await self.hub.async_set_threshold(self.station_id, value)
 
 
 async def async_setup_entry(

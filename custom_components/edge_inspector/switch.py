@@ -26,10 +26,10 @@ class InspectionSwitch(StationEntity, SwitchEntity):
         return None if state is None else state.enabled
 
     async def async_turn_on(self, **kwargs: Any) -> None:
-        self.hub.engine.set_enabled(self.station_id, True)
+        await self.hub.async_set_enabled(self.station_id, True)
 
     async def async_turn_off(self, **kwargs: Any) -> None:
-        self.hub.engine.set_enabled(self.station_id, False)
+        await self.hub.async_set_enabled(self.station_id, False)
 
 
 async def async_setup_entry(

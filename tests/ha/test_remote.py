@@ -1,0 +1,230 @@
+"""Remote mode: the integration on an engine service (a real separate process) through its HTTP
+API and websocket, with the same entities, events, services, Assist answers and card data as
+in-process; unavailability while the service is down and catch-up when it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+from homeassistant.config_entries import ConfigEntryState
+from homeassistant.core import Event, HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import entity_registry as er
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+from pytest_homeassistant_custom_component.typing import WebSocketGenerator
+
+from custom_components.edge_inspector import answers
+from custom_components.edge_inspector.const import DOMAIN, EVENT_DEFECT, EVENT_INCIDENT
+from edge_inspector.demo.synthetic import ConveyorFrame
+from tests.service import TOKEN, Service, free_port, service_config
+
+
+@pytest.fixture
+def service(tmp_path: Path, socket_enabled: None) -> Iterator[Service]:
+    port = free_port()
+    config = tmp_path / "engine.yaml"
+    config.write_text(service_config(tmp_path / "store", port, fps=2))
+    svc = Service(config, port)
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+async def _until(hass: HomeAssistant, check: Callable[[], object], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+        await hass.async_block_till_done()
+
+
+async def _remote_entry(hass: HomeAssistant, service: Service, **options: Any) -> MockConfigEntry:
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        title="Edge Inspector",
+        data={
+            "ollama_url": "",
+            "ollama_model": "qwen2.5vl:7b",
+            "storage": "",
+            "engine_url": service.url,
+            "engine_token": TOKEN,
+        },
+        options=options,
+        unique_id=DOMAIN,
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    return entry
+
+
+def _device(hass: HomeAssistant, entry: MockConfigEntry, sid: str) -> str:
+    device = dr.async_get(hass).async_get_device(identifiers={(DOMAIN, f"{entry.entry_id}_{sid}")})
+    assert device is not None
+    return device.id
+
+
+async def test_the_config_flow_tests_the_engine_before_creating_the_entry(
+    hass: HomeAssistant, service: Service
+) -> None:
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": "user"})
+    for url, token, error in (
+        (service.url, "wrong-token-0123456789", "invalid_auth"),
+        (f"http://127.0.0.1:{free_port()}", TOKEN, "engine_unreachable"),
+    ):
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {"engine_url": url, "engine_token": token}
+        )
+        assert result["type"] is FlowResultType.FORM
+        assert result["errors"] == {"engine_url": error}
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"engine_url": service.url + "/", "engine_token": TOKEN}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["data"]["engine_url"] == service.url
+    await hass.async_block_till_done()
+    entry = hass.config_entries.async_entries(DOMAIN)[0]
+    assert entry.state is ConfigEntryState.LOADED
+    # stations are the engine's: none are added in Home Assistant
+    flow = await hass.config_entries.subentries.async_init(
+        (entry.entry_id, "station"), context={"source": "user"}
+    )
+    assert flow["type"] is FlowResultType.ABORT and flow["reason"] == "remote_engine"
+    assert await hass.config_entries.async_unload(entry.entry_id)
+
+
+async def test_remote_stations_have_the_same_entities_events_and_services(
+    hass: HomeAssistant,
+    service: Service,
+    camera_file: Path,
+    hass_ws_client: WebSocketGenerator,
+) -> None:
+    entry = await _remote_entry(hass, service, cameras="dock: camera.press_camera")
+    line_a, dock = _device(hass, entry, "line_a"), _device(hass, entry, "dock")
+    entities = {
+        e.unique_id.removeprefix(f"{entry.entry_id}_{entry.entry_id}_dock_"): e.entity_id
+        for e in er.async_entries_for_device(er.async_get(hass), dock)
+    }
+    assert entities["inspections"] == "sensor.dock_inspections"
+    assert entities["last_defect_image"] == "image.dock_last_defect"
+    device = dr.async_get(hass).async_get(line_a)
+    assert device is not None and device.suggested_area == "Line 1"
+
+    # the engine's own camera runs: line A's counter follows over the websocket
+    await _until(hass, lambda: int(hass.states.get("sensor.line_a_inspections").state or 0) > 0)
+    assert hass.states.get("switch.line_a_inspection").state == "on"
+
+    # the dock takes Home Assistant's camera: inspect now pushes its picture
+    defects: list[Event] = []
+    updates: list[Event] = []
+    hass.bus.async_listen(EVENT_DEFECT, defects.append)
+    hass.bus.async_listen(EVENT_INCIDENT, updates.append)
+    response = await hass.services.async_call(
+        DOMAIN,
+        "inspect",
+        {"device_id": dock, "part_id": "P-5"},
+        blocking=True,
+        return_response=True,
+    )
+    assert response is not None and response["verdict"] == "fail"
+    await _until(hass, lambda: any(e.data["station_id"] == "dock" for e in defects))
+    event = next(e for e in defects if e.data["station_id"] == "dock")
+    assert event.data["device_id"] == dock and event.data["part_id"] == "P-5"
+    assert event.data["camera_entity_id"] == "camera.press_camera"
+    await _until(hass, lambda: hass.states.get("binary_sensor.dock_defect").state == "on")
+    await _until(hass, lambda: hass.states.get("sensor.dock_incidents").state != "0")
+
+    # the picture of the last defect comes from the engine
+    image_entity = hass.data["image"].get_entity("image.dock_last_defect")
+    await _until(hass, lambda: image_entity._incident_id is not None)
+    picture = await image_entity.async_image()
+    assert picture is not None and picture[:2] == b"\xff\xd8"
+
+    # a verdict goes to the engine's store and comes back as an update
+    incident_id = event.data["incident_id"]
+    await hass.services.async_call(
+        DOMAIN, "acknowledge", {"incident_id": incident_id, "state": "confirmed"}, blocking=True
+    )
+    status, body, _ = service.get(f"/api/incidents/{incident_id}")
+    assert status == 200 and b'"state":"confirmed"' in body.replace(b" ", b"")
+    await _until(hass, lambda: any(e.data["incident_id"] == incident_id for e in updates))
+
+    # controls act on the engine
+    await hass.services.async_call(
+        "switch", "turn_off", {"entity_id": "switch.line_a_inspection"}, blocking=True
+    )
+    assert b'"enabled":false' in service.get("/api/stations/line_a")[1].replace(b" ", b"")
+    assert hass.states.get("switch.line_a_inspection").state == "off"
+    await hass.services.async_call(
+        "number",
+        "set_value",
+        {"entity_id": "number.dock_confidence_threshold", "value": 0.6},
+        blocking=True,
+    )
+    assert b'"dent":0.6' in service.get("/api/stations/dock")[1].replace(b" ", b"")
+
+    # Assist and the card read the engine's store
+    count = await answers.defect_count(hass, station="dock")
+    assert count["total"] >= 1 and count["stations"][0]["inspections"] == 1
+    status_answer = await answers.station_status(hass, station="line a")
+    assert status_answer["speech"].startswith("Line A is switched off")
+    client = await hass_ws_client(hass)
+    await client.send_json_auto_id(
+        {"type": "edge_inspector/station_overview", "station_id": "dock"}
+    )
+    reply = await client.receive_json()
+    assert reply["success"], reply
+    assert reply["result"]["today"]["failed"] == 1
+    assert reply["result"]["last_incident"]["incident_id"] in response["new_incident_ids"]
+    assert sum(p["failed"] for p in reply["result"]["series"]["points"]) == 1
+
+    # a missed defect is recorded on the engine
+    missed = await hass.services.async_call(
+        DOMAIN,
+        "report_missed_defect",
+        {"device_id": dock, "defect_class": "crack"},
+        blocking=True,
+        return_response=True,
+    )
+    assert missed is not None
+    assert service.get(f"/api/incidents/{missed['incident_id']}")[0] == 200
+    assert await hass.config_entries.async_unload(entry.entry_id)
+
+
+async def test_the_engine_going_away_makes_entities_unavailable_until_it_is_back(
+    hass: HomeAssistant,
+    service: Service,
+    defect_scenes: list[ConveyorFrame],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    entry = await _remote_entry(hass, service)
+    await _until(hass, lambda: hass.states.get("sensor.dock_inspections").state == "0")
+    defects: list[Event] = []
+    hass.bus.async_listen(EVENT_DEFECT, defects.append)
+
+    assert service.stop() == 0
+    await _until(hass, lambda: hass.states.get("sensor.dock_inspections").state == "unavailable")
+    assert hass.states.get("switch.line_a_inspection").state == "unavailable"
+    await asyncio.sleep(3)  # it keeps retrying...
+    assert caplog.text.count("unreachable") == 1  # ...and says so once
+
+    # the engine comes back and finds a defect before Home Assistant reconnects
+    service.start()
+    ok, jpeg = cv2.imencode(".jpg", defect_scenes[3].image)
+    assert ok
+    status, body, _ = service.request(
+        "POST", "/api/stations/dock/frames", raw=jpeg.tobytes(), content_type="image/jpeg"
+    )
+    assert status == 200, body
+    await _until(hass, lambda: hass.states.get("sensor.dock_inspections").state != "unavailable")
+    await _until(hass, lambda: any(e.data["station_id"] == "dock" for e in defects))
+    assert "reachable again" in caplog.text
+    assert hass.states.get("switch.line_a_inspection").state == "on"
+    assert await hass.config_entries.async_unload(entry.entry_id)

@@ -240,3 +240,99 @@ async def test_the_integration_publishes_through_home_assistants_mqtt(
     assert defect["station_name"] == "Press"
     state = json.loads(watcher.on(f"plant_a/{sid}/state")[-1])
     assert state["inspections"] >= 1
+
+
+async def test_two_engines_on_one_broker_stay_apart(
+    hass: HomeAssistant,
+    tmp_path: Path,
+    broker: Mosquitto,
+    demo_model: Path,
+    defect_scenes: list[ConveyorFrame],
+) -> None:
+    """Two engines (two lines) on one broker and one Home Assistant, each with a station of the
+    same id and name: two devices, each with its own entities and availability; stopping one
+    engine leaves the other's entities available and updating."""
+    hass.config.config_dir = str(tmp_path)
+    (tmp_path / "configuration.yaml").write_text("")
+    entry = MockConfigEntry(
+        domain="mqtt",
+        data={"broker": "127.0.0.1", "port": broker.port},
+        options={"discovery": True},
+        version=1,
+        minor_version=2,
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, scene in enumerate(defect_scenes[:4]):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), scene.image)
+
+    def start(node: str) -> subprocess.Popen[bytes]:
+        config = tmp_path / f"{node}.yaml"
+        config.write_text(f"""
+stations:
+  - id: belt
+    name: Belt
+    source: {{type: folder, path: {folder}, loop: true}}
+    model: {{path: {demo_model}, imgsz: 320}}
+    defects: {{scratch: 0.4, dent: 0.4, crack: 0.4, spot: 0.4}}
+    fps: 3
+store: {{path: {tmp_path / node}}}
+mqtt: {{node_id: {node}, base_topic: edge_inspector/{node}}}
+http: {{enabled: false}}
+""")
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edge_inspector.cli",
+                "run",
+                "-c",
+                str(config),
+                "--mqtt",
+                broker.url,
+            ],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stderr=subprocess.DEVNULL,
+        )
+
+    engines = {node: start(node) for node in ("line1", "line2")}
+    registry = er.async_get(hass)
+    devices = dr.async_get(hass)
+    try:
+
+        def inspections(node: str) -> str | None:
+            device = devices.async_get_device(identifiers={("mqtt", f"edge_inspector_{node}_belt")})
+            if device is None:
+                return None
+            for e in er.async_entries_for_device(registry, device.id):
+                if e.entity_id.startswith("sensor.") and e.unique_id.endswith("_inspections"):
+                    state = hass.states.get(e.entity_id)
+                    return None if state is None else state.state
+            return None
+
+        for node in engines:
+            await _until(hass, lambda n=node: inspections(n) not in (None, "unknown", "0"))
+        line1 = devices.async_get_device(identifiers={("mqtt", "edge_inspector_line1_belt")})
+        line2 = devices.async_get_device(identifiers={("mqtt", "edge_inspector_line2_belt")})
+        assert line1 is not None and line2 is not None and line1.id != line2.id
+        ids1 = {e.entity_id for e in er.async_entries_for_device(registry, line1.id)}
+        ids2 = {e.entity_id for e in er.async_entries_for_device(registry, line2.id)}
+        assert ids1 and ids2 and not ids1 & ids2  # same station id and name, no collision
+
+        engines["line1"].send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(engines["line1"].wait, 30) == 0
+        await _until(hass, lambda: inspections("line1") == "unavailable", 30)
+        before = int(inspections("line2") or 0)
+        await _until(hass, lambda: int(inspections("line2") or 0) > before, 30)  # still going
+        assert all(hass.states.get(e).state != "unavailable" for e in ids2)
+        assert all(hass.states.get(e).state == "unavailable" for e in ids1)
+    finally:
+        for proc in engines.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(proc.wait, 30)
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()

@@ -26,7 +26,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def service_config(store: Path, port: int, *, token: str | None = TOKEN, fps: float = 4) -> str:
+def service_config(
+    store: Path,
+    port: int,
+    *,
+    token: str | None = TOKEN,
+    fps: float = 4,
+    vlm: str = "",
+    dock_actions: str = "[]",
+) -> str:
+    """Two stations: `line_a` reads its own (synthetic) camera, `dock` takes pushed pictures."""
     http = f"http: {{port: {port}" + (f", token: {token}" if token else "") + "}"
     return f"""
 stations:
@@ -44,8 +53,10 @@ stations:
     mode: triggered
     model: {{path: {DEMO_MODEL}, imgsz: 320}}
     defects: {DEFECTS}
+    actions: {dock_actions}
 store: {{path: {store}}}
 {http}
+{vlm}
 """
 
 

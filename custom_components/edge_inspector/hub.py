@@ -231,6 +231,7 @@ class EdgeInspectorHub(EventSink):
                 sinks=[self],
             )
             self.engine.on_connection = self._connection_changed
+            self.engine.action_handler = self._remote_action
         else:
             self.config = engine_config(hass, entry)
             self.engine = Engine(self.config, sinks=[self], session=async_get_clientsession(hass))
@@ -278,6 +279,21 @@ class EdgeInspectorHub(EventSink):
                 model_name=state.model,
                 remote=True,
             )
+
+    async def _remote_action(
+        self, action: ActionConfig, arguments: dict[str, Any], context: dict[str, Any]
+    ) -> str:
+        """A `service` action the engine service's VLM took: run here, as in-process."""
+        return await HaServicePort(self.hass).execute(
+            action,
+            arguments,
+            ActionContext(
+                station_id=str(context.get("station_id", "")),
+                incident_id=str(context.get("incident_id", "")),
+                defect_class=str(context.get("defect_class", "")),
+                severity=context.get("severity"),
+            ),
+        )
 
     async def _connection_changed(self, up: bool) -> None:
         for runtime in self.stations.values():

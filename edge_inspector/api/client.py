@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from ..config import ActionConfig
 from ..errors import EdgeInspectorError, ImageDecodeError, StationNotFoundError
 from ..events import (
     ActionRecord,
@@ -319,6 +320,12 @@ class RemoteEngine:
         self.connected = asyncio.Event()
         self.last_error: str | None = None
         self.on_connection: Callable[[bool], Awaitable[None] | None] | None = None
+        # Carries out the engine's `service` actions (Home Assistant): action, arguments,
+        # context -> what was done; raises to refuse.
+        self.action_handler: (
+            Callable[[ActionConfig, dict[str, Any], dict[str, Any]], Awaitable[str]] | None
+        ) = None
+        self._action_tasks: set[asyncio.Task[None]] = set()
         self._reconnect_max = reconnect_max
         self._task: asyncio.Task[None] | None = None
         self._seen: deque[str] = deque(maxlen=2000)
@@ -523,6 +530,8 @@ class RemoteEngine:
     async def _session(self) -> None:
         url = f"{self.client.url}/api/ws"
         params = {"since": _iso(self._since) or ""}
+        if self.action_handler is not None:
+            params["actions"] = "1"
         async with self.client.session.ws_connect(
             url, params=params, headers=self.client.headers, heartbeat=30
         ) as ws:
@@ -532,7 +541,28 @@ class RemoteEngine:
                     if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.ERROR):
                         break
                     continue
-                await self._handle(json.loads(message.data))
+                data = json.loads(message.data)
+                if data.get("type") == "action_call":
+                    task = asyncio.create_task(self._act(ws, data["data"]))
+                    self._action_tasks.add(task)
+                    task.add_done_callback(self._action_tasks.discard)
+                    continue
+                await self._handle(data)
+
+    async def _act(self, ws: aiohttp.ClientWebSocketResponse, call: dict[str, Any]) -> None:
+        reply: dict[str, Any] = {"type": "action_result", "call_id": call.get("call_id")}
+        try:
+            if self.action_handler is None:
+                raise EdgeInspectorError("this client does not carry out actions")
+            action = ActionConfig.model_validate(call["action"])
+            result = await self.action_handler(
+                action, dict(call.get("arguments") or {}), dict(call.get("context") or {})
+            )
+            reply |= {"ok": True, "result": result}
+        except Exception as exc:  # every failure goes back to the engine, as the action's error
+            reply |= {"ok": False, "error": str(exc) or type(exc).__name__}
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_json(reply)
 
     async def _handle(self, message: dict[str, Any]) -> None:
         kind = message.get("type")

@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
@@ -25,7 +26,7 @@ from aiohttp import WSMsgType, web
 
 from .. import __version__
 from ..annotate import annotate
-from ..config import HttpConfig
+from ..config import ActionConfig, HttpConfig
 from ..errors import (
     EdgeInspectorError,
     ImageDecodeError,
@@ -35,6 +36,7 @@ from ..errors import (
 from ..events import Incident, IncidentState, InspectionResult, OperatorAlert, StationState
 from ..frames import encode_jpeg
 from ..sinks import EventSink
+from ..tools.actions import ActionContext, ActionError
 from .metrics import Metrics
 
 if TYPE_CHECKING:
@@ -131,10 +133,16 @@ def _need[T](data: dict[str, Any], name: str, kind: type[T]) -> T:
 class _Client:
     """One websocket subscriber: a bounded queue of messages for it."""
 
-    def __init__(self, events: frozenset[str]) -> None:
+    def __init__(self, events: frozenset[str], *, executes_actions: bool = False) -> None:
         self.events = events
+        self.executes_actions = executes_actions
         self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=_CLIENT_QUEUE)
         self.overflowed = False
+
+    def send_now(self, message: str) -> None:
+        """A message for this client whatever it subscribed to (an action call)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(message)
 
     def offer(self, kind: str, message: str) -> None:
         if kind not in self.events or self.overflowed:
@@ -148,6 +156,58 @@ class _Client:
             self.queue.put_nowait(None)
 
 
+class ClientActionPort:
+    """`service` action targets carried out by a connected client: Home Assistant in remote
+    mode runs them as it does in-process, and answers with the outcome."""
+
+    def __init__(self, server: ApiServer, timeout: float = 30.0) -> None:
+        self._server = server
+        self._timeout = timeout
+        self._calls: dict[str, asyncio.Future[tuple[bool, str]]] = {}
+
+    async def execute(
+        self, action: ActionConfig, arguments: dict[str, Any], context: ActionContext
+    ) -> str:
+        executors = [c for c in self._server.clients if c.executes_actions]
+        if not executors:
+            raise ActionError(
+                f"no Home Assistant is connected to carry out {action.target.type} actions"
+            )
+        call_id = uuid.uuid4().hex
+        future: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = future
+        message = json.dumps(
+            {
+                "type": "action_call",
+                "data": {
+                    "call_id": call_id,
+                    "action": action.model_dump(mode="json"),
+                    "arguments": arguments,
+                    "context": context.as_dict(),
+                },
+            }
+        )
+        executors[0].send_now(message)
+        try:
+            async with asyncio.timeout(self._timeout):
+                ok, text = await future
+        except TimeoutError:
+            raise ActionError(
+                f"Home Assistant did not answer within {self._timeout:.0f} s"
+            ) from None
+        finally:
+            self._calls.pop(call_id, None)
+        if not ok:
+            raise ActionError(text)
+        return text
+
+    def answer(self, data: dict[str, Any]) -> None:
+        future = self._calls.get(str(data.get("call_id")))
+        if future is not None and not future.done():
+            ok = bool(data.get("ok"))
+            future.set_result((ok, str(data.get("result") if ok else data.get("error"))))
+
+
 class ApiServer(EventSink):
     """Serves one engine over HTTP; an event sink, for the push channel and the metrics."""
 
@@ -158,8 +218,10 @@ class ApiServer(EventSink):
         self.config = config
         self.bridge = bridge
         self.metrics = Metrics()
+        self.actions = ClientActionPort(self)
+        engine.action_ports.setdefault("service", self.actions)
         self._token = config.effective_token
-        self._clients: set[_Client] = set()
+        self.clients: set[_Client] = set()
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         self._started = time.monotonic()
@@ -223,7 +285,7 @@ class ApiServer(EventSink):
 
     async def stop(self) -> None:
         self._closing.set()
-        for client in list(self._clients):
+        for client in list(self.clients):
             with contextlib.suppress(asyncio.QueueFull):
                 client.queue.put_nowait(None)
         if self._runner is not None:
@@ -313,7 +375,7 @@ class ApiServer(EventSink):
         )
 
     async def metrics_text(self, request: web.Request) -> web.Response:
-        text = self.metrics.render(self.engine, self.bridge, len(self._clients))
+        text = self.metrics.render(self.engine, self.bridge, len(self.clients))
         return web.Response(
             text=text,
             content_type="text/plain",
@@ -619,8 +681,8 @@ class ApiServer(EventSink):
         since = _since(request, "since")
         ws = web.WebSocketResponse(heartbeat=30)
         await ws.prepare(request)
-        client = _Client(events)
-        self._clients.add(client)  # before the replay: nothing falls between the two
+        client = _Client(events, executes_actions=request.query.get("actions") == "1")
+        self.clients.add(client)  # before the replay: nothing falls between the two
         try:
             for state in self.engine.states():
                 await ws.send_str(
@@ -644,7 +706,7 @@ class ApiServer(EventSink):
                         break
                     offset += 200
             await ws.send_str(json.dumps({"type": "ready"}))
-            reader = asyncio.create_task(self._read_client(ws))
+            reader = asyncio.create_task(self._read_client(ws, client))
             try:
                 while True:
                     getter = asyncio.create_task(client.queue.get())
@@ -665,25 +727,32 @@ class ApiServer(EventSink):
         except (ConnectionResetError, ConnectionError):
             pass
         finally:
-            self._clients.discard(client)
+            self.clients.discard(client)
             if not ws.closed:
                 await ws.close()
         return ws
 
-    @staticmethod
-    async def _read_client(ws: web.WebSocketResponse) -> None:
-        """Drain what the client sends (pings, closes); return when it goes."""
+    async def _read_client(self, ws: web.WebSocketResponse, client: _Client) -> None:
+        """What the client sends: answers to action calls; return when it goes."""
         async for message in ws:
             if message.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
                 break
+            if message.type is not WSMsgType.TEXT or not client.executes_actions:
+                continue
+            try:
+                data = json.loads(message.data)
+            except ValueError:
+                continue
+            if isinstance(data, dict) and data.get("type") == "action_result":
+                self.actions.answer(data)
 
     # -- EventSink --------------------------------------------------------------------------
 
     def _broadcast(self, kind: str, payload: Any) -> None:
-        if not self._clients:
+        if not self.clients:
             return
         message = json.dumps({"type": kind, "data": payload.model_dump(mode="json")})
-        for client in list(self._clients):
+        for client in list(self.clients):
             client.offer(kind, message)
 
     async def on_inspection(self, result: InspectionResult) -> None:

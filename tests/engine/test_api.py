@@ -377,3 +377,27 @@ async def test_after_a_restart_clients_catch_up_from_the_store(
         assert "dock" in replayed
     finally:
         await _close(ws)
+
+
+async def test_service_actions_need_a_connected_home_assistant() -> None:
+    from edge_inspector.api.server import ApiServer
+    from edge_inspector.config import ActionConfig, HttpConfig
+    from edge_inspector.tools.actions import ActionContext, ActionError
+
+    class _Engine:
+        def __init__(self) -> None:
+            self.action_ports: dict[str, Any] = {}
+
+    engine = _Engine()
+    server = ApiServer(engine, HttpConfig())  # type: ignore[arg-type]
+    assert engine.action_ports["service"] is server.actions
+    action = ActionConfig.model_validate(
+        {
+            "name": "stop_line",
+            "description": "Stop the line",
+            "target": {"type": "service", "service": "switch.turn_off", "data": {}},
+        }
+    )
+    context = ActionContext(station_id="s", incident_id="i", defect_class="dent")
+    with pytest.raises(ActionError, match="no Home Assistant is connected"):
+        await server.actions.execute(action, {}, context)

@@ -5,6 +5,7 @@ in-process; unavailability while the service is down and catch-up when it is bac
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -228,3 +229,93 @@ async def test_the_engine_going_away_makes_entities_unavailable_until_it_is_back
     assert "reachable again" in caplog.text
     assert hass.states.get("switch.line_a_inspection").state == "on"
     assert await hass.config_entries.async_unload(entry.entry_id)
+
+
+async def test_the_engines_vlm_actions_run_home_assistant_services(
+    hass: HomeAssistant, tmp_path: Path, socket_enabled: None, defect_scenes: list[ConveyorFrame]
+) -> None:
+    """A `service` action of the engine service's VLM is carried out by Home Assistant (over
+    the websocket), as in-process: the conveyor's input_boolean goes off."""
+    from homeassistant.setup import async_setup_component
+
+    from tests.ollama_server import FakeOllama, Reply
+
+    def model(body: dict[str, Any]) -> Reply:
+        if not body.get("tools"):
+            return Reply.json(
+                {
+                    "defect_type": "scratch",
+                    "severity": "high",
+                    "confidence": 0.9,
+                    "description": "a scratch",
+                }
+            )
+        answered = [m for m in body["messages"] if m.get("role") == "tool"]
+        if not answered:
+            return Reply.tools(("stop_line", {}))
+        if len(answered) == 1:
+            return Reply.tools(
+                (
+                    "write_incident_report",
+                    {
+                        "summary": "line stopped",
+                        "probable_cause": "burr",
+                        "fix_steps": ["Deburr the die"],
+                    },
+                )
+            )
+        return Reply(content="Done.")
+
+    ollama = FakeOllama()
+    ollama.script = model
+    await ollama.start()
+    port = free_port()
+    config = tmp_path / "engine.yaml"
+    config.write_text(
+        service_config(
+            tmp_path / "store",
+            port,
+            fps=1,
+            dock_actions="[stop_line]",
+            vlm=f"""vlm:
+  host: {ollama.url}
+  model: qwen2.5vl:7b
+  retry_interval: 0.5
+  actions:
+    - name: stop_line
+      description: Stop the conveyor
+      target: {{type: service, service: input_boolean.turn_off,
+                data: {{entity_id: input_boolean.conveyor}}}}
+""",
+        )
+    )
+    service = Service(config, port)
+    service.start()
+    try:
+        assert await async_setup_component(
+            hass, "input_boolean", {"input_boolean": {"conveyor": {"initial": True}}}
+        )
+        entry = await _remote_entry(hass, service)
+        await _until(hass, lambda: hass.states.get("sensor.dock_inspections").state == "0")
+        ok, jpeg = cv2.imencode(".jpg", defect_scenes[0].image)
+        assert ok
+        status, body, _ = service.request(
+            "POST", "/api/stations/dock/frames", raw=jpeg.tobytes(), content_type="image/jpeg"
+        )
+        assert status == 200, body
+        await _until(hass, lambda: hass.states.get("input_boolean.conveyor").state == "off")
+        incident_id = json.loads(body)["new_incident_ids"][0]
+
+        def record() -> dict[str, Any] | None:
+            data = json.loads(service.get(f"/api/incidents/{incident_id}")[1])
+            vlm = data.get("vlm") or {}
+            return vlm if vlm.get("status") == "done" else None
+
+        await _until(hass, record)
+        actions = {a["tool"]: a for a in record()["actions"]}  # type: ignore[index]
+        assert actions["stop_line"]["status"] == "executed"
+        assert actions["stop_line"]["detail"] == "called input_boolean.turn_off"
+        assert await hass.config_entries.async_unload(entry.entry_id)
+    finally:
+        service.stop()
+        await ollama.stop()

@@ -485,7 +485,11 @@ def build() -> dict[str, Any]:
                 "`station_state` (StationState), `alert` (OperatorAlert). On connecting: every "
                 "station's state, then with `since` the incidents stored since then (each with "
                 '`replay: true`), then `{"type": "ready"}`. A client too slow to keep up '
-                "is closed with code 1013 and reconnects with `since`.",
+                "is closed with code 1013 and reconnects with `since`. A client connected with "
+                "`actions=1` (Home Assistant in remote mode) carries out the engine's `service` "
+                'actions: it gets `{"type": "action_call", "data": {call_id, action, '
+                'arguments, context}}` and answers `{"type": "action_result", "call_id", '
+                '"ok", "result" | "error"}`.',
                 "parameters": [
                     _param(
                         "events",
@@ -498,6 +502,12 @@ def build() -> dict[str, Any]:
                         "query",
                         {"type": "string", "format": "date-time"},
                         "Replay the incidents stored since then first.",
+                    ),
+                    _param(
+                        "actions",
+                        "query",
+                        {"enum": ["0", "1"]},
+                        "1: this client carries out `service` actions (Home Assistant).",
                     ),
                 ],
                 "responses": {

@@ -84,7 +84,8 @@ def test_the_openapi_document_is_committed_and_matches_the_routes(service: Servi
     assert status == 200 and _json(body) == build()
 
     class _Engine:  # the routes do not depend on the engine
-        pass
+        def __init__(self) -> None:
+            self.action_ports: dict[str, Any] = {}
 
     from edge_inspector.config import HttpConfig
 
@@ -182,13 +183,14 @@ async def test_stations_commands_frames_incidents_and_the_push_channel(
         _validator({"$ref": "#/components/schemas/InspectionResult"}).validate(result)
         assert result["verdict"] == "fail" and result["part_id"] == "P-1"
         assert result["new_incident_ids"]
+        pushed: list[str] = []
         async with asyncio.timeout(30):
-            while True:
+            while len(pushed) < len(result["new_incident_ids"]):
                 message = await ws.receive_json()
                 if message["type"] == "incident" and message["data"]["station_id"] == "dock":
-                    break
-        incident_id = message["data"]["incident_id"]
-        assert incident_id in result["new_incident_ids"]
+                    pushed.append(message["data"]["incident_id"])
+        assert set(pushed) == set(result["new_incident_ids"])
+        incident_id = pushed[0]
 
         status, body, _ = service.request(
             "POST",

@@ -93,7 +93,8 @@ async def in_process(config_path: Path, total: int) -> list[float]:
 
 
 async def service(config_path: Path, port: int, total: int) -> list[float]:
-    env = {**os.environ, "YOLO_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    path = [str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "YOLO_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(p for p in path if p)}
     proc = subprocess.Popen(  # noqa: ASYNC220 (started once, before any timing)
         [sys.executable, "-m", "edge_inspector.cli", "run", "-c", str(config_path)],
         env=env,

@@ -7,7 +7,8 @@
 #     annotated-types typing-inspection ollama==0.5.1 httpx httpcore h11 anyio sniffio idna \
 #     certifi pypdf
 # (add polars and polars-runtime-32 for "train": they are large, and only training needs them)
-# Optional first argument "train": retrain the demo model on the GPU first and bench that one.
+# Optional first argument "train": retrain the demo model on the GPU first and bench that one;
+# "service": only the service-versus-in-process latency bench.
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD EDGE_INSPECTOR_CACHE=/tmp/edge-inspector-cache PYTHONUNBUFFERED=1
@@ -18,6 +19,12 @@ if [ "${1:-}" = train ]; then
   model=$out/demo-defects.pt
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+if [ "${1:-}" = service ]; then
+  python3 bench/bench_service.py --device cuda:0 --model "$model" --frames 300 --fps 20 \
+    --rounds 2 --json "$out/bench-service-gpu.json" 2>"$out/bench-service-gpu.err" |
+    tee "$out/bench-service-gpu.txt"
+  exit 0
+fi
 python3 bench/bench_engine.py --device cuda:0 --model "$model" --frames 400 --rounds 3 \
   --json "$out/bench-gpu.json" 2>&1 | tee "$out/bench-gpu.txt"
 python3 bench/bench_vlm.py --device cuda:0 --model "$model" --frames 600 --rounds 3 \

@@ -11,6 +11,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,3 +151,19 @@ class Service:
                 return r.status, r.read(), r.headers.get("Content-Type", "")
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read(), exc.headers.get("Content-Type", "")
+
+
+@contextmanager
+def running_service(folder: Path, **config: object) -> Iterator[Service]:
+    """A service with `service_config(folder / "store", ..., **config)`, stopped after; a clean
+    exit (status 0) is part of the contract."""
+    port = free_port()
+    path = folder / "engine.yaml"
+    path.write_text(service_config(folder / "store", port, **config))  # type: ignore[arg-type]
+    svc = Service(path, port)
+    svc.start()
+    try:
+        yield svc
+    finally:
+        code = svc.stop()
+    assert code == 0, f"the service exited with {code}"

@@ -12,20 +12,8 @@ const [base, out, user = "admin", password = "edge-inspector"] = process.argv.sl
 const CARD = "edge-inspector-card";
 
 async function cardState(page) {
-  return page.evaluate((tag) => {
-    // The card sits deep in Home Assistant's shadow roots: search them all.
-    const find = (root) => {
-      const hit = root.querySelector(tag);
-      if (hit) return hit;
-      for (const el of root.querySelectorAll("*")) {
-        if (el.shadowRoot) {
-          const inner = find(el.shadowRoot);
-          if (inner) return inner;
-        }
-      }
-      return null;
-    };
-    const card = find(document);
+  return page.evaluate(() => {
+    const card = window.__findCard();
     if (!card || !card.shadowRoot) return null;
     const root = card.shadowRoot;
     const img = root.querySelector(".picture img");
@@ -48,7 +36,7 @@ async function cardState(page) {
       textColor: root.querySelector(".title") ? getComputedStyle(root.querySelector(".title")).color : null,
       error: root.querySelector(".error")?.textContent?.trim() || null,
     };
-  }, CARD);
+  });
 }
 
 async function waitFor(page, check, what, timeout = 60000) {
@@ -73,6 +61,23 @@ async function waitFor(page, check, what, timeout = 60000) {
   const result = { console_errors: [] };
   try {
     const context = await browser.newContext({ viewport: { width: 1280, height: 1000 }, colorScheme: "light" });
+    // Finds the card deep in Home Assistant's shadow roots (defined in every page it opens).
+    await context.addInitScript((tag) => {
+      window.__findCard = () => {
+        const find = (root) => {
+          const hit = root.querySelector(tag);
+          if (hit) return hit;
+          for (const el of root.querySelectorAll("*")) {
+            if (el.shadowRoot) {
+              const inner = find(el.shadowRoot);
+              if (inner) return inner;
+            }
+          }
+          return null;
+        };
+        return find(document);
+      };
+    }, CARD);
     const page = await context.newPage();
     page.on("console", (m) => {
       if (m.type() === "error") result.console_errors.push(m.text().slice(0, 300));
@@ -104,36 +109,20 @@ async function waitFor(page, check, what, timeout = 60000) {
 
     // Inspect now: the counter of inspections goes up.
     const before = Number(loaded.counters.inspections);
-    const clicked = await page.evaluate((tag) => {
-      const find = (root) => {
-        const hit = root.querySelector(tag);
-        if (hit) return hit;
-        for (const el of root.querySelectorAll("*")) {
-          if (el.shadowRoot) { const inner = find(el.shadowRoot); if (inner) return inner; }
-        }
-        return null;
-      };
-      const button = find(document)?.shadowRoot?.querySelector('[data-action="inspect"]');
+    const clicked = await page.evaluate(() => {
+      const button = window.__findCard()?.shadowRoot?.querySelector('[data-action="inspect"]');
       if (!button || button.disabled) return false;
       button.click();
       return true;
-    }, CARD);
+    });
     result.clicked = clicked;
     result.after = await waitFor(page, (s) => Number(s.counters.inspections) > before, "the counter to change", 30000);
     await page.screenshot({ path: path.join(out, "card-after-inspect.png"), fullPage: true });
 
     // Acknowledge the latest incident: its state on the card becomes "acknowledged".
-    await page.evaluate((tag) => {
-      const find = (root) => {
-        const hit = root.querySelector(tag);
-        if (hit) return hit;
-        for (const el of root.querySelectorAll("*")) {
-          if (el.shadowRoot) { const inner = find(el.shadowRoot); if (inner) return inner; }
-        }
-        return null;
-      };
-      find(document).shadowRoot.querySelector('[data-action="acknowledge"]').click();
-    }, CARD);
+    await page.evaluate(() => {
+      window.__findCard().shadowRoot.querySelector('[data-action="acknowledge"]').click();
+    });
     result.acknowledged = await waitFor(page, (s) => (s.reportMeta || "").endsWith("acknowledged"), "the acknowledgement", 30000);
 
     // Dark theme: the default theme follows the browser's colour scheme.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +19,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_inspector.api.openapi import build, render
 from edge_inspector.demo.synthetic import ConveyorFrame
-from tests.service import TOKEN, Service, free_port, service_config
+from tests.service import TOKEN, Service, running_service
 
 OPENAPI = Path(__file__).parents[2] / "edge_inspector" / "api" / "openapi.json"
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    folder = tmp_path_factory.mktemp("service")
-    port = free_port()
-    config = folder / "engine.yaml"
-    config.write_text(service_config(folder / "store", port))
-    svc = Service(config, port)
-    svc.start()
-    yield svc
-    assert svc.stop() == 0
+    with running_service(tmp_path_factory.mktemp("service")) as svc:
+        yield svc
 
 
 def _json(body: bytes) -> Any:
@@ -334,14 +328,9 @@ def test_metrics_parse_with_prometheus_client(service: Service) -> None:
 
 
 @pytest.fixture
-async def restartable(tmp_path: Path) -> AsyncIterator[Service]:
-    port = free_port()
-    config = tmp_path / "engine.yaml"
-    config.write_text(service_config(tmp_path / "store", port, fps=0.5))
-    svc = Service(config, port)
-    svc.start()
-    yield svc
-    svc.stop()
+def restartable(tmp_path: Path) -> Iterator[Service]:
+    with running_service(tmp_path, fps=0.5) as svc:
+        yield svc
 
 
 async def test_after_a_restart_clients_catch_up_from_the_store(

@@ -44,13 +44,10 @@ async def _until(hass: HomeAssistant, check: Callable[[], bool], timeout: float 
         await hass.async_block_till_done()
 
 
-async def test_home_assistant_discovers_the_station_and_controls_it(
-    hass: HomeAssistant,
-    tmp_path: Path,
-    broker: Mosquitto,
-    demo_model: Path,
-    defect_scenes: list[ConveyorFrame],
-) -> None:
+async def _mqtt_with_discovery(
+    hass: HomeAssistant, tmp_path: Path, broker: Mosquitto
+) -> MockConfigEntry:
+    """Home Assistant's MQTT integration on the broker, discovery on."""
     # MQTT reads configuration.yaml for YAML-defined items; give it an empty one of our own.
     hass.config.config_dir = str(tmp_path)
     (tmp_path / "configuration.yaml").write_text("")
@@ -64,6 +61,17 @@ async def test_home_assistant_discovers_the_station_and_controls_it(
     entry.add_to_hass(hass)
     assert await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()
+    return entry
+
+
+async def test_home_assistant_discovers_the_station_and_controls_it(
+    hass: HomeAssistant,
+    tmp_path: Path,
+    broker: Mosquitto,
+    demo_model: Path,
+    defect_scenes: list[ConveyorFrame],
+) -> None:
+    entry = await _mqtt_with_discovery(hass, tmp_path, broker)
 
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -252,18 +260,7 @@ async def test_two_engines_on_one_broker_stay_apart(
     """Two engines (two lines) on one broker and one Home Assistant, each with a station of the
     same id and name: two devices, each with its own entities and availability; stopping one
     engine leaves the other's entities available and updating."""
-    hass.config.config_dir = str(tmp_path)
-    (tmp_path / "configuration.yaml").write_text("")
-    entry = MockConfigEntry(
-        domain="mqtt",
-        data={"broker": "127.0.0.1", "port": broker.port},
-        options={"discovery": True},
-        version=1,
-        minor_version=2,
-    )
-    entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
+    entry = await _mqtt_with_discovery(hass, tmp_path, broker)
     folder = tmp_path / "frames"
     folder.mkdir()
     for i, scene in enumerate(defect_scenes[:4]):

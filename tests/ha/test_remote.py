@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +23,15 @@ from pytest_homeassistant_custom_component.typing import WebSocketGenerator
 from custom_components.edge_inspector import answers
 from custom_components.edge_inspector.const import DOMAIN, EVENT_DEFECT, EVENT_INCIDENT
 from edge_inspector.demo.synthetic import ConveyorFrame
-from tests.service import TOKEN, Service, free_port, service_config
+from tests.service import TOKEN, Service, free_port, running_service, service_config
+
+from .test_integration import _until
 
 
 @pytest.fixture
 def service(tmp_path: Path, socket_enabled: None) -> Iterator[Service]:
-    port = free_port()
-    config = tmp_path / "engine.yaml"
-    config.write_text(service_config(tmp_path / "store", port, fps=2))
-    svc = Service(config, port)
-    svc.start()
-    yield svc
-    svc.stop()
-
-
-async def _until(hass: HomeAssistant, check: Callable[[], object], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.1)
-        await hass.async_block_till_done()
+    with running_service(tmp_path, fps=2) as svc:
+        yield svc
 
 
 async def _remote_entry(hass: HomeAssistant, service: Service, **options: Any) -> MockConfigEntry:

@@ -13,18 +13,13 @@ from homeassistant.components import camera
 from homeassistant.core import HomeAssistant
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
-from tests.service import TOKEN, Service, free_port, service_config
+from tests.service import TOKEN, Service, running_service
 
 
 @pytest.fixture
 def service(tmp_path: Path, socket_enabled: None) -> Iterator[Service]:
-    port = free_port()
-    config = tmp_path / "engine.yaml"
-    config.write_text(service_config(tmp_path / "store", port))
-    svc = Service(config, port)
-    svc.start()
-    yield svc
-    assert svc.stop() == 0
+    with running_service(tmp_path) as svc:
+        yield svc
 
 
 async def test_the_mjpeg_camera_shows_the_annotated_live_view(

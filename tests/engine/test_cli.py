@@ -155,6 +155,56 @@ def test_demo_runs_offline_to_completion(tmp_path: Path) -> None:
     assert Path(frame_path).is_file()
 
 
+def test_demo_serves_the_http_api_while_it_runs(tmp_path: Path) -> None:
+    import json
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+
+    from tests.service import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "demo",
+            "--duration",
+            "120",
+            "--fps",
+            "5",
+            "--store",
+            str(tmp_path / "s"),
+            "--http",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stations") as r:
+                    stations = json.loads(r.read())["stations"]
+                if stations and stations[0]["inspections"] > 0:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "no HTTP API"
+            time.sleep(0.3)
+        assert stations[0]["station_id"] == "conveyor_1"
+        url = f"http://127.0.0.1:{port}/api/stations/conveyor_1/snapshot.jpg"
+        with urllib.request.urlopen(url) as r:
+            assert r.headers["Content-Type"] == "image/jpeg" and r.read()[:2] == b"\xff\xd8"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert f"HTTP API on http://127.0.0.1:{port}" in out
+
+
 def test_run_stops_cleanly_on_sigterm(tmp_path: Path, demo_model: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(f"""

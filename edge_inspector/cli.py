@@ -102,7 +102,7 @@ class _LogSink(EventSink):
 
 
 async def _run(config: EngineConfig, mqtt_url: str | None) -> None:
-    from .api import ApiServer
+    from .api.server import ApiServer
     from .engine import Engine
     from .mqtt import attach_mqtt
 

@@ -13,7 +13,7 @@ from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers.typing import ConfigType
 
 from .const import DOMAIN
-from .hub import EdgeInspectorHub
+from .hub import EdgeInspectorHub, EngineNotInstalledError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ async def async_setup_entry(hass: HomeAssistant, entry: EdgeInspectorConfigEntry
 
     try:
         hub = EdgeInspectorHub(hass, entry)
+    except EngineNotInstalledError as exc:
+        raise ConfigEntryError(str(exc)) from exc
     except (ConfigError, ValueError) as exc:
         raise ConfigEntryError(f"invalid station configuration: {exc}") from exc
     try:

@@ -79,6 +79,16 @@ HUB_SCHEMA = vol.Schema(
 )
 
 
+def engine_installed() -> bool:
+    """Whether this Home Assistant can run the engine in-process (PyTorch and Ultralytics)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("ultralytics") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 async def check_engine(hass: HomeAssistant, url: str, token: str | None) -> str | None:
     """None when an engine service answers at `url` and takes the token, else the error key."""
     from edge_inspector.api.client import EngineClient, EngineUnreachableError
@@ -140,6 +150,8 @@ class EdgeInspectorConfigFlow(ConfigFlow, domain=DOMAIN):
                         CONF_ENGINE_URL: engine,
                         CONF_ENGINE_TOKEN: token,
                     }
+            elif not await self.hass.async_add_executor_job(engine_installed):
+                errors["base"] = "engine_not_installed"
             elif url and (problem := await check_ollama(url, model)) is not None:
                 errors["base"] = problem
             else:

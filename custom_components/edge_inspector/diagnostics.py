@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from homeassistant.components.diagnostics import async_redact_data
 from homeassistant.core import HomeAssistant
 
-from edge_inspector.vlm.enricher import IncidentEnricher
+from edge_inspector.api.client import RemoteVlm
 
 from .const import CONF_CAMERA, CONF_ENGINE_TOKEN, CONF_ENGINE_URL, CONF_OLLAMA_URL, CONF_STORAGE
 
@@ -52,7 +52,7 @@ async def async_get_config_entry_diagnostics(
         }
     enricher = hub.engine.enricher
     vlm: dict[str, Any] | None = None
-    if isinstance(enricher, IncidentEnricher):
+    if enricher is not None and not isinstance(enricher, RemoteVlm):
         vlm = {
             "breaker": enricher.breaker.state,
             "queue_depth": enricher.queue_depth,

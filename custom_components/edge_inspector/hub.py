@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import voluptuous as vol
 import yaml
@@ -33,7 +33,6 @@ from homeassistant.util import dt as dt_util
 from edge_inspector.api.client import RemoteEngine
 from edge_inspector.config import ActionConfig, EngineConfig, ServiceActionTarget
 from edge_inspector.demo import DEMO_MODEL
-from edge_inspector.engine import Engine
 from edge_inspector.errors import EdgeInspectorError, ImageDecodeError, ModelError
 from edge_inspector.events import (
     Incident,
@@ -76,6 +75,9 @@ from .const import (
     SUBENTRY_STATION,
 )
 from .spc import BASELINE, SUBGROUP, PChart, p_chart
+
+if TYPE_CHECKING:
+    from edge_inspector.engine import Engine
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -161,6 +163,10 @@ def engine_config(hass: HomeAssistant, entry: ConfigEntry) -> EngineConfig:
     return EngineConfig.model_validate(config, context={"allow_no_stations": True})
 
 
+class EngineNotInstalledError(Exception):
+    """In-process mode where the model runtime cannot be installed (Home Assistant OS)."""
+
+
 @dataclass
 class StationRuntime:
     """What Home Assistant knows of one station beyond the engine's own state."""
@@ -234,6 +240,15 @@ class EdgeInspectorHub(EventSink):
             self.engine.action_handler = self._remote_action
         else:
             self.config = engine_config(hass, entry)
+            try:  # the model runtime: in-process mode only
+                from edge_inspector.engine import Engine
+            except ImportError as exc:
+                raise EngineNotInstalledError(
+                    f"the in-process engine needs PyTorch and Ultralytics ({exc}): install "
+                    "edge-inspector[engine] into Home Assistant's environment, or run the engine "
+                    "as a service and give its URL"
+                ) from exc
+
             self.engine = Engine(self.config, sinks=[self], session=async_get_clientsession(hass))
         self.engine.action_ports["service"] = HaServicePort(hass)
         if entry.options.get(CONF_MQTT_PUBLISH):

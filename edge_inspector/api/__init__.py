@@ -1,5 +1,2 @@
-"""The engine as a service: its HTTP API (REST, websocket, MJPEG, Prometheus metrics)."""
-
-from .server import ApiServer
-
-__all__ = ["ApiServer"]
+"""The engine as a service: its HTTP API (`server`: REST, websocket, MJPEG, Prometheus metrics)
+and a client shaped like the engine (`client`, light: no model runtime needed)."""

@@ -124,7 +124,7 @@ class EngineClient:
 
 
 @dataclass(slots=True)
-class _Vlm:
+class RemoteVlm:
     """What the integration reads of the enricher: its last error (None while it answers)."""
 
     last_error: str | None = None
@@ -315,7 +315,7 @@ class RemoteEngine:
         self.action_ports: dict[str, Any] = {}  # the engine runs its own mapped actions
         self.stations: dict[str, RemoteStation] = {}
         self.failed: dict[str, StationState] = {}
-        self.enricher: _Vlm | None = None
+        self.enricher: RemoteVlm | None = None
         self.manuals: bool | None = None
         self.connected = asyncio.Event()
         self.last_error: str | None = None
@@ -353,7 +353,7 @@ class RemoteEngine:
         states = await self.client.stations()
         health = await self.client.health()
         vlm = health.get("vlm")
-        self.enricher = None if vlm is None else _Vlm(None if vlm == "ok" else "VLM degraded")
+        self.enricher = None if vlm is None else RemoteVlm(None if vlm == "ok" else "VLM degraded")
         for state in states:
             self._apply_state(state)
 

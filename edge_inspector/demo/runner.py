@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from ..api import ApiServer
+from ..api.server import ApiServer
 from ..cli import with_http, with_ollama
 from ..config import load_config
 from ..engine import Engine

@@ -18,14 +18,13 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..config import ActionConfig, MqttActionTarget, MqttConfig, StationConfig
-from ..engine import Engine
 from ..errors import EdgeInspectorError
 from ..events import ActionRecord, Incident, InspectionResult, OperatorAlert, StationState
 from ..sinks import EventSink
@@ -34,6 +33,9 @@ from ..tools.actions import ActionContext, ActionError
 from .discovery import discovery_payload, discovery_topic, encode
 from .outbox import Outbox, OutboxMessage
 from .topics import BrokerUrl, Topics, parse_broker_url
+
+if TYPE_CHECKING:
+    from ..engine import Engine
 
 __all__ = [
     "ConfirmCommand",

@@ -63,7 +63,13 @@ def _device(hass: HomeAssistant, entry: MockConfigEntry, sid: str) -> str:
 async def test_the_config_flow_tests_the_engine_before_creating_the_entry(
     hass: HomeAssistant, service: Service
 ) -> None:
+    from unittest.mock import patch
+
     result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": "user"})
+    # without an engine URL on a Home Assistant that cannot run the engine (its OS): refused
+    with patch("custom_components.edge_inspector.config_flow.engine_installed", return_value=False):
+        result = await hass.config_entries.flow.async_configure(result["flow_id"], {})
+    assert result["errors"] == {"base": "engine_not_installed"}
     for url, token, error in (
         (service.url, "wrong-token-0123456789", "invalid_auth"),
         (f"http://127.0.0.1:{free_port()}", TOKEN, "engine_unreachable"),
@@ -307,3 +313,40 @@ async def test_the_engines_vlm_actions_run_home_assistant_services(
     finally:
         service.stop()
         await ollama.stop()
+
+
+def test_the_integration_loads_without_a_model_runtime() -> None:
+    """Home Assistant OS and its container cannot install PyTorch: with `cv2`, `ultralytics`,
+    `torch` and `lap` unimportable, every module of the integration (and the remote client)
+    still imports, and the in-process mode is refused with a clear reason."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[2]
+    script = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"cv2", "ultralytics", "torch", "lap", "torchvision"}:
+            raise ImportError("no " + name)
+sys.meta_path.insert(0, Block())
+import custom_components.edge_inspector
+for module in ("hub", "config_flow", "answers", "llm_api", "intents", "websocket", "services",
+               "sensor", "binary_sensor", "button", "event", "image", "number", "switch",
+               "diagnostics", "device_trigger", "mqtt_publish"):
+    __import__("custom_components.edge_inspector." + module)
+from custom_components.edge_inspector.config_flow import engine_installed
+from edge_inspector.api.client import RemoteEngine
+assert not engine_installed()
+print("light ok")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "light ok" in proc.stdout

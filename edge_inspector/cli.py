@@ -122,7 +122,11 @@ async def _run(config: EngineConfig, mqtt_url: str | None) -> None:
         if bridge is not None:
             await bridge.start()
         _LOGGER.info("running %d station(s); Ctrl-C stops", len(engine.stations))
-        finished = asyncio.create_task(engine.wait_finished()) if engine.stations else None
+        # Runs until stopped; with folders or video files only, until they are read. (Stations
+        # that only take pushed pictures or triggers never finish: a service waits for them.)
+        finished = (
+            asyncio.create_task(engine.wait_finished()) if engine.has_finite_sources else None
+        )
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait(
             [t for t in (finished, stopper) if t], return_when=asyncio.FIRST_COMPLETED

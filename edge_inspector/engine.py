@@ -369,15 +369,19 @@ class Engine:
         await self.store.add_incident(incident)
         return incident
 
+    def _finite(self) -> list[Station]:
+        return [
+            s for s in self.stations.values() if not s.source.live and s.config.mode == "continuous"
+        ]
+
+    @property
+    def has_finite_sources(self) -> bool:
+        """Whether some station reads a source that ends (a folder, a video file)."""
+        return bool(self._finite())
+
     async def wait_finished(self) -> None:
         """Wait until every station with a finite source has read all of it."""
-        await asyncio.gather(
-            *(
-                s.finished.wait()
-                for s in self.stations.values()
-                if not s.source.live and s.config.mode == "continuous"
-            )
-        )
+        await asyncio.gather(*(s.finished.wait() for s in self._finite()))
 
     async def _retention(self) -> None:
         while True:

@@ -273,6 +273,7 @@ class EdgeInspectorHub(EventSink):
                 model_name=model_path(subentry.data.get(CONF_MODEL_PATH)).name,
             )
         self._unsubs: list[Callable[[], None]] = []
+        self._reloading = False
 
     # -- life ---------------------------------------------------------------------------
 
@@ -310,16 +311,39 @@ class EdgeInspectorHub(EventSink):
             ),
         )
 
+    def _stations_changed(self, why: str) -> None:
+        """The engine's stations are not the ones we show: reload (once) to follow them."""
+        if self._reloading:
+            return
+        self._reloading = True
+        _LOGGER.info("%s: reloading Edge Inspector", why)
+        self.hass.config_entries.async_schedule_reload(self.entry.entry_id)
+
+    def _remove_stale_devices(self) -> None:
+        """Devices of stations the engine no longer has (its file changed) go away."""
+        registry = dr.async_get(self.hass)
+        wanted = {runtime.subentry_id for runtime in self.stations.values()}
+        for device in dr.async_entries_for_config_entry(registry, self.entry.entry_id):
+            idents = {ident for domain, ident in device.identifiers if domain == DOMAIN}
+            if idents and not idents & wanted:
+                _LOGGER.info("station %s is gone from the engine: removing it", device.name)
+                registry.async_update_device(device.id, remove_config_entry_id=self.entry.entry_id)
+
     async def _connection_changed(self, up: bool) -> None:
         for runtime in self.stations.values():
             self._signal_state(runtime)
         if up:
+            engine_ids = {s.station_id for s in self.engine.states()}
+            if engine_ids != set(self.stations):
+                self._stations_changed("the engine's stations changed")
+                return
             await self.async_update_charts()
 
     async def async_start(self) -> None:
         await self.engine.start()
         if self.remote:
             self._remote_stations()
+            self._remove_stale_devices()
         for sid, runtime in self.stations.items():
             issue = f"model_missing_{runtime.subentry_id}"
             if sid in self.engine.failed:
@@ -619,6 +643,8 @@ class EdgeInspectorHub(EventSink):
     async def on_station_state(self, state: StationState) -> None:
         runtime = self.stations.get(state.station_id)
         if runtime is None:
+            if self.remote:
+                self._stations_changed(f"the engine has a new station {state.station_id}")
             return
         runtime.state = state
         self._signal_state(runtime)

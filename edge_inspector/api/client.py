@@ -356,6 +356,11 @@ class RemoteEngine:
         self.enricher = None if vlm is None else RemoteVlm(None if vlm == "ok" else "VLM degraded")
         for state in states:
             self._apply_state(state)
+        current = {s.station_id for s in states}
+        for gone in [sid for sid in self.stations if sid not in current]:
+            del self.stations[gone]  # removed from the engine's configuration
+        for gone in [sid for sid in self.failed if sid not in current]:
+            del self.failed[gone]
 
     def _apply_state(self, state: StationState) -> None:
         if (

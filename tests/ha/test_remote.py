@@ -22,6 +22,7 @@ from pytest_homeassistant_custom_component.typing import WebSocketGenerator
 
 from custom_components.edge_inspector import answers
 from custom_components.edge_inspector.const import DOMAIN, EVENT_DEFECT, EVENT_INCIDENT
+from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.demo.synthetic import ConveyorFrame
 from tests.service import TOKEN, Service, free_port, running_service, service_config
 
@@ -350,3 +351,38 @@ print("light ok")
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "light ok" in proc.stdout
+
+
+async def test_stations_added_or_removed_on_the_engine_follow_after_a_restart(
+    hass: HomeAssistant, service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = await _remote_entry(hass, service)
+    registry = dr.async_get(hass)
+
+    def device(sid: str) -> dr.DeviceEntry | None:
+        return registry.async_get_device(identifiers={(DOMAIN, f"{entry.entry_id}_{sid}")})
+
+    assert device("line_a") is not None and device("dock") is not None
+    # the engine's file changes: line A goes, a second push station comes
+    assert service.stop() == 0
+    text = service.config.read_text()
+    start = text.index("  - id: line_a")
+    end = text.index("  - id: dock")
+    text = text[:start] + text[end:]
+    added = f"""  - id: dock_2
+    name: Dock 2
+    source: {{type: push}}
+    mode: triggered
+    model: {{path: {DEMO_MODEL}, imgsz: 320}}
+    defects: {{scratch: 0.5}}
+"""
+    text = text.replace("stations:\n", "stations:\n" + added, 1)
+    service.config.write_text(text)
+    service.start()
+    await _until(hass, lambda: device("dock_2") is not None, 90)
+    await _until(hass, lambda: device("line_a") is None, 30)
+    await _until(hass, lambda: hass.states.get("sensor.dock_2_inspections") is not None)
+    assert hass.states.get("sensor.dock_2_inspections").state == "0"
+    assert device("dock") is not None
+    assert "reloading Edge Inspector" in caplog.text
+    assert await hass.config_entries.async_unload(entry.entry_id)

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -130,8 +131,6 @@ async def service(config_path: Path, port: int, total: int) -> list[float]:
                         now = time.time()
                         if message["type"] == "inspection":
                             stamp = message["data"]["timestamp"].replace("Z", "+00:00")
-                            from datetime import datetime
-
                             arrivals.append(
                                 (now - datetime.fromisoformat(stamp).timestamp()) * 1000
                             )

@@ -226,11 +226,13 @@ def defect_classes(text: str | None, stations: list[StationRef]) -> set[str] | N
     raise AnswerError(f"no station looks for {text!r} (defect classes: {listed})")
 
 
+def plural(word: str) -> str:
+    """English plural of a defect class ('scratch' -> 'scratches')."""
+    return word + ("es" if word.endswith(("s", "sh", "ch", "x")) else "s")
+
+
 def _count(n: int, word: str) -> str:
-    if n == 1:
-        return f"1 {word}"
-    plural = word + ("es" if word.endswith(("s", "sh", "ch", "x")) else "s")
-    return f"{n} {plural}"
+    return f"1 {word}" if n == 1 else f"{n} {plural(word)}"
 
 
 def _when(moment: datetime) -> str:
@@ -392,11 +394,9 @@ def incident_summary(incident: Incident) -> dict[str, Any]:
     }
 
 
-async def latest_incidents(
-    hass: HomeAssistant, *, station: str | None = None, limit: int = 5, period: str | None = None
-) -> dict[str, Any]:
-    stations = find_stations(hass, station)
-    span = parse_period(period, shifts=shift_starts(stations[0].hub)) if period else None
+async def _latest(
+    hass: HomeAssistant, stations: list[StationRef], limit: int, span: Period | None
+) -> list[Incident]:
     found: list[Incident] = []
     for ref in stations:
         found += await ref.hub.engine.store.incidents(
@@ -406,7 +406,15 @@ async def latest_incidents(
             limit=limit,
         )
     found.sort(key=lambda i: i.created_at, reverse=True)
-    found = found[:limit]
+    return found[:limit]
+
+
+async def latest_incidents(
+    hass: HomeAssistant, *, station: str | None = None, limit: int = 5, period: str | None = None
+) -> dict[str, Any]:
+    stations = find_stations(hass, station)
+    span = parse_period(period, shifts=shift_starts(stations[0].hub)) if period else None
+    found = await _latest(hass, stations, limit, span)
     if not found:
         speech = "No defects recorded" + (f" {span.label}" if span else "") + "."
     else:
@@ -434,10 +442,15 @@ async def incident_report(
         if incident is None:
             raise AnswerError(f"there is no incident {incident_id!r}")
     else:
-        latest = await latest_incidents(hass, station=station, limit=1)
-        if not latest["incidents"]:
+        latest = await _latest(hass, find_stations(hass, station), 1, None)
+        if not latest:
             raise AnswerError("no defects have been recorded yet")
-        return await incident_report(hass, incident_id=latest["incidents"][0]["incident_id"])
+        incident = latest[0]
+    return report_data(incident)
+
+
+def report_data(incident: Incident) -> dict[str, Any]:
+    """An incident's summary, VLM report, actions and verdicts, with a line to say."""
     data = incident_summary(incident)
     vlm = incident.vlm
     report = vlm.report if vlm else None
@@ -548,7 +561,7 @@ async def station_overview(
         bucket=bucket,
     )
     last = ref.runtime.last_incident or await store.last_incident(ref.station_id)
-    report = await incident_report(hass, incident_id=last.incident_id) if last else None
+    report = report_data(last) if last else None
     entities = station_entities(hass, ref)
     return {
         **row,

@@ -11,7 +11,7 @@ through bus events.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -224,6 +224,8 @@ class EdgeInspectorHub(EventSink):
         self.hass = hass
         self.entry = entry
         self.remote = bool(entry.data.get(CONF_ENGINE_URL))
+        # `service` action targets: run by the in-process engine, or asked by the service
+        self._services = HaServicePort(hass)
         self.engine: Engine | RemoteEngine
         if self.remote:
             # The engine runs as a service elsewhere; its stations come from it.
@@ -250,7 +252,7 @@ class EdgeInspectorHub(EventSink):
                 ) from exc
 
             self.engine = Engine(self.config, sinks=[self], session=async_get_clientsession(hass))
-        self.engine.action_ports["service"] = HaServicePort(hass)
+            self.engine.action_ports["service"] = self._services
         if entry.options.get(CONF_MQTT_PUBLISH):
             from .mqtt_publish import HaMqttPublisher
 
@@ -300,7 +302,7 @@ class EdgeInspectorHub(EventSink):
         self, action: ActionConfig, arguments: dict[str, Any], context: dict[str, Any]
     ) -> str:
         """A `service` action the engine service's VLM took: run here, as in-process."""
-        return await HaServicePort(self.hass).execute(
+        return await self._services.execute(
             action,
             arguments,
             ActionContext(
@@ -535,29 +537,27 @@ class EdgeInspectorHub(EventSink):
             runtime.camera_error = None
             self._signal_state(runtime)
 
-    async def async_set_enabled(self, sid: str, enabled: bool) -> None:
-        """Pause or resume a station (in Home Assistant, or on the engine service)."""
+    async def _station_command(
+        self, sid: str, command: Callable[[], Awaitable[None] | None]
+    ) -> None:
+        """A command to a station's engine (in-process it answers at once, a service over
+        HTTP); the station's entities then show its new state."""
         try:
-            if isinstance(self.engine, RemoteEngine):
-                await self.engine.set_enabled(sid, enabled)
-            else:
-                self.engine.set_enabled(sid, enabled)
+            pending = command()
+            if pending is not None:
+                await pending
         except EdgeInspectorError as exc:
             raise HomeAssistantError(f"{self.stations[sid].name}: {exc}") from exc
         self.stations[sid].state = self.engine.stations[sid].state()
         self._signal_state(self.stations[sid])
 
+    async def async_set_enabled(self, sid: str, enabled: bool) -> None:
+        """Pause or resume a station."""
+        await self._station_command(sid, lambda: self.engine.set_enabled(sid, enabled))
+
     async def async_set_threshold(self, sid: str, confidence: float) -> None:
         """Every defect class's confidence threshold of a station."""
-        try:
-            if isinstance(self.engine, RemoteEngine):
-                await self.engine.set_threshold(sid, None, confidence)
-            else:
-                self.engine.set_threshold(sid, None, confidence)
-        except EdgeInspectorError as exc:
-            raise HomeAssistantError(f"{self.stations[sid].name}: {exc}") from exc
-        self.stations[sid].state = self.engine.stations[sid].state()
-        self._signal_state(self.stations[sid])
+        await self._station_command(sid, lambda: self.engine.set_threshold(sid, None, confidence))
 
     @property
     def is_connected(self) -> bool:

@@ -73,10 +73,6 @@ def _words(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]|_", " ", text.lower()).split())
 
 
-def _plural(word: str) -> str:
-    return word + ("es" if word.endswith(("s", "sh", "ch", "x")) else "s")
-
-
 def vocabulary(
     hass: HomeAssistant, refs: list[answers.StationRef] | None = None
 ) -> tuple[dict[str, str], dict[str, str]]:
@@ -89,7 +85,7 @@ def vocabulary(
                 stations.setdefault(words, ref.runtime.line if name == ref.runtime.line else name)
         for cls in ref.runtime.defects:
             words = _words(cls)
-            classes[words] = classes[_plural(words)] = cls
+            classes[words] = classes[answers.plural(words)] = cls
     return stations, classes
 
 

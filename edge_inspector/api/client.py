@@ -312,7 +312,6 @@ class RemoteEngine:
         self.client = EngineClient(url, token, session)
         self.store = RemoteStore(self.client)
         self.sinks = SinkFanout(sinks)
-        self.action_ports: dict[str, Any] = {}  # the engine runs its own mapped actions
         self.stations: dict[str, RemoteStation] = {}
         self.failed: dict[str, StationState] = {}
         self.enricher: RemoteVlm | None = None

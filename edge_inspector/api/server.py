@@ -97,6 +97,24 @@ def _int(request: web.Request, name: str, default: int, low: int, high: int) -> 
     return value
 
 
+def _range(request: web.Request) -> dict[str, Any]:
+    """The station and time range query parameters most queries take."""
+    return {
+        "station_id": request.query.get("station_id") or None,
+        "since": _since(request, "since"),
+        "until": _since(request, "until"),
+    }
+
+
+def _page(request: web.Request) -> dict[str, Any]:
+    """`_range` and the page: limit (1-500, default 50) and offset."""
+    return {
+        **_range(request),
+        "limit": _int(request, "limit", 50, 1, 500),
+        "offset": _int(request, "offset", 0, 0, 10_000_000),
+    }
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
@@ -495,17 +513,9 @@ class ApiServer(EventSink):
         verdict = request.query.get("verdict")
         if verdict not in (None, "pass", "fail"):
             raise ApiError(400, "invalid_parameter", "verdict: pass or fail")
-        limit = _int(request, "limit", 50, 1, 500)
-        offset = _int(request, "offset", 0, 0, 10_000_000)
-        rows = await self.engine.store.inspections(
-            station_id=request.query.get("station_id"),
-            since=_since(request, "since"),
-            until=_since(request, "until"),
-            verdict=verdict,
-            limit=limit,
-            offset=offset,
-        )
-        return _json({"inspections": rows, "limit": limit, "offset": offset})
+        page = _page(request)
+        rows = await self.engine.store.inspections(verdict=verdict, **page)
+        return _json({"inspections": rows, "limit": page["limit"], "offset": page["offset"]})
 
     async def inspection(self, request: web.Request) -> web.Response:
         found = await self.engine.store.inspection(request.match_info["inspection_id"])
@@ -516,12 +526,11 @@ class ApiServer(EventSink):
     async def stats(self, request: web.Request) -> web.Response:
         """Counts for a station (or all) in a time range: inspections, failures, incidents by
         class, operators' verdicts."""
-        sid = request.query.get("station_id") or None
-        since, until = _since(request, "since"), _since(request, "until")
+        span = _range(request)
         store = self.engine.store
-        counts = await store.inspection_counts(station_id=sid, since=since, until=until)
-        by_class = await store.counts_by_class(station_id=sid, since=since, until=until)
-        feedback = await store.feedback_counts(station_id=sid, since=since)
+        counts = await store.inspection_counts(**span)
+        by_class = await store.counts_by_class(**span)
+        feedback = await store.feedback_counts(station_id=span["station_id"], since=span["since"])
         return _json(
             {
                 "inspections": counts.inspections,
@@ -537,19 +546,14 @@ class ApiServer(EventSink):
 
     async def series(self, request: web.Request) -> web.Response:
         """Inspections, failures and incidents per time bucket (a defect-rate chart)."""
-        since, until = _since(request, "since"), _since(request, "until")
-        if since is None:
+        span = _range(request)
+        if span["since"] is None:
             raise ApiError(400, "missing_parameter", "since is required")
-        until = until or datetime.now(UTC)
+        span["until"] = span["until"] or datetime.now(UTC)
         bucket = _int(request, "bucket_s", 900, 10, 86_400)
-        if (until - since).total_seconds() / bucket > 10_000:
+        if (span["until"] - span["since"]).total_seconds() / bucket > 10_000:
             raise ApiError(400, "invalid_parameter", "at most 10000 buckets")
-        points = await self.engine.store.rate_series(
-            station_id=request.query.get("station_id") or None,
-            since=since,
-            until=until,
-            bucket=bucket,
-        )
+        points = await self.engine.store.rate_series(bucket=bucket, **span)
         return _json(
             {
                 "bucket_s": bucket,
@@ -610,20 +614,13 @@ class ApiServer(EventSink):
         return _json(incident.model_dump(mode="json"), status=201)
 
     async def incidents(self, request: web.Request) -> web.Response:
-        limit = _int(request, "limit", 50, 1, 500)
-        offset = _int(request, "offset", 0, 0, 10_000_000)
-        found = await self.engine.store.incidents(
-            station_id=request.query.get("station_id"),
-            since=_since(request, "since"),
-            until=_since(request, "until"),
-            limit=limit,
-            offset=offset,
-        )
+        page = _page(request)
+        found = await self.engine.store.incidents(**page)
         return _json(
             {
                 "incidents": [i.model_dump(mode="json") for i in found],
-                "limit": limit,
-                "offset": offset,
+                "limit": page["limit"],
+                "offset": page["offset"],
             }
         )
 

@@ -1,26 +1,32 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both set up what is missing.
-.PHONY: setup demo test lint bench demo-model schema clean
+# The project runs from the checkout (PYTHONPATH): the environments are shared, outside it.
+.PHONY: setup demo test lint bench demo-model schema release clean
+PY := PYTHONPATH=$(CURDIR) .venv/bin/python
 
 setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@.venv/bin/edge-inspector demo $(ARGS)
+	@$(PY) -m edge_inspector.cli demo $(ARGS)
 
 test: setup
 	@bash scripts/test.sh
 
 lint: setup
-	@.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+	@.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy \
+		&& .venv/bin/actionlint .github/workflows/*.yml
 
 bench: setup
-	@.venv/bin/python bench/bench_engine.py $(ARGS)
+	@$(PY) bench/bench_engine.py $(ARGS)
 
 demo-model: setup
-	@.venv/bin/python -m edge_inspector.demo.train $(ARGS)
+	@$(PY) -m edge_inspector.demo.train $(ARGS)
 
 schema: setup
-	@.venv/bin/edge-inspector schema --out edge_inspector/schema
+	@$(PY) -m edge_inspector.cli schema --out edge_inspector/schema
+
+release: setup
+	@$(PY) scripts/release.py build $(ARGS)
 
 clean:
-	rm -rf edge-inspector-demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf edge-inspector-demo dist .pytest_cache .mypy_cache .ruff_cache

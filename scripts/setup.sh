@@ -1,37 +1,72 @@
 #!/usr/bin/env bash
 # Idempotent set-up used by `make demo` and `make test`.
 #
-# Finds (or builds once, from Debian's source package) Python 3.13.5, makes .venv, installs the
-# project with its test extras, and installs the system packages the tests need. Everything that
-# is slow to make is cached outside the checkout in $EDGE_INSPECTOR_CACHE, so a second run only
-# compares stamps.
+# One virtual environment per supported Home Assistant release, each on the Python that release
+# needs, kept outside the checkout in $EDGE_INSPECTOR_CACHE and linked into it:
+#   .venv               Python 3.14, Home Assistant 2026.11 (current)  -- the demo, lint, the tests
+#   .venv-ha-2026.2     Python 3.13, Home Assistant 2026.2 (oldest supported)
+# plus a plain Home Assistant 2026.11 environment without this project (the HACS install test
+# copies it and lets Home Assistant install our requirement itself) and the wheels that install
+# needs beyond Home Assistant's own packages. The project itself is never installed into these
+# environments: the Makefile and the tests put the checkout on PYTHONPATH, so any number of
+# clones share them. Python 3.13.5 is built once from Debian's source package where the system
+# has none; Python 3.14 comes from Debian's unstable binary packages, unpacked into the cache and
+# pointed at their own C library (Debian 12 and 13 have too old a glibc for them). A second run
+# only compares stamps.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${EDGE_INSPECTOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/edge-inspector}
-PY_VERSION=3.13.5
-PY_ORIG=python3.13_${PY_VERSION}.orig.tar.xz
-PY_SHA256=93e583f243454e6e9e4588ca2c2662206ad961659863277afcdb96801647d640
-PY_PREFIX=$CACHE/python-$PY_VERSION
-VENV=$ROOT/.venv
-APT_PACKAGES=(libgl1 libglib2.0-0 mosquitto mosquitto-clients openssl chromium fonts-dejavu-core)
+DEBIAN_MIRROR=${EDGE_INSPECTOR_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+PY313_VERSION=3.13.5
+PY313_ORIG=python3.13_${PY313_VERSION}.orig.tar.xz
+PY313_SHA256=93e583f243454e6e9e4588ca2c2662206ad961659863277afcdb96801647d640
+PY313_PREFIX=$CACHE/python-$PY313_VERSION
+PY314_ROOT=$CACHE/python-3.14/root
+# Python 3.14 and what it links, from Debian unstable (verified by apt against the signed index).
+PY314_DEBS=(python3.14 python3.14-minimal libpython3.14-minimal libpython3.14-stdlib python3.14-venv
+  python3.14-dev libpython3.14-dev libpython3.14 libc6 libc-gconv-modules-extra libgcc-s1
+  libstdc++6 libssl3t64 openssl-provider-legacy libffi8 libsqlite3-0 libexpat1 libzstd1 zlib1g
+  libbz2-1.0 liblzma5 libncursesw6 libtinfo6 libreadline8t64 libuuid1 libdb5.3t64 libmpdec4
+  media-types)
+APT_PACKAGES=(libgl1 libglib2.0-0 mosquitto mosquitto-clients openssl chromium fonts-dejavu-core
+  patchelf)
+export PIP_CACHE_DIR=$CACHE/pip PIP_DISABLE_PIP_VERSION_CHECK=1
+BOOTSTRAP_PIP=python3
+# An environment is rebuilt when its requirements change, or when this is raised (a change to how
+# this script builds environments).
+ENV_REVISION=1
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-python_ok() {
-  "$1" - <<'PY' 2>/dev/null
+python_ok() {  # python_ok PYTHON MIN_VERSION MAX_VERSION_EXCLUSIVE
+  "$1" - "$2" "$3" <<'PY' 2>/dev/null
 import sys, sqlite3, ssl, ctypes, lzma, bz2, zlib  # the modules a half-built Python lacks
 con = sqlite3.connect(":memory:")
 con.execute("create virtual table t using fts5(x)")
-sys.exit(0 if (3, 13, 2) <= sys.version_info[:3] < (3, 14) else 1)
+low, high = (tuple(int(p) for p in v.split(".")) for v in sys.argv[1:3])
+sys.exit(0 if low <= sys.version_info[: len(low)] and sys.version_info[: len(high)] < high else 1)
 PY
 }
 
-find_python() {
+# A private apt configuration (lists and downloads in a temporary folder), so the system's own
+# sources and state stay untouched.
+private_apt() {  # private_apt WORKDIR SOURCE_LINE APT_ARGS...
+  local work=$1 line=$2
+  shift 2
+  mkdir -p "$work/lists/partial" "$work/archives/partial"
+  printf '%s\n' "$line" >"$work/sources.list"
+  apt-get -o "Dir::Etc::SourceList=$work/sources.list" -o "Dir::Etc::SourceParts=-" \
+    -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::Archives=$work/archives" \
+    -o "Dir::Cache=$work" -o "APT::Sandbox::User=root" \
+    -o "APT::Architecture=amd64" -o "APT::Architectures=amd64" "$@"
+}
+
+find_python313() {
   local candidate
-  for candidate in "$PY_PREFIX/bin/python3.13" "$(command -v python3.13 || true)" /usr/bin/python3.13; do
-    if [ -n "$candidate" ] && [ -x "$candidate" ] && python_ok "$candidate"; then
+  for candidate in "$PY313_PREFIX/bin/python3.13" "$(command -v python3.13 || true)" /usr/bin/python3.13; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ] && python_ok "$candidate" 3.13.2 3.14; then
       printf '%s\n' "$candidate"
       return 0
     fi
@@ -39,29 +74,50 @@ find_python() {
   return 1
 }
 
-build_python() {
-  log "building Python $PY_VERSION from Debian's source package into $PY_PREFIX (once, ~3 min)"
-  local work lists
+build_python313() {
+  log "building Python $PY313_VERSION from Debian's source package into $PY313_PREFIX (once, ~3 min)"
+  local work
   work=$(mktemp -d)
-  lists=$work/lists
-  mkdir -p "$lists/partial"
-  # A private sources list, so the system's apt configuration is left untouched.
-  cat >"$work/sources.list" <<SRC
-deb-src http://deb.debian.org/debian trixie main
-SRC
-  local apt_opts=(-o "Dir::Etc::SourceList=$work/sources.list" -o "Dir::Etc::SourceParts=-"
-    -o "Dir::State::Lists=$lists" -o "APT::Sandbox::User=root")
-  apt-get "${apt_opts[@]}" update -qq
-  (cd "$work" && apt-get "${apt_opts[@]}" source --download-only python3.13 >/dev/null)
-  echo "$PY_SHA256  $work/$PY_ORIG" | sha256sum -c --quiet
-  tar -C "$work" -xf "$work/$PY_ORIG"
+  private_apt "$work" "deb-src $DEBIAN_MIRROR trixie main" update -qq
+  (cd "$work" && private_apt "$work" "deb-src $DEBIAN_MIRROR trixie main" \
+    source --download-only python3.13 >/dev/null)
+  echo "$PY313_SHA256  $work/$PY313_ORIG" | sha256sum -c --quiet
+  tar -C "$work" -xf "$work/$PY313_ORIG"
   local src
   src=$(find "$work" -maxdepth 1 -type d -name 'Python-*' | head -n 1)
-  (cd "$src" && ./configure --prefix="$PY_PREFIX" --with-ensurepip=install >"$work/configure.log" 2>&1 \
+  (cd "$src" && ./configure --prefix="$PY313_PREFIX" --with-ensurepip=install >"$work/configure.log" 2>&1 \
     && make -j"$(nproc)" >"$work/make.log" 2>&1 && make altinstall >"$work/install.log" 2>&1) || {
     log "Python build failed; logs in $work"
     exit 1
   }
+  rm -rf "$work"
+}
+
+find_python314() {
+  local candidate
+  for candidate in "$PY314_ROOT/usr/bin/python3.14" "$(command -v python3.14 || true)"; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ] && python_ok "$candidate" 3.14.2 3.15; then
+      printf '%s\n' "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+
+fetch_python314() {
+  log "unpacking Python 3.14 from Debian unstable's packages into $PY314_ROOT (once, ~1 min)"
+  local work root=$PY314_ROOT
+  work=$(mktemp -d)
+  local line="deb [arch=amd64] $DEBIAN_MIRROR sid main"
+  private_apt "$work" "$line" update -qq
+  mkdir -p "$work/debs"
+  (cd "$work/debs" && private_apt "$work" "$line" download "${PY314_DEBS[@]}" >/dev/null)
+  rm -rf "$root" && mkdir -p "$root"
+  local deb
+  for deb in "$work"/debs/*.deb; do dpkg-deb -x "$deb" "$root"; done
+  # Its own loader and libraries first (DT_RPATH also serves the extension modules it loads).
+  patchelf --set-interpreter "$root/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" \
+    --force-rpath --set-rpath "$root/usr/lib/x86_64-linux-gnu" "$root/usr/bin/python3.14"
   rm -rf "$work"
 }
 
@@ -77,22 +133,120 @@ ensure_apt_packages() {
   fi
 }
 
-ensure_venv() {
-  local python=$1 stamp want
-  want=$( (cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" "${BASH_SOURCE[0]}"; "$python" --version) | sha256sum | cut -d' ' -f1)
-  stamp=$VENV/.edge-inspector-setup
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
-    return 0
+# The project's own requirements (core, engine, export, test extras) without the project itself.
+project_requirements() {
+  "$1" - "$ROOT/pyproject.toml" <<'PY'
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+extras = project["optional-dependencies"]
+for req in [*project["dependencies"], *extras["engine"], *extras["export"], *extras["test"]]:
+    if not req.startswith(project["name"]):
+        print(req)
+PY
+}
+
+new_venv() {  # new_venv PYTHON DIR
+  rm -rf "$2"
+  if ! "$1" -m venv "$2" >/dev/null 2>&1; then
+    # Debian's Python has no bundled pip wheel for ensurepip: pip from its own wheel
+    rm -rf "$2"
+    "$1" -m venv --without-pip "$2"
+    local wheels
+    wheels=$(mktemp -d)
+    "$BOOTSTRAP_PIP" -m pip download -q --no-deps --only-binary=:all: -d "$wheels" pip
+    "$2/bin/python" "$(echo "$wheels"/pip-*.whl)/pip" install -q --no-index "$wheels"/pip-*.whl
+    rm -rf "$wheels"
   fi
-  if [ ! -x "$VENV/bin/python" ] || ! python_ok "$VENV/bin/python"; then
-    log "creating $VENV with $python"
-    rm -rf "$VENV"
-    "$python" -m venv "$VENV"
+  "$2/bin/python" -m pip install -q --upgrade pip
+}
+
+# Home Assistant's own pins for a release, read from its wheel.
+ha_constraints() {  # ha_constraints VENV OUT
+  "$1/bin/python" - "$2" <<'PY'
+import sys
+from importlib.resources import files
+text = files("homeassistant").joinpath("package_constraints.txt").read_text()
+open(sys.argv[1], "w").write(text)
+PY
+}
+
+# A venv with one Home Assistant release, its test tools and the project's requirements.
+ensure_release_venv() {  # ensure_venv PYTHON RELEASE LINK
+  local python=$1 release=$2 link=$3 reqs=$ROOT/requirements/ha-$2.txt
+  local want dir
+  want=$( (echo "$ENV_REVISION"; cat "$reqs"; project_requirements "$python"; "$python" --version) | sha256sum | cut -c1-16)
+  dir=$CACHE/venvs/ha-$release-$want
+  if [ ! -f "$dir/.complete" ]; then
+    log "creating $dir: Home Assistant $release, its test tools and the project's requirements (first time: a few minutes)"
+    new_venv "$python" "$dir"
+    local tmp
+    tmp=$(mktemp -d)
+    project_requirements "$python" >"$tmp/project.txt"
+    grep -v '^# NO_DEPS:' "$reqs" >"$tmp/release.txt"
+    # Home Assistant first, then everything else under its own package constraints.
+    "$dir/bin/python" -m pip install -q "$(grep -E '^homeassistant==' "$reqs")"
+    ha_constraints "$dir" "$tmp/ha-constraints.txt"
+    "$dir/bin/python" -m pip install -q -c "$tmp/ha-constraints.txt" -r "$tmp/release.txt" -r "$tmp/project.txt"
+    local no_deps
+    no_deps=$(sed -n 's/^# NO_DEPS: *//p' "$reqs")
+    if [ -n "$no_deps" ]; then
+      "$dir/bin/python" -m pip install -q --no-deps $no_deps
+    fi
+    rm -rf "$tmp"
+    touch "$dir/.complete"
+    # Older environments of this release (their requirements changed) are not used again.
+    find "$CACHE/venvs" -maxdepth 1 -name "ha-$release-*" ! -name "${dir##*/}" -exec rm -rf {} +
   fi
-  log "installing edge-inspector with its test extras (first time: a few minutes)"
-  PIP_CACHE_DIR=$CACHE/pip "$VENV/bin/python" -m pip install -q --upgrade pip
-  PIP_CACHE_DIR=$CACHE/pip "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[test]"
-  printf '%s\n' "$want" >"$stamp"
+  link_into_checkout "$dir" "$link"
+}
+
+link_into_checkout() {  # link_into_checkout TARGET NAME
+  [ -L "$ROOT/$2" ] || rm -rf "${ROOT:?}/$2"  # a venv made by an older set-up
+  ln -sfn "$1" "$ROOT/$2"
+}
+
+# Home Assistant 2026.11 as a user installs it (no Edge Inspector, no PyTorch), and a wheelhouse
+# with what our requirement needs beyond Home Assistant's packages. The HACS install test copies
+# the environment and serves the wheelhouse (plus the freshly built wheel) on loopback.
+ensure_hacs_env() {
+  local python=$1 release=2026.11 reqs=$ROOT/requirements/ha-2026.11.txt
+  local want dir
+  want=$( (grep -E '^(homeassistant|home-assistant-frontend|ha-ffmpeg|rf-protocols|infrared-protocols|mutagen|pymicro-vad|pyspeex-noise|hassil|home-assistant-intents|gazetteer-matcher|PyTurboJPEG)==' "$reqs"; \
+    echo "$ENV_REVISION"; "$python" - "$ROOT/pyproject.toml" <<<'import sys,tomllib;print(tomllib.load(open(sys.argv[1],"rb"))["project"]["dependencies"])'; \
+    "$python" --version) | sha256sum | cut -c1-16)
+  dir=$CACHE/hacs/ha-$release-$want
+  if [ ! -f "$dir/.complete" ]; then
+    log "creating $dir: a plain Home Assistant $release for the HACS install test"
+    rm -rf "$dir" && mkdir -p "$dir"
+    new_venv "$python" "$dir/venv"
+    local tmp
+    tmp=$(mktemp -d)
+    "$dir/venv/bin/python" -m pip install -q "$(grep -E '^homeassistant==' "$reqs")"
+    ha_constraints "$dir/venv" "$dir/constraints.txt"
+    grep -E '^(home-assistant-frontend|ha-ffmpeg|rf-protocols|infrared-protocols|mutagen|pymicro-vad|pyspeex-noise|hassil|home-assistant-intents|gazetteer-matcher|PyTurboJPEG)==' \
+      "$reqs" | sed 's/ *#.*//' >"$tmp/preinstall.txt"
+    "$dir/venv/bin/python" -m pip install -q -c "$dir/constraints.txt" -r "$tmp/preinstall.txt"
+    # What Home Assistant's installer will have to fetch for our core requirements: exactly the
+    # distributions pip would add to this environment.
+    "$python" - "$ROOT/pyproject.toml" >"$tmp/core.txt" <<'PY'
+import sys, tomllib
+print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))
+PY
+    "$dir/venv/bin/python" -m pip install -q --dry-run --report "$tmp/report.json" \
+      -c "$dir/constraints.txt" -r "$tmp/core.txt"
+    "$python" - "$tmp/report.json" >"$tmp/missing.txt" <<'PY'
+import json, sys
+for item in json.load(open(sys.argv[1]))["install"]:
+    print(f'{item["metadata"]["name"]}=={item["metadata"]["version"]}')
+PY
+    mkdir -p "$dir/wheelhouse"
+    if [ -s "$tmp/missing.txt" ]; then
+      "$dir/venv/bin/python" -m pip download -q --no-deps --only-binary=:all: -d "$dir/wheelhouse" -r "$tmp/missing.txt"
+    fi
+    rm -rf "$tmp"
+    touch "$dir/.complete"
+  fi
+  link_into_checkout "$dir" .hacs-env
 }
 
 ensure_node_red() {
@@ -111,30 +265,40 @@ ensure_node_red() {
   (cd "$dir" && npm install --no-audit --no-fund --loglevel=error "node-red@$want" >/dev/null)
 }
 
-ensure_browser_driver() {
-  # Playwright's library (no bundled browsers: the tests drive Debian's chromium).
-  local want=1.49.1 dir=$CACHE/browser
-  if [ -f "$dir/node_modules/playwright-core/package.json" ] &&
-    grep -q "\"version\": \"$want\"" "$dir/node_modules/playwright-core/package.json"; then
+ensure_node_tool() {  # ensure_node_tool PACKAGE VERSION DIR
+  local name=$1 want=$2 dir=$CACHE/$3
+  if [ -f "$dir/node_modules/$name/package.json" ] &&
+    grep -q "\"version\": \"$want\"" "$dir/node_modules/$name/package.json"; then
     return 0
   fi
-  log "installing playwright-core $want into $dir"
+  log "installing $name $want into $dir"
   mkdir -p "$dir"
   (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund \
-    --loglevel=error "playwright-core@$want" >/dev/null)
+    --loglevel=error "$name@$want" >/dev/null)
 }
 
 main() {
   mkdir -p "$CACHE"
   ensure_apt_packages
   ensure_node_red
-  ensure_browser_driver
-  local python
-  if ! python=$(find_python); then
-    build_python
-    python=$(find_python) || { log "no usable Python $PY_VERSION after the build"; exit 1; }
+  # Playwright's library (no bundled browsers: the tests drive Debian's chromium).
+  ensure_node_tool playwright-core 1.49.1 browser
+  local py313 py314
+  if ! py313=$(find_python313); then
+    build_python313
+    py313=$(find_python313) || { log "no usable Python $PY313_VERSION after the build"; exit 1; }
   fi
-  ensure_venv "$python"
+  if ! py314=$(find_python314); then
+    fetch_python314
+    py314=$(find_python314) || { log "no usable Python 3.14 after unpacking it"; exit 1; }
+  fi
+  # Its headers, for the extensions pip builds from source (pyconfig.h is under the multiarch
+  # folder); the unpacked packages carry no C library headers, so nothing else changes.
+  export CPATH=$PY314_ROOT/usr/include${CPATH:+:$CPATH}
+  ensure_release_venv "$py313" 2026.2 .venv-ha-2026.2
+  BOOTSTRAP_PIP=$ROOT/.venv-ha-2026.2/bin/python  # Debian's 3.14 has no bundled pip wheel
+  ensure_release_venv "$py314" 2026.11 .venv
+  ensure_hacs_env "$py314"
 }
 
 main "$@"

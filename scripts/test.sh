@@ -1,22 +1,36 @@
 #!/usr/bin/env bash
-# Every check `make test` (and so CI) runs: lint, strict typing, then the test suites.
+# Every check `make test` (and so CI) runs: lint, strict typing, the workflows, the engine's
+# tests, then the Home Assistant tests (tests/ha and the real-`hass` ones in tests/e2e) on each
+# supported release, and the HACS install on the current one.
+#
+#   scripts/test.sh [PYTEST ARGS...]     e.g. scripts/test.sh -x -k remote
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 export PYTHONDONTWRITEBYTECODE=1
-VENV=$ROOT/.venv
+# The project is not installed into the shared environments: the checkout is on the path.
+export PYTHONPATH=$ROOT
+CURRENT=$ROOT/.venv             # Home Assistant 2026.11, Python 3.14
+OLDEST=$ROOT/.venv-ha-2026.2    # Home Assistant 2026.2, Python 3.13
+
+release() { "$1/bin/python" -c 'from homeassistant.const import __version__; print(__version__)'; }
 
 echo "== ruff"
-"$VENV/bin/ruff" check .
-"$VENV/bin/ruff" format --check .
+"$CURRENT/bin/ruff" check .
+"$CURRENT/bin/ruff" format --check .
 echo "== mypy --strict"
-"$VENV/bin/mypy"
-echo "== engine tests"
+"$CURRENT/bin/mypy"
+echo "== actionlint"
+"$CURRENT/bin/actionlint" .github/workflows/*.yml
+echo "== engine tests (Python $("$CURRENT/bin/python" -c 'import platform; print(platform.python_version())'))"
 # The engine's tests run without Home Assistant's pytest plugin, which blocks sockets and
 # checks for Home Assistant's own leftovers after every test.
-"$VENV/bin/pytest" -p no:homeassistant -p no:cacheprovider tests/engine tests/flows tests/e2e "$@"
-if [ -d tests/ha ]; then
-  echo "== Home Assistant tests"
-  "$VENV/bin/pytest" -p no:cacheprovider --cov=custom_components/edge_inspector \
+"$CURRENT/bin/pytest" -p no:homeassistant -p no:cacheprovider tests/engine tests/flows "$@"
+for venv in "$CURRENT" "$OLDEST"; do
+  echo "== Home Assistant $(release "$venv") (Python $("$venv/bin/python" -c 'import platform; print(platform.python_version())'))"
+  "$venv/bin/pytest" -p no:cacheprovider --cov=custom_components/edge_inspector \
     --cov-report=term-missing:skip-covered tests/ha "$@"
-fi
+  "$venv/bin/pytest" -p no:homeassistant -p no:cacheprovider tests/e2e "$@"
+done
+echo "== HACS install on Home Assistant $(release "$CURRENT")"
+"$CURRENT/bin/pytest" -p no:homeassistant -p no:cacheprovider tests/install "$@"

@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/hass.py [--config var/hass] [--port 8123] [--keep-running]
         [--frontend] [--ollama URL] [--mode continuous|triggered]
+        [--python PYTHON] [--integration-zip ZIP --index URL] [--engine URL --engine-token T]
 
 Creates the configuration folder (http, api and config integrations; with --frontend also the
 frontend and the Edge Inspector dashboard from dashboards/edge-inspector.yaml), links
@@ -9,7 +10,13 @@ frontend and the Edge Inspector dashboard from dashboards/edge-inspector.yaml), 
 up, through the same REST config flows the UI uses, a `local_file` camera showing a synthetic
 frame with a defect, the Edge Inspector hub and one station on that camera. It prints the
 station's entities and their states; with --keep-running it leaves Home Assistant running
-(Ctrl-C stops it). Login: user `admin`, password `edge-inspector`.
+(Ctrl-C or SIGTERM stops it, and `hass` with it). Login: user `admin`, password `edge-inspector`.
+
+As HACS installs it: `--integration-zip` unpacks the release zip into `custom_components`
+instead of linking the working tree, and `--index` starts `hass` without `--skip-pip` and without
+this checkout on its path, so Home Assistant installs the manifest's requirement itself from that
+package index (`--python` names the interpreter of the environment it installs into). With
+`--engine`, the hub connects to an engine service (remote mode) and its stations come from there.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +32,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +57,9 @@ def _request(url: str, data: Any = None, token: str | None = None, form: bool = 
         return json.loads(response.read() or b"null")
 
 
-def prepare(config: Path, port: int, frontend: bool = False) -> None:
+def prepare(
+    config: Path, port: int, frontend: bool = False, integration_zip: Path | None = None
+) -> None:
     config.mkdir(parents=True, exist_ok=True)
     extra = ""
     if frontend:
@@ -57,6 +68,11 @@ def prepare(config: Path, port: int, frontend: bool = False) -> None:
         (config / "dashboards").mkdir(exist_ok=True)
         for name in ("edge-inspector.yaml", "edge-inspector-builtin.yaml"):
             shutil.copy(ROOT / "dashboards" / name, config / "dashboards" / name)
+        from homeassistant.const import MAJOR_VERSION, MINOR_VERSION
+
+        if (MAJOR_VERSION, MINOR_VERSION) < (2026, 9):  # no area in new entity ids yet
+            builtin = config / "dashboards" / "edge-inspector-builtin.yaml"
+            builtin.write_text(builtin.read_text().replace(".line_2_press_", ".press_"))
         extra = (
             "frontend:\nhistory:\nlovelace:\n  dashboards:\n"
             "    edge-inspector:\n      mode: yaml\n"
@@ -71,6 +87,7 @@ def prepare(config: Path, port: int, frontend: bool = False) -> None:
         "homeassistant:\n  name: Edge Inspector demo\n  time_zone: UTC\n  unit_system: metric\n"
         f"http:\n  server_host: 127.0.0.1\n  server_port: {port}\n"
         "api:\nconfig:\n" + extra + "logger:\n  default: warning\n  logs:\n"
+        "    homeassistant.util.package: info\n"  # the requirement installs (HACS test)
         "    custom_components.edge_inspector: info\n    edge_inspector: info\n"
     )
     storage = config / ".storage"
@@ -91,9 +108,13 @@ def prepare(config: Path, port: int, frontend: bool = False) -> None:
         )
     components = config / "custom_components"
     components.mkdir(exist_ok=True)
-    link = components / "edge_inspector"
-    if not link.exists():
-        link.symlink_to(ROOT / "custom_components" / "edge_inspector")
+    target = components / "edge_inspector"
+    if integration_zip is not None:
+        if not target.exists():  # as HACS does with a zip_release: unpacked into its folder
+            with zipfile.ZipFile(integration_zip) as archive:
+                archive.extractall(target)
+    elif not target.exists():
+        target.symlink_to(ROOT / "custom_components" / "edge_inspector")
     image = config / "press-camera.jpg"
     if not image.exists():
         import cv2
@@ -150,14 +171,24 @@ def login(base: str) -> str:
 
 
 def flow(base: str, token: str, path: str, start: dict[str, Any], data: dict[str, Any]) -> Any:
+    """A config flow through the UI's REST API, answering only the fields its form asks for
+    (forms differ between releases: `local_file` stopped asking for a name in 2026.3)."""
     step = _request(f"{base}/api/config/config_entries/{path}", start, token)
     if step.get("type") == "abort":
         return step
-    return _request(f"{base}/api/config/config_entries/{path}/{step['flow_id']}", data, token)
+    fields = {field["name"] for field in step.get("data_schema", [])}
+    answer = {key: value for key, value in data.items() if key in fields}
+    return _request(f"{base}/api/config/config_entries/{path}/{step['flow_id']}", answer, token)
 
 
 def set_up(
-    base: str, token: str, config: Path, ollama: str | None = None, mode: str = "continuous"
+    base: str,
+    token: str,
+    config: Path,
+    *,
+    ollama: str | None = None,
+    mode: str = "continuous",
+    engine: tuple[str, str] | None = None,
 ) -> None:
     entries = _request(f"{base}/api/config/config_entries/entry", token=token)
     domains = {e["domain"]: e for e in entries}
@@ -171,11 +202,15 @@ def set_up(
         )
     if "edge_inspector" not in domains:
         hub_data = {"ollama_url": ollama, "ollama_model": "qwen2.5vl:7b"} if ollama else {}
-        flow(base, token, "flow", {"handler": "edge_inspector"}, hub_data)
+        if engine is not None:
+            hub_data = {"engine_url": engine[0], "engine_token": engine[1]}
+        result = flow(base, token, "flow", {"handler": "edge_inspector"}, hub_data)
+        if result.get("type") != "create_entry":
+            raise SystemExit(f"the hub's flow did not finish: {result}")
         entries = _request(f"{base}/api/config/config_entries/entry", token=token)
         domains = {e["domain"]: e for e in entries}
     hub = domains["edge_inspector"]
-    if not hub.get("num_subentries"):
+    if engine is None and not hub.get("num_subentries"):
         result = flow(
             base,
             token,
@@ -197,6 +232,30 @@ def set_up(
             raise SystemExit(f"the station flow did not finish: {result}")
 
 
+def our_states(base: str, token: str) -> list[dict[str, Any]]:
+    """The states of the integration's entities (whatever ids this release gave them)."""
+    ids = _request(
+        f"{base}/api/template",
+        {"template": "{{ integration_entities('edge_inspector') | list | tojson }}"},
+        token,
+    )
+    wanted = set(json.loads(ids) if isinstance(ids, str) else ids)
+    return [s for s in _request(f"{base}/api/states", token=token) if s["entity_id"] in wanted]
+
+
+def entity_id_pattern(domain: str, station: str, suffix: str) -> re.Pattern[str]:
+    """A station entity's id on any release: `binary_sensor.press_defect`, or with the area
+    first where the device has one (2026.9+ by default): `binary_sensor.line_2_press_defect`."""
+    return re.compile(rf"{domain}\.(?:[a-z0-9_]+_)?{station}_{suffix}")
+
+
+def _entity(
+    states: list[dict[str, Any]], domain: str, station: str, suffix: str
+) -> dict[str, Any] | None:
+    pattern = entity_id_pattern(domain, station, suffix)
+    return next((s for s in states if pattern.fullmatch(s["entity_id"])), None)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -208,17 +267,33 @@ def main() -> int:
     parser.add_argument("--frontend", action="store_true", help="the UI and the dashboards too")
     parser.add_argument("--ollama", help="an Ollama server for incident reports")
     parser.add_argument("--mode", choices=("continuous", "triggered"), default="continuous")
+    parser.add_argument("--python", default=sys.executable, help="the interpreter to run hass")
+    parser.add_argument("--integration-zip", type=Path, help="install the integration from it")
+    parser.add_argument("--index", help="let hass install requirements from this package index")
+    parser.add_argument("--engine", help="remote mode: the engine service's URL")
+    parser.add_argument("--engine-token", default="", help="remote mode: its API token")
+    parser.add_argument("--station", default="press", help="the station's id part to wait for")
     args = parser.parse_args()
     config = args.config.resolve()
-    prepare(config, args.port, args.frontend)
+    prepare(config, args.port, args.frontend, args.integration_zip)
     base = f"http://127.0.0.1:{args.port}"
+    command = [args.python, "-m", "homeassistant", "-c", str(config)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if args.index:
+        # Home Assistant installs requirements with `uv pip install` into its environment.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("UV_")}
+        env |= {"UV_DEFAULT_INDEX": args.index, "UV_CACHE_DIR": str(config / ".uv-cache")}
+    else:
+        command.append("--skip-pip")
     log = open(config / "hass-run.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "homeassistant", "-c", str(config), "--skip-pip"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def stop(signum: int, _frame: object) -> None:
+        # Stopping this script stops the hass it started (SystemExit runs the `finally`).
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         deadline = time.monotonic() + args.timeout
         while True:
@@ -233,25 +308,16 @@ def main() -> int:
                     raise SystemExit(f"Home Assistant did not start; see {log_file}") from None
                 time.sleep(1)
         token = login(base)
-        set_up(base, token, config, args.ollama, args.mode)
+        engine = (args.engine, args.engine_token) if args.engine else None
+        set_up(base, token, config, ollama=args.ollama, mode=args.mode, engine=engine)
         while True:
-            states = _request(f"{base}/api/states", token=token)
-            ours = [
-                s
-                for s in states
-                if s["entity_id"].split(".", 1)[1].startswith("press_")
-                and not s["entity_id"].startswith("camera.")
-            ]
-            inspected = next(
-                (s for s in ours if s["entity_id"] == "sensor.press_inspections"), None
-            )
-            button = next((s for s in ours if s["entity_id"] == "button.press_inspect_now"), None)
+            ours = [s for s in our_states(base, token) if not s["entity_id"].startswith("camera.")]
+            inspected = _entity(ours, "sensor", args.station, "inspections")
+            button = _entity(ours, "button", args.station, "inspect_now")
             if args.mode == "triggered" and button and inspected and inspected["state"] == "0":
                 # a triggered station inspects on request: one now, so there is a defect
                 _request(
-                    f"{base}/api/services/button/press",
-                    {"entity_id": "button.press_inspect_now"},
-                    token,
+                    f"{base}/api/services/button/press", {"entity_id": button["entity_id"]}, token
                 )
             if inspected and inspected["state"] not in ("unknown", "unavailable", "0"):
                 break
@@ -261,9 +327,9 @@ def main() -> int:
         print(f"Home Assistant at {base} (user {USER}, password {PASSWORD}); config {config}")
         for state in sorted(ours, key=lambda s: s["entity_id"]):
             unit = state["attributes"].get("unit_of_measurement", "")
-            print(f"  {state['entity_id']:<42} {state['state']} {unit}".rstrip())
+            print(f"  {state['entity_id']:<42} {state['state']} {unit}".rstrip(), flush=True)
         if args.keep_running:
-            print("running; Ctrl-C stops it")
+            print("running; Ctrl-C stops it", flush=True)
             proc.wait()
         return 0
     finally:
@@ -273,6 +339,7 @@ def main() -> int:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
         log.close()
 
 

@@ -22,6 +22,7 @@ from homeassistant.util import dt as dt_util
 from edge_inspector.events import Incident
 
 from .const import CONF_SHIFTS, DEFAULT_SHIFTS, DOMAIN
+from .devices import station_device
 from .hub import EdgeInspectorHub, StationRuntime
 
 PERIOD_HELP = (
@@ -597,7 +598,7 @@ def station_entities(hass: HomeAssistant, ref: StationRef) -> dict[str, Any]:
     """The station's entity ids by role (translation key), and its device id."""
     from homeassistant.helpers import entity_registry as er
 
-    device = dr.async_get(hass).async_get_device(identifiers={(DOMAIN, ref.runtime.subentry_id)})
+    device = station_device(hass, ref.hub.entry.entry_id, ref.runtime.subentry_id)
     out: dict[str, Any] = {"device_id": device.id if device else None}
     if device is None:
         return out

@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import voluptuous as vol
 from homeassistant.config_entries import (
     ConfigEntry,
     ConfigFlow,
@@ -62,6 +61,7 @@ from .const import (
     SUBENTRY_STATION,
 )
 from .hub import model_path, parse_cameras
+from .validation import vol
 
 _LOGGER = logging.getLogger(__name__)
 _CLASS = re.compile(r"^[A-Za-z0-9_\- ]{1,64}$")
@@ -180,7 +180,12 @@ class EdgeInspectorConfigFlow(ConfigFlow, domain=DOMAIN):
         entry = self._get_reconfigure_entry()
         result = await self._hub_step("reconfigure", user_input, dict(entry.data))
         if isinstance(result, dict) and CONF_OLLAMA_MODEL in result:
-            return self.async_update_reload_and_abort(entry, data=result)
+            # The entry's update listener reloads it when the data changes (Home Assistant
+            # 2026.12 no longer lets a flow schedule a reload beside a listener); an unchanged
+            # reconfigure still reconnects, as a user who pressed submit expects.
+            if dict(entry.data) == result:
+                self.hass.config_entries.async_schedule_reload(entry.entry_id)
+            return self.async_update_and_abort(entry, data=result)
         return result  # type: ignore[return-value]
 
     @staticmethod

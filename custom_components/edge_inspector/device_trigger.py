@@ -3,7 +3,6 @@ ready" when the VLM has answered for an incident."""
 
 from __future__ import annotations
 
-import voluptuous as vol
 from homeassistant.components.device_automation import DEVICE_TRIGGER_BASE_SCHEMA
 from homeassistant.components.device_automation.exceptions import (
     InvalidDeviceAutomationConfig,
@@ -17,6 +16,7 @@ from homeassistant.helpers.typing import ConfigType
 
 from .const import DOMAIN, EVENT_DEFECT, EVENT_INCIDENT
 from .hub import EdgeInspectorHub
+from .validation import vol
 
 CONF_SUBTYPE = "subtype"
 TRIGGER_DEFECT = "defect"

@@ -17,7 +17,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import voluptuous as vol
 import yaml
 from homeassistant.components import camera
 from homeassistant.config_entries import ConfigEntry, ConfigSubentry
@@ -74,7 +73,9 @@ from .const import (
     SIGNAL_STATE,
     SUBENTRY_STATION,
 )
+from .devices import station_device
 from .spc import BASELINE, SUBGROUP, PChart, p_chart
+from .validation import vol
 
 if TYPE_CHECKING:
     from edge_inspector.engine import Engine
@@ -329,7 +330,7 @@ class EdgeInspectorHub(EventSink):
             idents = {ident for domain, ident in device.identifiers if domain == DOMAIN}
             if idents and not idents & wanted:
                 _LOGGER.info("station %s is gone from the engine: removing it", device.name)
-                registry.async_update_device(device.id, remove_config_entry_id=self.entry.entry_id)
+                registry.async_remove_device(device.id)
 
     async def _connection_changed(self, up: bool) -> None:
         for runtime in self.stations.values():
@@ -651,9 +652,7 @@ class EdgeInspectorHub(EventSink):
 
     def _payload(self, incident: Incident, runtime: StationRuntime) -> dict[str, Any]:
         vlm = incident.vlm
-        device = dr.async_get(self.hass).async_get_device(
-            identifiers={(DOMAIN, runtime.subentry_id)}
-        )
+        device = station_device(self.hass, self.entry.entry_id, runtime.subentry_id)
         return {
             "device_id": device.id if device else None,
             "entry_id": self.entry.entry_id,

@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import voluptuous as vol
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers import intent
 
 from . import answers
 from .const import DOMAIN
 from .hub import EdgeInspectorHub
+from .validation import vol
 
 if TYPE_CHECKING:
     from hassil.recognize import RecognizeResult
@@ -236,8 +236,8 @@ def async_setup_intents(hass: HomeAssistant) -> None:
 
 def _trigger(
     hass: HomeAssistant, intent_type: str
-) -> Callable[[ConversationInput, RecognizeResult], Any]:
-    async def respond(user_input: ConversationInput, result: RecognizeResult) -> str:
+) -> Callable[[ConversationInput, RecognizeResult], Awaitable[str | None]]:
+    async def respond(user_input: ConversationInput, result: RecognizeResult) -> str | None:
         slots = parse_text(hass, intent_type, user_input.text)
         _LOGGER.debug("%r: %s %s", user_input.text, intent_type, slots)
         try:
@@ -262,16 +262,32 @@ def _trigger(
     return respond
 
 
+def _register_trigger(
+    hass: HomeAssistant,
+    templates: list[str],
+    respond: Callable[[ConversationInput, RecognizeResult], Awaitable[str | None]],
+) -> Callable[[], None]:
+    """Sentences for the default agent, with the API of the running release: since 2026.3
+    `register_trigger(sentences, trigger_callback)`; before, one `TriggerDetails` argument.
+    (Drop the old branch when the oldest supported release is 2026.3 or later.)"""
+    from homeassistant.components.conversation import trigger
+    from homeassistant.components.conversation.agent_manager import get_agent_manager
+
+    manager = get_agent_manager(hass)
+    details = getattr(trigger, "TriggerDetails", None)
+    if details is not None:
+        return manager.register_trigger(details(templates, respond))  # type: ignore[no-any-return,call-arg,unused-ignore]
+    return manager.register_trigger(  # type: ignore[no-any-return,unused-ignore]
+        sentences=templates, trigger_callback=respond
+    )
+
+
 @callback
 def async_register_sentences(hass: HomeAssistant, hub: EdgeInspectorHub) -> Callable[[], None]:
     """Make the default conversation agent answer the sentences about the hub's stations; the
     callable removes them."""
-    from homeassistant.components.conversation.agent_manager import get_agent_manager
-    from homeassistant.components.conversation.trigger import TriggerDetails
-
-    manager = get_agent_manager(hass)
     removers = [
-        manager.register_trigger(TriggerDetails(templates, _trigger(hass, intent_type)))
+        _register_trigger(hass, templates, _trigger(hass, intent_type))
         for intent_type, templates in sentences(
             hass, [answers.StationRef(hub, runtime) for runtime in hub.stations.values()]
         ).items()

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import voluptuous as vol
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers import llm
 from homeassistant.util import dt as dt_util
@@ -18,6 +17,7 @@ from homeassistant.util.json import JsonObjectType
 
 from . import answers
 from .const import DOMAIN
+from .validation import vol
 
 API_NAME = "Edge Inspector"
 
@@ -28,19 +28,42 @@ type Answer = Callable[..., Awaitable[dict[str, Any]]]
 
 
 class AnswerTool(llm.Tool):
-    """A tool that validates its arguments and returns one of `answers`' dicts."""
+    """A tool that validates its arguments and returns one of `answers`' dicts.
 
-    def __init__(self, name: str, description: str, parameters: vol.Schema, answer: Answer) -> None:
+    Home Assistant 2026.11 (and later) reads which integration provides a tool, what the tool
+    does (annotations) and takes a `ToolResult`; 2026.2 knows none of them, so each is used
+    where the running release has it.
+    """
+
+    integration = DOMAIN
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        parameters: vol.Schema,
+        answer: Answer,
+        *,
+        read_only: bool = True,
+    ) -> None:
         self.name = name
         self.description = description
         self.parameters = parameters
         self._answer = answer
+        if (annotations := getattr(llm, "ToolAnnotations", None)) is not None:
+            # Nothing here deletes or reaches outside Home Assistant; inspect_now takes a
+            # picture and writes an inspection, the rest only read the store.
+            self.annotations = annotations(
+                read_only=read_only, destructive=False, idempotent=read_only, open_world=False
+            )
 
     async def async_call(
         self, hass: HomeAssistant, tool_input: llm.ToolInput, llm_context: llm.LLMContext
-    ) -> JsonObjectType:
+    ) -> llm.ToolResult | JsonObjectType:
         args = self.parameters(tool_input.tool_args)
         result: JsonObjectType = await self._answer(hass, **args)
+        if hasattr(llm, "ToolResult"):
+            return llm.ToolResult(data=result)
         return result
 
 
@@ -119,6 +142,7 @@ def _tools() -> list[llm.Tool]:
                 }
             ),
             answers.inspect_now,
+            read_only=False,
         ),
     ]
 

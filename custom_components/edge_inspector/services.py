@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-import voluptuous as vol
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import (
     HomeAssistant,
@@ -23,6 +22,7 @@ from edge_inspector.events import Incident, IncidentState
 
 from .const import DOMAIN
 from .hub import EdgeInspectorHub
+from .validation import vol
 
 ATTR_DEVICE_ID = "device_id"
 ATTR_PART_ID = "part_id"

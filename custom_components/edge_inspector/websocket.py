@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import voluptuous as vol
 from homeassistant.components.websocket_api import async_register_command
 from homeassistant.components.websocket_api.connection import ActiveConnection
 from homeassistant.components.websocket_api.const import ERR_NOT_FOUND
@@ -12,6 +11,7 @@ from homeassistant.components.websocket_api.decorators import async_response, we
 from homeassistant.core import HomeAssistant, callback
 
 from . import answers
+from .validation import vol
 
 
 @callback

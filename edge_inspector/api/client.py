@@ -536,8 +536,15 @@ class RemoteEngine:
         params = {"since": _iso(self._since) or ""}
         if self.action_handler is not None:
             params["actions"] = "1"
+        # The engine pings every 30 s (the server's heartbeat) and the client answers by
+        # itself, so a link that stays silent for 75 s is dead. (The client's own heartbeat is
+        # not used: aiohttp 3.14 re-arms its timer when a message arrives as the socket closes,
+        # and the timer outlives the connection.)
         async with self.client.session.ws_connect(
-            url, params=params, headers=self.client.headers, heartbeat=30
+            url,
+            params=params,
+            headers=self.client.headers,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=75, ws_close=10),
         ) as ws:
             await self._refresh()
             async for message in ws:

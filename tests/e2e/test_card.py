@@ -19,6 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.entities import station_object_id
+
+PRESS = station_object_id("Press", area="Line 2")  # its entities' id prefix
+
 ROOT = Path(__file__).parents[2]
 OUT = ROOT / "var" / "test-output" / "card"
 CACHE = Path(
@@ -112,7 +116,7 @@ def test_the_card_in_a_real_browser(tmp_path: Path) -> None:
         before, after, dark = result["before"], result["after"], result["dark"]
 
         # the card: the annotated picture loaded, the counters, the chart, the model's report
-        assert "/api/image_proxy/image.press_last_defect" in before["image"]["src"]
+        assert f"/api/image_proxy/image.{PRESS}_last_defect" in before["image"]["src"]
         assert (before["image"]["width"], before["image"]["height"]) == (640, 480)
         assert before["title"] == "Press" and before["status"] == "running"
         inspected = int(before["counters"]["inspections"])

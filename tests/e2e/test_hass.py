@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.entities import station_object_id
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -33,10 +35,13 @@ def test_a_real_home_assistant_shows_the_station(tmp_path: Path) -> None:
         timeout=400,
         check=False,
     )
-    log = (tmp_path / "hass" / "hass-run.log").read_text() if proc.returncode else ""
+    log = (tmp_path / "hass" / "hass-run.log").read_text()
     assert proc.returncode == 0, proc.stdout + proc.stderr + log[-3000:]
+    # nothing of ours that this release deprecates ("Detected that custom integration ...")
+    assert "Detected that custom integration 'edge_inspector'" not in log, log
     lines = dict(line.split(None, 1) for line in proc.stdout.splitlines() if line.startswith("  "))
-    assert lines["binary_sensor.press_defect"].strip() == "on"
-    assert int(lines["sensor.press_inspections"].split()[0]) >= 1
-    assert lines["switch.press_inspection"].strip() == "on"
-    assert "sensor.press_defect_rate" in lines
+    press = station_object_id("Press", area="Line 2")
+    assert lines[f"binary_sensor.{press}_defect"].strip() == "on"
+    assert int(lines[f"sensor.{press}_inspections"].split()[0]) >= 1
+    assert lines[f"switch.{press}_inspection"].strip() == "on"
+    assert f"sensor.{press}_defect_rate" in lines

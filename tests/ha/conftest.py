@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -39,3 +40,18 @@ async def camera_file(
     await hass.async_block_till_done()
     assert hass.states.get("camera.press_camera") is not None
     return path
+
+
+# What Home Assistant says when our code uses something it deprecated ("Detected that custom
+# integration 'edge_inspector' calls ... This will stop working in Home Assistant 2026.12.0").
+DEPRECATED_USE = "Detected that custom integration 'edge_inspector'"
+
+
+@pytest.fixture(autouse=True)
+def no_deprecated_use(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail any test in which Home Assistant reports a deprecated use by our integration, on
+    every tested release (Python's own DeprecationWarnings from our modules are errors through
+    pyproject's filterwarnings)."""
+    yield
+    reports = [r.getMessage() for r in caplog.records if DEPRECATED_USE in r.getMessage()]
+    assert not reports, "deprecated use reported by Home Assistant:\n" + "\n".join(reports)

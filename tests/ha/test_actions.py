@@ -13,7 +13,6 @@ from homeassistant.components import persistent_notification
 from homeassistant.components.device_automation import DeviceAutomationType
 from homeassistant.core import HomeAssistant, ServiceCall
 from homeassistant.data_entry_flow import FlowResultType
-from homeassistant.helpers import device_registry as dr
 from homeassistant.setup import async_setup_component
 from pytest_homeassistant_custom_component.common import (
     MockConfigEntry,
@@ -21,8 +20,12 @@ from pytest_homeassistant_custom_component.common import (
 )
 
 from custom_components.edge_inspector.const import DOMAIN, EVENT_INCIDENT
+from tests.entities import device as device_by_identifier
+from tests.entities import station_object_id
 from tests.ha.test_integration import _station, _until, set_up_station
 from tests.ollama_server import FakeOllama, Reply
+
+PRESS = station_object_id("Press", area="Line 2")  # its entities' id prefix
 
 ACTIONS = """\
 - name: stop_conveyor
@@ -97,9 +100,7 @@ async def test_tool_calls_run_mapped_services_and_confirmations_wait_for_a_perso
     entry = await _setup(hass, tmp_path, ollama)
     reports = []
     hass.bus.async_listen(EVENT_INCIDENT, lambda e: reports.append(e.data))
-    device = dr.async_get(hass).async_get_device(
-        identifiers={(DOMAIN, next(iter(entry.subentries)))}
-    )
+    device = device_by_identifier(hass, (DOMAIN, next(iter(entry.subentries))), entry.entry_id)
     assert device is not None
     verdict = await hass.services.async_call(
         DOMAIN, "inspect", {"device_id": device.id}, blocking=True, return_response=True
@@ -287,7 +288,9 @@ async def test_a_station_is_reconfigured(
     assert result["type"] is FlowResultType.ABORT
     await hass.async_block_till_done()
     assert entry.subentries[subentry.subentry_id].data["defects"] == {"crack": 0.6}
-    await _until(hass, lambda: hass.states.get("number.press_confidence_threshold").state == "0.6")
+    await _until(
+        hass, lambda: hass.states.get(f"number.{PRESS}_confidence_threshold").state == "0.6"
+    )
     assert await hass.config_entries.async_unload(entry.entry_id)
     await hass.async_block_till_done()
     await asyncio.sleep(0)
@@ -337,9 +340,7 @@ async def test_actionable_notifications_take_the_operators_answer(
     entry.add_to_hass(hass)
     assert await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()
-    device = dr.async_get(hass).async_get_device(
-        identifiers={(DOMAIN, next(iter(entry.subentries)))}
-    )
+    device = device_by_identifier(hass, (DOMAIN, next(iter(entry.subentries))), entry.entry_id)
     assert device is not None
     verdict = await hass.services.async_call(
         DOMAIN, "inspect", {"device_id": device.id}, blocking=True, return_response=True

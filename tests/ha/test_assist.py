@@ -28,8 +28,11 @@ from edge_inspector.events import (
     VlmResult,
     VlmStatus,
 )
+from tests.entities import station_object_id
 
 from .test_integration import set_up_station
+
+PRESS = station_object_id("Press", area="Line 2")  # its entities' id prefix
 
 MODEL = ModelInfo(name="demo.pt", sha256="0" * 64)
 NOW = datetime(2026, 11, 27, 9, 30)  # local time; the shifts start 06:00, 14:00, 22:00
@@ -138,6 +141,15 @@ def test_time_ranges_are_read_like_people_say_them() -> None:
     )
 
 
+def _tool_data(content: dict[str, Any]) -> dict[str, Any]:
+    """A tool's result as Home Assistant's Ollama agent sends it to the model: since 2026.11
+    wrapped as {"data": ..., "error": false}, before as the bare result."""
+    if set(content) == {"data", "error"}:
+        assert content["error"] is False, content
+        return dict(content["data"])
+    return content
+
+
 async def test_the_llm_api_tools_answer_from_the_store(
     hass: HomeAssistant, station: tuple[MockConfigEntry, str]
 ) -> None:
@@ -165,7 +177,10 @@ async def test_the_llm_api_tools_answer_from_the_store(
     }
 
     async def call(name: str, **args: Any) -> dict[str, Any]:
-        return dict(await api.async_call_tool(llm.ToolInput(tool_name=name, tool_args=args)))
+        result = await api.async_call_tool(llm.ToolInput(tool_name=name, tool_args=args))
+        # a ToolResult since Home Assistant 2026.11 (never an error here), a dict before
+        assert not getattr(result, "error", False), result
+        return dict(getattr(result, "data", result))
 
     # "how many scratches on line 2 since 6am?"
     answer = await call(
@@ -294,7 +309,7 @@ async def test_switched_off_and_unknown_stations_are_said_plainly(
     hass: HomeAssistant, station: tuple[MockConfigEntry, str]
 ) -> None:
     await hass.services.async_call(
-        "switch", "turn_off", {"entity_id": "switch.press_inspection"}, blocking=True
+        "switch", "turn_off", {"entity_id": f"switch.{PRESS}_inspection"}, blocking=True
     )
     await hass.async_block_till_done()
     assert await _ask(hass, "is press running") == "Press is switched off, 4 defects today."
@@ -348,7 +363,7 @@ async def test_home_assistants_ollama_agent_answers_with_the_edge_inspector_tool
                     {"station": "line 2", "defect_class": "scratch", "period": "since 6am"},
                 )
             )
-        data = json.loads(results[-1]["content"])
+        data = _tool_data(json.loads(results[-1]["content"]))
         return Reply(content=f"{data['total']} scratches on line 2 since 6 am.")
 
     server = FakeOllama()
@@ -383,8 +398,8 @@ async def test_home_assistants_ollama_agent_answers_with_the_edge_inspector_tool
         offered = {t["function"]["name"] for t in seen[0]["tools"]}
         assert "edge_inspector_count_defects" in offered
         assert "Press (id " in seen[0]["messages"][0]["content"]
-        tool_result = json.loads(
-            next(m for m in seen[1]["messages"] if m.get("role") == "tool")["content"]
+        tool_result = _tool_data(
+            json.loads(next(m for m in seen[1]["messages"] if m.get("role") == "tool")["content"])
         )
         assert tool_result["total"] == 2
         assert tool_result["speech"] == "2 scratches on Press since 06:00."

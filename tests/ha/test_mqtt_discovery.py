@@ -19,11 +19,12 @@ from pathlib import Path
 import cv2
 import pytest
 from homeassistant.core import HomeAssistant
-from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import entity_registry as er
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from edge_inspector.demo.synthetic import ConveyorFrame
+from tests.entities import device as device_by_identifier
+from tests.entities import mqtt_entry_id
 from tests.mosquitto import Mosquitto
 
 
@@ -113,8 +114,8 @@ mqtt: {{node_id: line2}}
                 and s.state not in ("unknown", "unavailable", "0")
             ),
         )
-        device = dr.async_get(hass).async_get_device(
-            identifiers={("mqtt", "edge_inspector_line2_belt")}
+        device = device_by_identifier(
+            hass, ("mqtt", "edge_inspector_line2_belt"), mqtt_entry_id(hass)
         )
         assert device is not None
         assert (device.name, device.manufacturer) == ("Belt", "Edge Inspector")
@@ -224,8 +225,8 @@ async def test_the_integration_publishes_through_home_assistants_mqtt(
     try:
         assert await hass.config_entries.async_setup(entry.entry_id)
         await hass.async_block_till_done()
-        device = dr.async_get(hass).async_get_device(
-            identifiers={("edge_inspector", next(iter(entry.subentries)))}
+        device = device_by_identifier(
+            hass, ("edge_inspector", next(iter(entry.subentries))), entry.entry_id
         )
         assert device is not None
         await hass.services.async_call(
@@ -297,11 +298,12 @@ http: {{enabled: false}}
 
     engines = {node: start(node) for node in ("line1", "line2")}
     registry = er.async_get(hass)
-    devices = dr.async_get(hass)
     try:
 
         def inspections(node: str) -> str | None:
-            device = devices.async_get_device(identifiers={("mqtt", f"edge_inspector_{node}_belt")})
+            device = device_by_identifier(
+                hass, ("mqtt", f"edge_inspector_{node}_belt"), mqtt_entry_id(hass)
+            )
             if device is None:
                 return None
             for e in er.async_entries_for_device(registry, device.id):
@@ -312,8 +314,12 @@ http: {{enabled: false}}
 
         for node in engines:
             await _until(hass, lambda n=node: inspections(n) not in (None, "unknown", "0"))
-        line1 = devices.async_get_device(identifiers={("mqtt", "edge_inspector_line1_belt")})
-        line2 = devices.async_get_device(identifiers={("mqtt", "edge_inspector_line2_belt")})
+        line1 = device_by_identifier(
+            hass, ("mqtt", "edge_inspector_line1_belt"), mqtt_entry_id(hass)
+        )
+        line2 = device_by_identifier(
+            hass, ("mqtt", "edge_inspector_line2_belt"), mqtt_entry_id(hass)
+        )
         assert line1 is not None and line2 is not None and line1.id != line2.id
         ids1 = {e.entity_id for e in er.async_entries_for_device(registry, line1.id)}
         ids2 = {e.entity_id for e in er.async_entries_for_device(registry, line2.id)}

@@ -15,6 +15,7 @@ import pytest
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import Event, HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers import area_registry as ar
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import entity_registry as er
 from pytest_homeassistant_custom_component.common import MockConfigEntry
@@ -24,9 +25,16 @@ from custom_components.edge_inspector import answers
 from custom_components.edge_inspector.const import DOMAIN, EVENT_DEFECT, EVENT_INCIDENT
 from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.demo.synthetic import ConveyorFrame
+from tests.entities import device as device_by_identifier
+from tests.entities import station_object_id
 from tests.service import TOKEN, Service, free_port, running_service, service_config
 
 from .test_integration import _until
+
+# The engine's stations (tests/service.py) and their entity id prefixes on this release.
+LINE_A = station_object_id("Line A", area="Line 1")
+DOCK = station_object_id("Dock", area="Line 2")
+DOCK_2 = station_object_id("Dock 2")  # added without a line
 
 
 @pytest.fixture
@@ -56,7 +64,7 @@ async def _remote_entry(hass: HomeAssistant, service: Service, **options: Any) -
 
 
 def _device(hass: HomeAssistant, entry: MockConfigEntry, sid: str) -> str:
-    device = dr.async_get(hass).async_get_device(identifiers={(DOMAIN, f"{entry.entry_id}_{sid}")})
+    device = device_by_identifier(hass, (DOMAIN, f"{entry.entry_id}_{sid}"), entry.entry_id)
     assert device is not None
     return device.id
 
@@ -108,14 +116,16 @@ async def test_remote_stations_have_the_same_entities_events_and_services(
         e.unique_id.removeprefix(f"{entry.entry_id}_{entry.entry_id}_dock_"): e.entity_id
         for e in er.async_entries_for_device(er.async_get(hass), dock)
     }
-    assert entities["inspections"] == "sensor.dock_inspections"
-    assert entities["last_defect_image"] == "image.dock_last_defect"
+    assert entities["inspections"] == f"sensor.{DOCK}_inspections"
+    assert entities["last_defect_image"] == f"image.{DOCK}_last_defect"
     device = dr.async_get(hass).async_get(line_a)
-    assert device is not None and device.suggested_area == "Line 1"
+    assert device is not None and device.area_id is not None
+    area = ar.async_get(hass).async_get_area(device.area_id)
+    assert area is not None and area.name == "Line 1"  # the station's line is its area
 
     # the engine's own camera runs: line A's counter follows over the websocket
-    await _until(hass, lambda: int(hass.states.get("sensor.line_a_inspections").state or 0) > 0)
-    assert hass.states.get("switch.line_a_inspection").state == "on"
+    await _until(hass, lambda: int(hass.states.get(f"sensor.{LINE_A}_inspections").state or 0) > 0)
+    assert hass.states.get(f"switch.{LINE_A}_inspection").state == "on"
 
     # the dock takes Home Assistant's camera: inspect now pushes its picture
     defects: list[Event] = []
@@ -134,11 +144,11 @@ async def test_remote_stations_have_the_same_entities_events_and_services(
     event = next(e for e in defects if e.data["station_id"] == "dock")
     assert event.data["device_id"] == dock and event.data["part_id"] == "P-5"
     assert event.data["camera_entity_id"] == "camera.press_camera"
-    await _until(hass, lambda: hass.states.get("binary_sensor.dock_defect").state == "on")
-    await _until(hass, lambda: hass.states.get("sensor.dock_incidents").state != "0")
+    await _until(hass, lambda: hass.states.get(f"binary_sensor.{DOCK}_defect").state == "on")
+    await _until(hass, lambda: hass.states.get(f"sensor.{DOCK}_incidents").state != "0")
 
     # the picture of the last defect comes from the engine
-    image_entity = hass.data["image"].get_entity("image.dock_last_defect")
+    image_entity = hass.data["image"].get_entity(f"image.{DOCK}_last_defect")
     await _until(hass, lambda: image_entity._incident_id is not None)
     picture = await image_entity.async_image()
     assert picture is not None and picture[:2] == b"\xff\xd8"
@@ -154,14 +164,14 @@ async def test_remote_stations_have_the_same_entities_events_and_services(
 
     # controls act on the engine
     await hass.services.async_call(
-        "switch", "turn_off", {"entity_id": "switch.line_a_inspection"}, blocking=True
+        "switch", "turn_off", {"entity_id": f"switch.{LINE_A}_inspection"}, blocking=True
     )
     assert b'"enabled":false' in service.get("/api/stations/line_a")[1].replace(b" ", b"")
-    assert hass.states.get("switch.line_a_inspection").state == "off"
+    assert hass.states.get(f"switch.{LINE_A}_inspection").state == "off"
     await hass.services.async_call(
         "number",
         "set_value",
-        {"entity_id": "number.dock_confidence_threshold", "value": 0.6},
+        {"entity_id": f"number.{DOCK}_confidence_threshold", "value": 0.6},
         blocking=True,
     )
     assert b'"dent":0.6' in service.get("/api/stations/dock")[1].replace(b" ", b"")
@@ -201,13 +211,13 @@ async def test_the_engine_going_away_makes_entities_unavailable_until_it_is_back
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     entry = await _remote_entry(hass, service)
-    await _until(hass, lambda: hass.states.get("sensor.dock_inspections").state == "0")
+    await _until(hass, lambda: hass.states.get(f"sensor.{DOCK}_inspections").state == "0")
     defects: list[Event] = []
     hass.bus.async_listen(EVENT_DEFECT, defects.append)
 
     assert service.stop() == 0
-    await _until(hass, lambda: hass.states.get("sensor.dock_inspections").state == "unavailable")
-    assert hass.states.get("switch.line_a_inspection").state == "unavailable"
+    await _until(hass, lambda: hass.states.get(f"sensor.{DOCK}_inspections").state == "unavailable")
+    assert hass.states.get(f"switch.{LINE_A}_inspection").state == "unavailable"
     await asyncio.sleep(3)  # it keeps retrying...
     assert caplog.text.count("unreachable") == 1  # ...and says so once
 
@@ -219,10 +229,10 @@ async def test_the_engine_going_away_makes_entities_unavailable_until_it_is_back
         "POST", "/api/stations/dock/frames", raw=jpeg.tobytes(), content_type="image/jpeg"
     )
     assert status == 200, body
-    await _until(hass, lambda: hass.states.get("sensor.dock_inspections").state != "unavailable")
+    await _until(hass, lambda: hass.states.get(f"sensor.{DOCK}_inspections").state != "unavailable")
     await _until(hass, lambda: any(e.data["station_id"] == "dock" for e in defects))
     assert "reachable again" in caplog.text
-    assert hass.states.get("switch.line_a_inspection").state == "on"
+    assert hass.states.get(f"switch.{LINE_A}_inspection").state == "on"
     assert await hass.config_entries.async_unload(entry.entry_id)
 
 
@@ -291,7 +301,7 @@ async def test_the_engines_vlm_actions_run_home_assistant_services(
             hass, "input_boolean", {"input_boolean": {"conveyor": {"initial": True}}}
         )
         entry = await _remote_entry(hass, service)
-        await _until(hass, lambda: hass.states.get("sensor.dock_inspections").state == "0")
+        await _until(hass, lambda: hass.states.get(f"sensor.{DOCK}_inspections").state == "0")
         ok, jpeg = cv2.imencode(".jpg", defect_scenes[0].image)
         assert ok
         status, body, _ = service.request(
@@ -357,10 +367,9 @@ async def test_stations_added_or_removed_on_the_engine_follow_after_a_restart(
     hass: HomeAssistant, service: Service, caplog: pytest.LogCaptureFixture
 ) -> None:
     entry = await _remote_entry(hass, service)
-    registry = dr.async_get(hass)
 
     def device(sid: str) -> dr.DeviceEntry | None:
-        return registry.async_get_device(identifiers={(DOMAIN, f"{entry.entry_id}_{sid}")})
+        return device_by_identifier(hass, (DOMAIN, f"{entry.entry_id}_{sid}"), entry.entry_id)
 
     assert device("line_a") is not None and device("dock") is not None
     # the engine's file changes: line A goes, a second push station comes
@@ -381,8 +390,8 @@ async def test_stations_added_or_removed_on_the_engine_follow_after_a_restart(
     service.start()
     await _until(hass, lambda: device("dock_2") is not None, 90)
     await _until(hass, lambda: device("line_a") is None, 30)
-    await _until(hass, lambda: hass.states.get("sensor.dock_2_inspections") is not None)
-    assert hass.states.get("sensor.dock_2_inspections").state == "0"
+    await _until(hass, lambda: hass.states.get(f"sensor.{DOCK_2}_inspections") is not None)
+    assert hass.states.get(f"sensor.{DOCK_2}_inspections").state == "0"
     assert device("dock") is not None
     assert "reloading Edge Inspector" in caplog.text
     assert await hass.config_entries.async_unload(entry.entry_id)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from edge_inspector import __version__
 from edge_inspector.api.openapi import build, render
 from edge_inspector.demo.synthetic import ConveyorFrame
 from tests.service import TOKEN, Service, running_service
@@ -324,7 +325,7 @@ def test_metrics_parse_with_prometheus_client(service: Service) -> None:
     ]
     assert count == inf > 0
     assert ("edge_inspector_queue_depth", (("queue", "inference"),)) in samples
-    assert samples[("edge_inspector_info", (("version", "0.1.0"),))] == 1
+    assert samples[("edge_inspector_info", (("version", __version__),))] == 1
 
 
 @pytest.fixture

@@ -286,7 +286,9 @@ def main() -> int:
     else:
         command.append("--skip-pip")
     log = open(config / "hass-run.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    # From the configuration folder, as a service runs it: `python -m` puts the working folder
+    # first on the path, and this checkout must not be importable unless PYTHONPATH says so.
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=config)
 
     def stop(signum: int, _frame: object) -> None:
         # Stopping this script stops the hass it started (SystemExit runs the `finally`).

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -81,6 +82,9 @@ def build(tag: str | None, out: Path, isolation: bool) -> list[Path]:
     if not isolation:
         command.append("--no-isolation")
     subprocess.run([*command, str(ROOT)], check=True, stdout=subprocess.DEVNULL)
+    # setuptools leaves its metadata in the source tree: it would make this checkout look like
+    # an installed `edge-inspector` to anything run from here.
+    shutil.rmtree(ROOT / "edge_inspector.egg-info", ignore_errors=True)
     built = sorted(out.glob(f"edge_inspector-{version}*"))
     if len(built) != 2:
         raise ReleaseError(f"expected an sdist and a wheel of {version}, got {built}")

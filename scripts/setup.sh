@@ -29,13 +29,14 @@ PY314_DEBS=(python3.14 python3.14-minimal libpython3.14-minimal libpython3.14-st
   libstdc++6 libssl3t64 openssl-provider-legacy libffi8 libsqlite3-0 libexpat1 libzstd1 zlib1g
   libbz2-1.0 liblzma5 libncursesw6 libtinfo6 libreadline8t64 libuuid1 libdb5.3t64 libmpdec4
   media-types)
-APT_PACKAGES=(libgl1 libglib2.0-0 mosquitto mosquitto-clients openssl chromium fonts-dejavu-core
+APT_PACKAGES=(libgl1 libglib2.0-0 libturbojpeg0 mosquitto mosquitto-clients openssl chromium fonts-dejavu-core
   patchelf)
 export PIP_CACHE_DIR=$CACHE/pip PIP_DISABLE_PIP_VERSION_CHECK=1
 BOOTSTRAP_PIP=python3
 # An environment is rebuilt when its requirements change, or when this is raised (a change to how
 # this script builds environments).
 ENV_REVISION=1
+HACS_ENV_REVISION=3
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -212,7 +213,7 @@ ensure_hacs_env() {
   local python=$1 release=2026.11 reqs=$ROOT/requirements/ha-2026.11.txt
   local want dir
   want=$( (grep -E '^(homeassistant|home-assistant-frontend|ha-ffmpeg|rf-protocols|infrared-protocols|mutagen|pymicro-vad|pyspeex-noise|hassil|home-assistant-intents|gazetteer-matcher|PyTurboJPEG)==' "$reqs"; \
-    echo "$ENV_REVISION"; "$python" - "$ROOT/pyproject.toml" <<<'import sys,tomllib;print(tomllib.load(open(sys.argv[1],"rb"))["project"]["dependencies"])'; \
+    echo "$HACS_ENV_REVISION"; "$python" - "$ROOT/pyproject.toml" <<<'import sys,tomllib;print(tomllib.load(open(sys.argv[1],"rb"))["project"]["dependencies"])'; \
     "$python" --version) | sha256sum | cut -c1-16)
   dir=$CACHE/hacs/ha-$release-$want
   if [ ! -f "$dir/.complete" ]; then
@@ -225,7 +226,32 @@ ensure_hacs_env() {
     ha_constraints "$dir/venv" "$dir/constraints.txt"
     grep -E '^(home-assistant-frontend|ha-ffmpeg|rf-protocols|infrared-protocols|mutagen|pymicro-vad|pyspeex-noise|hassil|home-assistant-intents|gazetteer-matcher|PyTurboJPEG)==' \
       "$reqs" | sed 's/ *#.*//' >"$tmp/preinstall.txt"
+    # Home Assistant's own packages for the integrations ours depends on (Home Assistant
+    # installs them with ours, as it walks dependencies and after_dependencies).
+    "$dir/venv/bin/python" - "$ROOT/custom_components/edge_inspector/manifest.json" \
+      >>"$tmp/preinstall.txt" <<'PY'
+import json, sys
+from pathlib import Path
+import homeassistant.components as components
+
+root = Path(components.__file__).parent
+ours = json.loads(Path(sys.argv[1]).read_text())
+todo = [*ours.get("dependencies", []), *ours.get("after_dependencies", [])]
+seen, requirements = set(), set()
+while todo:
+    domain = todo.pop()
+    if domain in seen:
+        continue
+    seen.add(domain)
+    manifest = json.loads((root / domain / "manifest.json").read_text())
+    requirements.update(manifest.get("requirements", []))
+    todo += [*manifest.get("dependencies", []), *manifest.get("after_dependencies", [])]
+print("\n".join(sorted(requirements)))
+PY
     "$dir/venv/bin/python" -m pip install -q -c "$dir/constraints.txt" -r "$tmp/preinstall.txt"
+    # Its first start, as a user's: Home Assistant installs its own packages (the auth modules'
+    # and those of the integrations a set-up like the test's loads) from the package index.
+    first_start "$dir/venv/bin/python" "$tmp/first-start"
     # What Home Assistant's installer will have to fetch for our core requirements: exactly the
     # distributions pip would add to this environment.
     "$python" - "$ROOT/pyproject.toml" >"$tmp/core.txt" <<'PY'
@@ -247,6 +273,45 @@ PY
     touch "$dir/.complete"
   fi
   link_into_checkout "$dir" .hacs-env
+}
+
+first_start() {  # first_start PYTHON CONFIG_DIR
+  mkdir -p "$2"
+  "$1" - "$2" <<'PY'
+import signal, socket, subprocess, sys, time
+from pathlib import Path
+
+config = Path(sys.argv[1])
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+(config / "configuration.yaml").write_text(
+    "homeassistant:\n  name: first start\n  time_zone: UTC\n"
+    f"http:\n  server_host: 127.0.0.1\n  server_port: {port}\n"
+    "api:\nconfig:\ncamera:\nconversation:\nwebsocket_api:\nimage:\nevent:\n"
+    "logger:\n  default: warning\n  logs:\n    homeassistant.bootstrap: info\n"
+)
+log = config / "run.log"
+with log.open("w") as out:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "homeassistant", "-c", str(config)], stdout=out, stderr=out
+    )
+try:
+    deadline = time.monotonic() + 900
+    while "Home Assistant initialized" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"Home Assistant's first start failed:\n{log.read_text()[-3000:]}")
+        time.sleep(1)
+finally:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+if "Unable to install package" in log.read_text():
+    sys.exit(f"Home Assistant could not install its packages:\n{log.read_text()[-3000:]}")
+PY
 }
 
 ensure_node_red() {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from base64 import b64encode
 from concurrent.futures import Executor
 from urllib.parse import urlsplit, urlunsplit
 
@@ -48,7 +49,16 @@ class _HttpCamera(FrameSource):
         executor: Executor | None = None,
     ) -> None:
         self._url, self._session = url, session
-        self._auth = aiohttp.BasicAuth(username, password or "") if username else None
+        # HTTP Basic (RFC 7617, UTF-8) as a header: aiohttp 3.14 deprecates BasicAuth, and the
+        # function replacing it is not in the aiohttp of older Home Assistant releases.
+        self._headers = (
+            {
+                "Authorization": "Basic "
+                + b64encode(f"{username}:{password or ''}".encode()).decode()
+            }
+            if username
+            else {}
+        )
         self._timeout_s = timeout
         self._ssl = verify_tls  # True: aiohttp's default verification
         self._executor = executor
@@ -67,7 +77,7 @@ class SnapshotSource(_HttpCamera):
         try:
             async with self._session.get(
                 self._url,
-                auth=self._auth,
+                headers=self._headers,
                 timeout=aiohttp.ClientTimeout(total=self._timeout_s),
                 ssl=self._ssl,
             ) as resp:
@@ -149,7 +159,7 @@ class MjpegSource(_HttpCamera):
             total=None, sock_connect=self._timeout_s, sock_read=self._timeout_s
         )
         async with self._session.get(
-            self._url, auth=self._auth, timeout=timeout, ssl=self._ssl
+            self._url, headers=self._headers, timeout=timeout, ssl=self._ssl
         ) as resp:
             if resp.status != 200:
                 raise SourceError(f"HTTP {resp.status}")

@@ -281,21 +281,27 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if args.index:
         # Home Assistant installs requirements with `uv pip install` into its environment.
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("UV_")}
+        # Nothing of this shell's environments either: `uv` would install into an activated one.
+        unset = {"PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX"}
+        env = {k: v for k, v in os.environ.items() if k not in unset and not k.startswith("UV_")}
         env |= {"UV_DEFAULT_INDEX": args.index, "UV_CACHE_DIR": str(config / ".uv-cache")}
     else:
         command.append("--skip-pip")
+
+    def stop(signum: int, _frame: object) -> None:
+        # Stopping this script stops the hass it started (SystemExit runs the `finally`); once
+        # is enough, a second signal must not cut the clean-up short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     log = open(config / "hass-run.log", "w")  # noqa: SIM115
     # From the configuration folder, as a service runs it: `python -m` puts the working folder
     # first on the path, and this checkout must not be importable unless PYTHONPATH says so.
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=config)
 
-    def stop(signum: int, _frame: object) -> None:
-        # Stopping this script stops the hass it started (SystemExit runs the `finally`).
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     try:
         deadline = time.monotonic() + args.timeout
         while True:

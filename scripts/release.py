@@ -81,10 +81,17 @@ def build(tag: str | None, out: Path, isolation: bool) -> list[Path]:
     command = [sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(out)]
     if not isolation:
         command.append("--no-isolation")
-    subprocess.run([*command, str(ROOT)], check=True, stdout=subprocess.DEVNULL)
-    # setuptools leaves its metadata in the source tree: it would make this checkout look like
-    # an installed `edge-inspector` to anything run from here.
-    shutil.rmtree(ROOT / "edge_inspector.egg-info", ignore_errors=True)
+    # setuptools works in the source tree: a `build/` left from before would put files deleted
+    # since into the wheel, and its metadata would make this checkout look like an installed
+    # `edge-inspector` to anything run from here. Neither stays.
+    leftovers = (ROOT / "build", ROOT / "edge_inspector.egg-info")
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    try:
+        subprocess.run([*command, str(ROOT)], check=True, stdout=subprocess.DEVNULL)
+    finally:
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
     built = sorted(out.glob(f"edge_inspector-{version}*"))
     if len(built) != 2:
         raise ReleaseError(f"expected an sdist and a wheel of {version}, got {built}")

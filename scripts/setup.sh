@@ -30,7 +30,7 @@ PY314_DEBS=(python3.14 python3.14-minimal libpython3.14-minimal libpython3.14-st
   libbz2-1.0 liblzma5 libncursesw6 libtinfo6 libreadline8t64 libuuid1 libdb5.3t64 libmpdec4
   media-types)
 APT_PACKAGES=(libgl1 libglib2.0-0 libturbojpeg0 mosquitto mosquitto-clients openssl chromium fonts-dejavu-core
-  patchelf)
+  patchelf python3-venv python3-pip)
 export PIP_CACHE_DIR=$CACHE/pip PIP_DISABLE_PIP_VERSION_CHECK=1
 BOOTSTRAP_PIP=python3
 # An environment is rebuilt when its requirements change, or when this is raised (a change to how
@@ -113,12 +113,14 @@ fetch_python314() {
   private_apt "$work" "$line" update -qq
   mkdir -p "$work/debs"
   (cd "$work/debs" && private_apt "$work" "$line" download "${PY314_DEBS[@]}" >/dev/null)
-  rm -rf "$root" && mkdir -p "$root"
-  local deb
-  for deb in "$work"/debs/*.deb; do dpkg-deb -x "$deb" "$root"; done
+  # Unpacked beside and moved into place whole: an interrupted run leaves no half a Python.
+  local new=$root.new deb
+  rm -rf "$new" && mkdir -p "$new"
+  for deb in "$work"/debs/*.deb; do dpkg-deb -x "$deb" "$new"; done
   # Its own loader and libraries first (DT_RPATH also serves the extension modules it loads).
   patchelf --set-interpreter "$root/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" \
-    --force-rpath --set-rpath "$root/usr/lib/x86_64-linux-gnu" "$root/usr/bin/python3.14"
+    --force-rpath --set-rpath "$root/usr/lib/x86_64-linux-gnu" "$new/usr/bin/python3.14"
+  rm -rf "$root" && mv "$new" "$root"
   rm -rf "$work"
 }
 
@@ -134,15 +136,17 @@ ensure_apt_packages() {
   fi
 }
 
-# The project's own requirements (core, engine, export, test extras) without the project itself.
-project_requirements() {
-  "$1" - "$ROOT/pyproject.toml" <<'PY'
+# The project's requirements without the project itself: `all` (core, engine, export and test
+# extras) or `core` (what Home Assistant installs with the integration).
+project_requirements() {  # project_requirements PYTHON all|core
+  "$1" - "$ROOT/pyproject.toml" "$2" <<'PY'
 import sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 extras = project["optional-dependencies"]
-for req in [*project["dependencies"], *extras["engine"], *extras["export"], *extras["test"]]:
-    if not req.startswith(project["name"]):
-        print(req)
+wanted = [*project["dependencies"]]
+if sys.argv[2] == "all":
+    wanted += [*extras["engine"], *extras["export"], *extras["test"]]
+print("\n".join(req for req in wanted if not req.startswith(project["name"])))
 PY
 }
 
@@ -172,17 +176,17 @@ PY
 }
 
 # A venv with one Home Assistant release, its test tools and the project's requirements.
-ensure_release_venv() {  # ensure_venv PYTHON RELEASE LINK
+ensure_release_venv() {  # ensure_release_venv PYTHON RELEASE LINK
   local python=$1 release=$2 link=$3 reqs=$ROOT/requirements/ha-$2.txt
   local want dir
-  want=$( (echo "$ENV_REVISION"; cat "$reqs"; project_requirements "$python"; "$python" --version) | sha256sum | cut -c1-16)
+  want=$( (echo "$ENV_REVISION"; cat "$reqs"; project_requirements "$python" all; "$python" --version) | sha256sum | cut -c1-16)
   dir=$CACHE/venvs/ha-$release-$want
   if [ ! -f "$dir/.complete" ]; then
     log "creating $dir: Home Assistant $release, its test tools and the project's requirements (first time: a few minutes)"
     new_venv "$python" "$dir"
     local tmp
     tmp=$(mktemp -d)
-    project_requirements "$python" >"$tmp/project.txt"
+    project_requirements "$python" all >"$tmp/project.txt"
     grep -v '^# NO_DEPS:' "$reqs" >"$tmp/release.txt"
     # Home Assistant first, then everything else under its own package constraints.
     "$dir/bin/python" -m pip install -q "$(grep -E '^homeassistant==' "$reqs")"
@@ -213,7 +217,7 @@ ensure_hacs_env() {
   local python=$1 release=2026.11 reqs=$ROOT/requirements/ha-2026.11.txt
   local want dir
   want=$( (grep -E '^(homeassistant|home-assistant-frontend|ha-ffmpeg|rf-protocols|infrared-protocols|mutagen|pymicro-vad|pyspeex-noise|hassil|home-assistant-intents|gazetteer-matcher|PyTurboJPEG)==' "$reqs"; \
-    echo "$HACS_ENV_REVISION"; "$python" - "$ROOT/pyproject.toml" <<<'import sys,tomllib;print(tomllib.load(open(sys.argv[1],"rb"))["project"]["dependencies"])'; \
+    echo "$HACS_ENV_REVISION"; project_requirements "$python" core; \
     "$python" --version) | sha256sum | cut -c1-16)
   dir=$CACHE/hacs/ha-$release-$want
   if [ ! -f "$dir/.complete" ]; then
@@ -254,10 +258,7 @@ PY
     first_start "$dir/venv/bin/python" "$tmp/first-start"
     # What Home Assistant's installer will have to fetch for our core requirements: exactly the
     # distributions pip would add to this environment.
-    "$python" - "$ROOT/pyproject.toml" >"$tmp/core.txt" <<'PY'
-import sys, tomllib
-print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))
-PY
+    project_requirements "$python" core >"$tmp/core.txt"
     "$dir/venv/bin/python" -m pip install -q --dry-run --report "$tmp/report.json" \
       -c "$dir/constraints.txt" -r "$tmp/core.txt"
     "$python" - "$tmp/report.json" >"$tmp/missing.txt" <<'PY'
@@ -344,6 +345,9 @@ ensure_node_tool() {  # ensure_node_tool PACKAGE VERSION DIR
 
 main() {
   mkdir -p "$CACHE"
+  # One set-up at a time per cache: clones (and CI) share it.
+  exec 9>"$CACHE/.setup.lock"
+  flock 9
   ensure_apt_packages
   ensure_node_red
   # Playwright's library (no bundled browsers: the tests drive Debian's chromium).
@@ -357,11 +361,11 @@ main() {
     fetch_python314
     py314=$(find_python314) || { log "no usable Python 3.14 after unpacking it"; exit 1; }
   fi
+  ensure_release_venv "$py313" 2026.2 .venv-ha-2026.2
+  BOOTSTRAP_PIP=$ROOT/.venv-ha-2026.2/bin/python  # Debian's 3.14 has no bundled pip wheel
   # Its headers, for the extensions pip builds from source (pyconfig.h is under the multiarch
   # folder); the unpacked packages carry no C library headers, so nothing else changes.
   export CPATH=$PY314_ROOT/usr/include${CPATH:+:$CPATH}
-  ensure_release_venv "$py313" 2026.2 .venv-ha-2026.2
-  BOOTSTRAP_PIP=$ROOT/.venv-ha-2026.2/bin/python  # Debian's 3.14 has no bundled pip wheel
   ensure_release_venv "$py314" 2026.11 .venv
   ensure_hacs_env "$py314"
 }

@@ -83,11 +83,15 @@ async def async_setup_entry(hass: HomeAssistant, entry: EdgeInspectorConfigEntry
         await hub.async_stop()
         raise ConfigEntryNotReady(str(exc)) from exc
     entry.runtime_data = hub
-    entry.async_on_unload(entry.add_update_listener(_async_reload))
     from .intents import async_register_sentences
 
-    entry.async_on_unload(async_register_sentences(hass, hub))
-    await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
+    try:
+        entry.async_on_unload(async_register_sentences(hass, hub))
+        await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
+    except BaseException:
+        await hub.async_stop()  # a set-up that fails leaves no engine (or its tasks) running
+        raise
+    entry.async_on_unload(entry.add_update_listener(_async_reload))
     return True
 
 

@@ -180,10 +180,11 @@ class EdgeInspectorConfigFlow(ConfigFlow, domain=DOMAIN):
         entry = self._get_reconfigure_entry()
         result = await self._hub_step("reconfigure", user_input, dict(entry.data))
         if isinstance(result, dict) and CONF_OLLAMA_MODEL in result:
-            # The entry's update listener reloads it when the data changes (Home Assistant
-            # 2026.12 no longer lets a flow schedule a reload beside a listener); an unchanged
-            # reconfigure still reconnects, as a user who pressed submit expects.
-            if dict(entry.data) == result:
+            # A loaded entry's update listener reloads it when the data changes (Home Assistant
+            # 2026.12 no longer lets a flow schedule a reload beside a listener). An entry that
+            # failed to set up has no listener, and an unchanged reconfigure should reconnect
+            # too, as a user who pressed submit expects: those are reloaded here.
+            if not entry.update_listeners or dict(entry.data) == result:
                 self.hass.config_entries.async_schedule_reload(entry.entry_id)
             return self.async_update_and_abort(entry, data=result)
         return result  # type: ignore[return-value]

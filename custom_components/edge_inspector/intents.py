@@ -274,12 +274,12 @@ def _register_trigger(
     from homeassistant.components.conversation.agent_manager import get_agent_manager
 
     manager = get_agent_manager(hass)
-    details = getattr(trigger, "TriggerDetails", None)
-    if details is not None:
-        return manager.register_trigger(details(templates, respond))  # type: ignore[no-any-return,call-arg,unused-ignore]
-    return manager.register_trigger(  # type: ignore[no-any-return,unused-ignore]
-        sentences=templates, trigger_callback=respond
-    )
+    code = manager.register_trigger.__code__  # its parameters' names (not its annotations,
+    # which name types imported for type checking only)
+    if "trigger_callback" in code.co_varnames[: code.co_argcount]:
+        return manager.register_trigger(sentences=templates, trigger_callback=respond)
+    details = trigger.TriggerDetails  # type: ignore[attr-defined,unused-ignore]
+    return manager.register_trigger(details(templates, respond))  # type: ignore[no-any-return,call-arg,unused-ignore]
 
 
 @callback

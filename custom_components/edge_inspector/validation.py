@@ -1,17 +1,19 @@
 """The schema library of the running Home Assistant, as `vol`.
 
-Home Assistant 2026.11 validates with probatio (its helpers' types are probatio's, and
-`voluptuous` is an alias it installs at start-up); releases before it use voluptuous. Both offer
-the same names (`Schema`, `Required`, `Optional`, `All`, `Coerce`, `Range`, `In`, `Invalid`,
-...), so the integration imports `vol` from here and works on either. Drop the fallback when
-the oldest supported release validates with probatio.
+Home Assistant 2026.11 validates with probatio: `voluptuous` is an alias of it that Home
+Assistant installs when it is imported (before any integration), and its helpers are typed with
+probatio's classes. Releases before it use voluptuous itself. Importing `voluptuous` is right on
+both at run time; the type checker, which runs against the current release, sees probatio.
+Drop this module for `import probatio as vol` when the oldest supported release is 2026.11.
 """
 
 from __future__ import annotations
 
-try:
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
     import probatio as vol
-except ImportError:  # Home Assistant before 2026.11
-    import voluptuous as vol  # type: ignore[no-redef]
+else:
+    import voluptuous as vol
 
 __all__ = ["vol"]

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.entities import station_object_id
+from tests.ha_release import station_object_id
 
 PRESS = station_object_id("Press", area="Line 2")  # its entities' id prefix
 

@@ -5,11 +5,10 @@ states from YOLO running inside Home Assistant."""
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.entities import station_object_id
+from tests.ha_release import DEPRECATED_USE, station_object_id
+from tests.hass_script import run_hass_script
 
 ROOT = Path(__file__).parents[2]
 
@@ -21,24 +20,13 @@ def _free_port() -> int:
 
 
 def test_a_real_home_assistant_shows_the_station(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "hass.py"),
-            "--config",
-            str(tmp_path / "hass"),
-            "--port",
-            str(_free_port()),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
+    proc = run_hass_script(
+        ["--config", str(tmp_path / "hass"), "--port", str(_free_port())], timeout=400
     )
     log = (tmp_path / "hass" / "hass-run.log").read_text()
     assert proc.returncode == 0, proc.stdout + proc.stderr + log[-3000:]
     # nothing of ours that this release deprecates ("Detected that custom integration ...")
-    assert "Detected that custom integration 'edge_inspector'" not in log, log
+    assert not DEPRECATED_USE.search(log), log
     lines = dict(line.split(None, 1) for line in proc.stdout.splitlines() if line.startswith("  "))
     press = station_object_id("Press", area="Line 2")
     assert lines[f"binary_sensor.{press}_defect"].strip() == "on"

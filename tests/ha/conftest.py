@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from homeassistant.setup import async_setup_component
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from edge_inspector.demo.synthetic import ConveyorFrame
+from tests.ha_release import DEPRECATED_USE
 
 
 @pytest.fixture(autouse=True)
@@ -42,16 +44,23 @@ async def camera_file(
     return path
 
 
-# What Home Assistant says when our code uses something it deprecated ("Detected that custom
-# integration 'edge_inspector' calls ... This will stop working in Home Assistant 2026.12.0").
-DEPRECATED_USE = "Detected that custom integration 'edge_inspector'"
-
-
 @pytest.fixture(autouse=True)
-def no_deprecated_use(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Fail any test in which Home Assistant reports a deprecated use by our integration, on
-    every tested release (Python's own DeprecationWarnings from our modules are errors through
-    pyproject's filterwarnings)."""
-    yield
-    reports = [r.getMessage() for r in caplog.records if DEPRECATED_USE in r.getMessage()]
+def no_deprecated_use() -> Iterator[None]:
+    """Fail any test in which Home Assistant reports a deprecated use by our integration (its
+    own handler on the root logger, for the whole test: caplog keeps only one phase's records).
+    Python's own DeprecationWarnings from our modules are errors through pyproject's
+    filterwarnings."""
+    reports: list[str] = []
+
+    class Reports(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if DEPRECATED_USE.search(message := record.getMessage()):
+                reports.append(message)
+
+    handler = Reports(logging.WARNING)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
     assert not reports, "deprecated use reported by Home Assistant:\n" + "\n".join(reports)

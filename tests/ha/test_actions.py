@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from homeassistant.components import persistent_notification
 from homeassistant.components.device_automation import DeviceAutomationType
+from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant, ServiceCall
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.setup import async_setup_component
@@ -20,9 +21,9 @@ from pytest_homeassistant_custom_component.common import (
 )
 
 from custom_components.edge_inspector.const import DOMAIN, EVENT_INCIDENT
-from tests.entities import device as device_by_identifier
-from tests.entities import station_object_id
 from tests.ha.test_integration import _station, _until, set_up_station
+from tests.ha_release import device as device_by_identifier
+from tests.ha_release import station_object_id
 from tests.ollama_server import FakeOllama, Reply
 
 PRESS = station_object_id("Press", area="Line 2")  # its entities' id prefix
@@ -217,6 +218,7 @@ async def test_the_hub_flow_checks_ollama(
     await hass.async_block_till_done()
 
     # reconfigure: the same checks, then a reload with the new settings
+    before = entry.runtime_data
     flow = await hass.config_entries.flow.async_init(
         DOMAIN, context={"source": "reconfigure", "entry_id": entry.entry_id}
     )
@@ -229,6 +231,8 @@ async def test_the_hub_flow_checks_ollama(
     )
     assert saved["type"] is FlowResultType.ABORT and saved["reason"] == "reconfigure_successful"
     assert entry.data["ollama_url"] == ""
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.LOADED and entry.runtime_data is not before  # reloaded
 
     # options: the mapped actions are validated before they are saved
     options = await hass.config_entries.options.async_init(entry.entry_id)

@@ -28,7 +28,7 @@ from edge_inspector.events import (
     VlmResult,
     VlmStatus,
 )
-from tests.entities import station_object_id
+from tests.ha_release import station_object_id
 
 from .test_integration import set_up_station
 

@@ -21,7 +21,7 @@ from pytest_homeassistant_custom_component.typing import (
 from yarl import URL
 
 from custom_components.edge_inspector.const import DOMAIN
-from tests.entities import station_object_id
+from tests.ha_release import station_object_id
 from tests.ollama_server import FakeOllama, agent_script
 
 from .test_integration import _station, _until, set_up_station

@@ -23,8 +23,8 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 from custom_components.edge_inspector.const import DOMAIN, EVENT_DEFECT
 from edge_inspector import __version__
 from edge_inspector.demo.synthetic import ConveyorFrame
-from tests.entities import device as device_by_identifier
-from tests.entities import station_object_id
+from tests.ha_release import device as device_by_identifier
+from tests.ha_release import station_object_id
 
 PRESS = station_object_id("Press", area="Line 2")  # its entities' id prefix
 

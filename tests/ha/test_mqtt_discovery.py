@@ -23,8 +23,8 @@ from homeassistant.helpers import entity_registry as er
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from edge_inspector.demo.synthetic import ConveyorFrame
-from tests.entities import device as device_by_identifier
-from tests.entities import mqtt_entry_id
+from tests.ha_release import device as device_by_identifier
+from tests.ha_release import mqtt_entry_id
 from tests.mosquitto import Mosquitto
 
 

@@ -25,8 +25,8 @@ from custom_components.edge_inspector import answers
 from custom_components.edge_inspector.const import DOMAIN, EVENT_DEFECT, EVENT_INCIDENT
 from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.demo.synthetic import ConveyorFrame
-from tests.entities import device as device_by_identifier
-from tests.entities import station_object_id
+from tests.ha_release import device as device_by_identifier
+from tests.ha_release import station_object_id
 from tests.service import TOKEN, Service, free_port, running_service, service_config
 
 from .test_integration import _until
@@ -101,6 +101,39 @@ async def test_the_config_flow_tests_the_engine_before_creating_the_entry(
         (entry.entry_id, "station"), context={"source": "user"}
     )
     assert flow["type"] is FlowResultType.ABORT and flow["reason"] == "remote_engine"
+    assert await hass.config_entries.async_unload(entry.entry_id)
+
+
+async def test_reconfiguring_a_hub_whose_engine_was_down_sets_it_up_at_once(
+    hass: HomeAssistant, service: Service
+) -> None:
+    # the engine is down when Home Assistant starts: the hub waits to retry
+    assert service.stop() == 0
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        title="Edge Inspector",
+        data={"ollama_url": "", "ollama_model": "qwen2.5vl:7b", "storage": ""}
+        | {"engine_url": service.url, "engine_token": TOKEN},
+        unique_id=DOMAIN,
+    )
+    entry.add_to_hass(hass)
+    await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.SETUP_RETRY
+    # it is back; the user changes a setting: set up at once, no waiting for the next retry
+    # (a hub that never loaded has no update listener to reload it)
+    service.start()
+    flow = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": "reconfigure", "entry_id": entry.entry_id}
+    )
+    saved = await hass.config_entries.flow.async_configure(
+        flow["flow_id"],
+        {"engine_url": service.url, "engine_token": TOKEN, "ollama_model": "qwen2.5vl:3b"},
+    )
+    assert saved["type"] is FlowResultType.ABORT and saved["reason"] == "reconfigure_successful"
+    assert entry.data["ollama_model"] == "qwen2.5vl:3b"
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.LOADED
     assert await hass.config_entries.async_unload(entry.entry_id)
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from edge_inspector import __version__
-from tests.entities import station_object_id
+from tests.ha_release import DEPRECATED_USE, station_object_id
+from tests.hass_script import run_hass_script
 from tests.service import free_port, running_service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,10 +127,8 @@ def _hass(
     """scripts/hass.py on that environment: (entity id -> state, hass's log, the index's log)."""
     config = tmp_path / "hass"
     with _serve(index, tmp_path / "index.log") as url:
-        proc = subprocess.run(
+        proc = run_hass_script(
             [
-                sys.executable,
-                str(ROOT / "scripts" / "hass.py"),
                 "--config",
                 str(config),
                 "--port",
@@ -146,11 +145,8 @@ def _hass(
                 "300",
                 *extra,
             ],
-            capture_output=True,
-            text=True,
             timeout=420,
-            check=False,  # hass.py itself runs from the checkout; the hass it starts does not
-        )
+        )  # hass.py itself runs from the checkout; the hass it starts does not
     log_file = config / "hass-run.log"
     log = log_file.read_text() if log_file.exists() else "(hass did not start)"
     served = (tmp_path / "index.log").read_text()
@@ -173,7 +169,7 @@ def _installed_by_home_assistant(venv: Path, log: str, served: str) -> None:
     )
     assert not ours.search(log), log[-3000:]
     # nothing of ours that this release deprecates
-    assert "Detected that custom integration 'edge_inspector'" not in log, log
+    assert not DEPRECATED_USE.search(log), log
 
 
 def test_remote_mode_on_the_light_core(tmp_path: Path, package_index: Path) -> None:

@@ -1,0 +1,44 @@
+"""What differs between the supported Home Assistant releases, for the tests.
+
+Entity ids: from 2026.9 on, Home Assistant starts the id of a new device's entity with the
+device's area (its default `entity_id_parts`: area, parent device, device, entity): a station on
+"Line 2" gets `binary_sensor.line_2_press_defect`; before, `binary_sensor.press_defect`. We keep
+the platform's naming (a station's line is its area, and two lines with a "Press" each get
+distinct, readable ids) rather than forcing ids of our own, so tests name entities through this.
+
+Deprecations: what Home Assistant logs when our code uses something it deprecated, on every
+tested release; the tests fail on it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from homeassistant.const import MAJOR_VERSION, MINOR_VERSION
+from homeassistant.core import HomeAssistant
+from homeassistant.util import slugify
+
+from custom_components.edge_inspector.devices import device_by_identifier as device
+
+AREA_IN_ENTITY_IDS = (MAJOR_VERSION, MINOR_VERSION) >= (2026, 9)
+
+# helpers/frame.py's report_usage ("Detected that custom integration 'edge_inspector' calls ...")
+# and helpers/deprecation.py ("The deprecated function x was used from edge_inspector. ...").
+DEPRECATED_USE = re.compile(
+    r"Detected that custom integration 'edge_inspector'"
+    r"|The deprecated .+ was \w+ from edge_inspector\b"
+)
+
+__all__ = ["AREA_IN_ENTITY_IDS", "DEPRECATED_USE", "device", "mqtt_entry_id", "station_object_id"]
+
+
+def station_object_id(station: str, area: str | None = None) -> str:
+    """The object id part that a station device gives its entities on this release."""
+    if area and AREA_IN_ENTITY_IDS:
+        return slugify(f"{area} {station}")
+    return slugify(station)
+
+
+def mqtt_entry_id(hass: HomeAssistant) -> str:
+    (entry,) = hass.config_entries.async_entries("mqtt")
+    return entry.entry_id

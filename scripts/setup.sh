@@ -64,15 +64,21 @@ private_apt() {  # private_apt WORKDIR SOURCE_LINE APT_ARGS...
     -o "APT::Architecture=amd64" -o "APT::Architectures=amd64" "$@"
 }
 
-find_python313() {
-  local candidate
-  for candidate in "$PY313_PREFIX/bin/python3.13" "$(command -v python3.13 || true)" /usr/bin/python3.13; do
-    if [ -n "$candidate" ] && [ -x "$candidate" ] && python_ok "$candidate" 3.13.2 3.14; then
+find_python() {  # find_python MIN_VERSION MAX_VERSION_EXCLUSIVE CANDIDATE...: the first usable
+  local low=$1 high=$2 candidate
+  shift 2
+  for candidate in "$@"; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ] && python_ok "$candidate" "$low" "$high"; then
       printf '%s\n' "$candidate"
       return 0
     fi
   done
   return 1
+}
+
+find_python313() {
+  find_python 3.13.2 3.14 "$PY313_PREFIX/bin/python3.13" "$(command -v python3.13 || true)" \
+    /usr/bin/python3.13
 }
 
 build_python313() {
@@ -95,14 +101,7 @@ build_python313() {
 }
 
 find_python314() {
-  local candidate
-  for candidate in "$PY314_ROOT/usr/bin/python3.14" "$(command -v python3.14 || true)"; do
-    if [ -n "$candidate" ] && [ -x "$candidate" ] && python_ok "$candidate" 3.14.2 3.15; then
-      printf '%s\n' "$candidate"
-      return 0
-    fi
-  done
-  return 1
+  find_python 3.14.2 3.15 "$PY314_ROOT/usr/bin/python3.14" "$(command -v python3.14 || true)"
 }
 
 fetch_python314() {

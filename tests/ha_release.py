@@ -13,14 +13,16 @@ tested release; the tests fail on it.
 from __future__ import annotations
 
 import re
+from importlib.metadata import version
+from typing import TYPE_CHECKING
 
-from homeassistant.const import MAJOR_VERSION, MINOR_VERSION
-from homeassistant.core import HomeAssistant
-from homeassistant.util import slugify
+if TYPE_CHECKING:
+    from homeassistant.core import HomeAssistant
 
-from custom_components.edge_inspector.devices import device_by_identifier as device
-
-AREA_IN_ENTITY_IDS = (MAJOR_VERSION, MINOR_VERSION) >= (2026, 9)
+# Read without importing Home Assistant: the suites that run without its pytest plugin (e2e,
+# install) import httpx first, and Home Assistant 2026.11 refuses to be imported after it.
+HA_RELEASE = tuple(int(part) for part in version("homeassistant").split(".")[:2])
+AREA_IN_ENTITY_IDS = HA_RELEASE >= (2026, 9)
 
 # helpers/frame.py's report_usage ("Detected that custom integration 'edge_inspector' calls ...")
 # and helpers/deprecation.py ("The deprecated function x was used from edge_inspector. ...").
@@ -29,16 +31,22 @@ DEPRECATED_USE = re.compile(
     r"|The deprecated .+ was \w+ from edge_inspector\b"
 )
 
-__all__ = ["AREA_IN_ENTITY_IDS", "DEPRECATED_USE", "device", "mqtt_entry_id", "station_object_id"]
+__all__ = [
+    "AREA_IN_ENTITY_IDS",
+    "DEPRECATED_USE",
+    "HA_RELEASE",
+    "mqtt_entry_id",
+    "station_object_id",
+]
 
 
 def station_object_id(station: str, area: str | None = None) -> str:
     """The object id part that a station device gives its entities on this release."""
-    if area and AREA_IN_ENTITY_IDS:
-        return slugify(f"{area} {station}")
-    return slugify(station)
+    name = f"{area} {station}" if area and AREA_IN_ENTITY_IDS else station
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")  # Home Assistant's slugify, ASCII
 
 
 def mqtt_entry_id(hass: HomeAssistant) -> str:
+    """The MQTT integration's config entry (it owns the devices MQTT discovery makes)."""
     (entry,) = hass.config_entries.async_entries("mqtt")
     return entry.entry_id

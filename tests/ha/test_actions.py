@@ -21,8 +21,8 @@ from pytest_homeassistant_custom_component.common import (
 )
 
 from custom_components.edge_inspector.const import DOMAIN, EVENT_INCIDENT
+from custom_components.edge_inspector.devices import device_by_identifier
 from tests.ha.test_integration import _station, _until, set_up_station
-from tests.ha_release import device as device_by_identifier
 from tests.ha_release import station_object_id
 from tests.ollama_server import FakeOllama, Reply
 

@@ -21,9 +21,9 @@ from homeassistant.helpers import entity_registry as er
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.edge_inspector.const import DOMAIN, EVENT_DEFECT
+from custom_components.edge_inspector.devices import device_by_identifier
 from edge_inspector import __version__
 from edge_inspector.demo.synthetic import ConveyorFrame
-from tests.ha_release import device as device_by_identifier
 from tests.ha_release import station_object_id
 
 PRESS = station_object_id("Press", area="Line 2")  # its entities' id prefix

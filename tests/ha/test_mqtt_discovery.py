@@ -22,8 +22,8 @@ from homeassistant.core import HomeAssistant
 from homeassistant.helpers import entity_registry as er
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
+from custom_components.edge_inspector.devices import device_by_identifier
 from edge_inspector.demo.synthetic import ConveyorFrame
-from tests.ha_release import device as device_by_identifier
 from tests.ha_release import mqtt_entry_id
 from tests.mosquitto import Mosquitto
 

@@ -23,9 +23,9 @@ from pytest_homeassistant_custom_component.typing import WebSocketGenerator
 
 from custom_components.edge_inspector import answers
 from custom_components.edge_inspector.const import DOMAIN, EVENT_DEFECT, EVENT_INCIDENT
+from custom_components.edge_inspector.devices import device_by_identifier
 from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.demo.synthetic import ConveyorFrame
-from tests.ha_release import device as device_by_identifier
 from tests.ha_release import station_object_id
 from tests.service import TOKEN, Service, free_port, running_service, service_config
 

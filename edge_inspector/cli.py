@@ -27,6 +27,7 @@ from . import __version__
 from .config import EngineConfig, load_config
 from .errors import ConfigError, EdgeInspectorError, ImageDecodeError
 from .events import Incident
+from .redact import RedactingFilter
 from .sinks import EventSink
 
 __all__ = ["main"]
@@ -39,6 +40,8 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())  # no credential in any log line, whoever logs it
     for noisy in ("ultralytics", "PIL", "matplotlib", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from .redact import redact
+
 
 class EdgeInspectorError(Exception):
-    """Root of every error Edge Inspector raises on purpose."""
+    """Root of every error Edge Inspector raises on purpose. Its text never holds a credential:
+    URLs' user information and secret query values are redacted when it is made (`redact`), so
+    whatever quotes the error (a station's state, the API, MQTT, a log line) is clean too."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(EdgeInspectorError):

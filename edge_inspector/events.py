@@ -13,7 +13,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from .redact import redact
 
 __all__ = [
     "ActionRecord",
@@ -283,7 +285,8 @@ class StationState(_Event):
     enabled: bool
     available: bool
     mode: str
-    error: str | None = None
+    # whatever made the text (a library's error quoting the camera URL), no credential in it
+    error: Annotated[str | None, AfterValidator(lambda v: None if v is None else redact(v))] = None
     frames: int = 0
     inspections: int = 0
     defects: int = Field(default=0, description="Inspections with at least one defect.")

@@ -7,12 +7,12 @@ import contextlib
 import logging
 from base64 import b64encode
 from concurrent.futures import Executor
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
 from ..errors import SourceError
 from ..frames import Frame, decode_image
+from ..redact import redact
 from .base import Backoff, Captured, FrameHandoff, FrameSource
 
 __all__ = ["MjpegSource", "MultipartParser", "SnapshotSource", "multipart_boundary", "redact_url"]
@@ -22,14 +22,8 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 
 def redact_url(url: str) -> str:
-    """The URL without user name and password, for logs and errors."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+    """The URL without its credentials (user information, secret query values)."""
+    return redact(url)
 
 
 class _HttpCamera(FrameSource):

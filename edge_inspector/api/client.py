@@ -534,7 +534,8 @@ class RemoteEngine:
     async def _session(self) -> None:
         url = f"{self.client.url}/api/ws"
         params = {"since": _iso(self._since) or ""}
-        if self.action_handler is not None:
+        if self.action_handler is not None and self.client.token:
+            # the engine lets only a client with its token carry out its actions
             params["actions"] = "1"
         # The engine pings every 30 s (the server's heartbeat) and the client answers by
         # itself, so a link that stays silent for 75 s is dead. (The client's own heartbeat is

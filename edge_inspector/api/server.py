@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
@@ -115,9 +117,25 @@ def _page(request: web.Request) -> dict[str, Any]:
     }
 
 
+def _address_or_localhost(host: str) -> bool:
+    """Is the Host header's name an IP address or localhost (not a DNS name)?"""
+    name = urlsplit(f"//{host}").hostname or ""
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
+    if request.content_type != "application/json":
+        # A browser page may send text/plain anywhere without asking first (no preflight); JSON
+        # it may only send where the server allows it, and we allow no other site.
+        raise ApiError(415, "unsupported_media_type", "send JSON, Content-Type application/json")
     try:
         data = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -250,7 +268,7 @@ class ApiServer(EventSink):
 
     def _make_app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._errors, self._auth],
+            middlewares=[self._errors, self._same_site, self._auth],
             client_max_size=int(self.config.max_upload_mb * 1024 * 1024),
         )
         r = app.router
@@ -337,6 +355,20 @@ class ApiServer(EventSink):
         except Exception:
             _LOGGER.exception("HTTP API: %s %s failed", request.method, request.path)
             return _error(500, "internal", "internal error (logged by the engine)")
+
+    @web.middleware
+    async def _same_site(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Requests from other sites' pages in a browser are refused: an `Origin` (which
+        browsers send with every cross-site fetch, form post and websocket) must be this
+        server's own. Without a token the server trusts its loopback clients, so it also
+        insists that the Host is an address or `localhost`: a name that resolves to 127.0.0.1
+        only for an attacker's page (DNS rebinding) is refused."""
+        origin = request.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc.lower() != request.host.lower():
+            return _error(403, "cross_site", "requests from other sites' pages are refused")
+        if not self._token and not _address_or_localhost(request.host):
+            return _error(403, "bad_host", f"unknown host {request.host!r} (no token is set)")
+        return await handler(request)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -676,9 +708,16 @@ class ApiServer(EventSink):
         if unknown:
             raise ApiError(400, "invalid_parameter", f"events: unknown {sorted(unknown)}")
         since = _since(request, "since")
+        executes_actions = request.query.get("actions") == "1"
+        if executes_actions and not self._token:
+            # the client that carries out actions (Home Assistant's services) must prove who it
+            # is: set a token on the engine and give it to the integration
+            raise ApiError(
+                403, "token_required", "carrying out actions needs a token on the engine"
+            )
         ws = web.WebSocketResponse(heartbeat=30)
         await ws.prepare(request)
-        client = _Client(events, executes_actions=request.query.get("actions") == "1")
+        client = _Client(events, executes_actions=executes_actions)
         self.clients.add(client)  # before the replay: nothing falls between the two
         try:
             for state in self.engine.states():

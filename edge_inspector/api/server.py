@@ -373,10 +373,13 @@ class ApiServer(EventSink):
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self._token and request.path not in _OPEN_PATHS:
-            header = request.headers.get("Authorization", "")
-            given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+            scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+            given = credentials.strip() if scheme.lower() == "bearer" else ""  # any case (RFC 9110)
             given = given or request.query.get("token", "")
-            if not hmac.compare_digest(given.encode(), self._token.encode()):
+            # bytes that are not UTF-8 arrive as surrogates: compared as they came, never a 500
+            if not hmac.compare_digest(
+                given.encode("utf-8", "surrogateescape"), self._token.encode()
+            ):
                 return _error(401, "unauthorized", "a valid bearer token is required")
         return await handler(request)
 

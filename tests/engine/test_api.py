@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,18 @@ async def _until(ws: aiohttp.ClientWebSocketResponse, kind: str, timeout: float 
                 return message
 
 
+def _raw_get(service: Service, path: str, authorization: bytes) -> int:
+    """The status for a GET with this Authorization header, bytes as given (no client library
+    would send some of them)."""
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as sock:
+        sock.sendall(
+            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: " + authorization + b"\r\nConnection: close\r\n\r\n"
+        )
+        status_line = sock.makefile("rb").readline()
+    return int(status_line.split()[1])
+
+
 def test_the_openapi_document_is_committed_and_matches_the_routes(service: Service) -> None:
     from edge_inspector.api.server import ApiServer
 
@@ -99,6 +112,14 @@ def test_a_token_is_required_and_errors_are_json(service: Service) -> None:
     assert status == 401 and kind.startswith("application/json")
     assert _json(body)["error"]["code"] == "unauthorized"
     assert service.get("/api/stations", token="wrong-token-0123456789")[0] == 401
+    # the scheme's name in any case; a header that is not even text is refused, not a 500
+    for header, want in (
+        (f"bearer {TOKEN}".encode(), 200),
+        (f"BEARER {TOKEN}".encode(), 200),
+        (b"Bearer \xff\xfe\xc3(", 401),
+        ("Bearer tökén".encode(), 401),
+    ):
+        assert _raw_get(service, "/api/stations", header) == want, header
     assert service.get(f"/metrics?token={TOKEN}", token=None)[0] == 200
     health = service.get("/api/health", token=None)
     assert health[0] == 200

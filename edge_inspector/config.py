@@ -70,6 +70,10 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
 
 type ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
 type Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+# A defect class's confidence threshold, wherever it is set (file, HTTP, MQTT, Home Assistant):
+# below 0.01 a detector reports noise on every frame, hundreds of boxes each.
+MIN_THRESHOLD = 0.01
+type Threshold = Annotated[float, Field(ge=MIN_THRESHOLD, le=1.0)]
 type Point = tuple[Fraction, Fraction]
 type Polygon = Annotated[tuple[Point, ...], Field(min_length=3)]
 
@@ -174,7 +178,7 @@ class ModelConfig(_Model):
 class DefectClassConfig(_Model):
     """A class that counts as a defect, and the confidence it needs to count."""
 
-    confidence: Fraction = 0.5
+    confidence: Threshold = 0.5
 
 
 class DebounceConfig(_Model):

@@ -90,7 +90,7 @@ class Station:
         self._tracker = DefectTracker(
             config.tracking, config.debounce, triggered=config.mode == "triggered"
         )
-        self._conf_floor = min(config.min_confidence, 0.25)
+        self._conf_floor = self._detector_floor()
         self._lock = asyncio.Lock()
         self._enabled = asyncio.Event()
         if config.enabled:
@@ -143,8 +143,13 @@ class Station:
     def set_threshold(self, class_name: str, confidence: float) -> None:
         """Change a defect class's confidence threshold."""
         self.rules.set_threshold(class_name, confidence)
-        self._conf_floor = min(self._conf_floor, confidence)
+        self._conf_floor = self._detector_floor()  # follows the thresholds up as well as down
         self._mark_state(urgent=True)
+
+    def _detector_floor(self) -> float:
+        """The confidence the detector reports down to: the lowest threshold (the tracker also
+        sees detections up to 0.25, below any class's threshold, to keep its tracks)."""
+        return min(*self.rules.thresholds.values(), 0.25)
 
     def state(self) -> StationState:
         return StationState(

@@ -28,7 +28,7 @@ from aiohttp import WSMsgType, web
 
 from .. import __version__
 from ..annotate import annotate
-from ..config import ActionConfig, HttpConfig
+from ..config import MIN_THRESHOLD, ActionConfig, HttpConfig
 from ..errors import (
     EdgeInspectorError,
     ImageDecodeError,
@@ -459,8 +459,8 @@ class ApiServer(EventSink):
         data = await _body(request)
         name = _field(data, "class", str)
         confidence = _need(data, "confidence", float)
-        if not 0.0 < confidence <= 1.0:
-            raise ApiError(400, "invalid_field", "confidence: must be above 0 and at most 1")
+        if not MIN_THRESHOLD <= confidence <= 1.0:
+            raise ApiError(400, "invalid_field", f"confidence: must be from {MIN_THRESHOLD} to 1")
         station = self.engine.station(sid)
         if name is not None and name not in station.rules.thresholds:
             known = ", ".join(sorted(station.rules.thresholds))

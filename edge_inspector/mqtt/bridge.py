@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import ActionConfig, MqttActionTarget, MqttConfig, StationConfig
+from ..config import ActionConfig, MqttActionTarget, MqttConfig, StationConfig, Threshold
 from ..errors import EdgeInspectorError
 from ..events import ActionRecord, Incident, InspectionResult, OperatorAlert, StationState
 from ..sinks import EventSink
@@ -68,7 +68,7 @@ class StationControl(Protocol):
     ) -> ActionRecord: ...
 
 
-type Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
+type Confidence = Threshold
 
 
 class SetCommand(BaseModel):

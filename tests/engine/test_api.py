@@ -137,6 +137,9 @@ def test_a_token_is_required_and_errors_are_json(service: Service) -> None:
         (("POST", "/api/stations/line_a/enabled", {}), 400),
         (("POST", "/api/stations/line_a/thresholds", {"class": "rust", "confidence": 0.5}), 400),
         (("POST", "/api/stations/line_a/thresholds", {"confidence": 1.5}), 400),
+        # a threshold so small that every frame carries hundreds of boxes
+        (("POST", "/api/stations/line_a/thresholds", {"confidence": 5e-324}), 400),
+        (("POST", "/api/stations/line_a/thresholds", {"confidence": 0.009}), 400),
         (("POST", "/api/stations/line_a/frames", None), 400),  # empty body
         (("POST", "/api/incidents/nope/verdict", {"state": "confirmed"}), 404),
         (("POST", "/api/incidents/nope/verdict", {"state": "lost"}), 400),

@@ -363,3 +363,27 @@ async def test_every_model_runs_on_one_inference_thread(
             t for t in threading.enumerate() if t.name.startswith("edge_inspector_yolo")
         ]
     assert len(inference_threads) == 1
+
+
+async def test_the_detectors_floor_follows_the_thresholds_back_up(
+    make_config: Callable[..., EngineConfig], defect_scenes: list[ConveyorFrame]
+) -> None:
+    config = make_config("""
+        - id: pushed
+          name: Pushed
+          mode: triggered
+          source: {type: push}
+          model: {path: MODEL, imgsz: 320}
+          defects: {scratch: 0.45, dent: 0.45}
+    """)
+    picture = jpeg(defect_scenes[0].image)
+    async with Engine(config, sinks=[Recorder()]) as engine:
+        station = engine.stations["pushed"]
+        before = await station.inspect_image(picture)
+        engine.set_threshold("pushed", None, 0.01)  # the lowest a threshold may be
+        low = await station.inspect_image(picture)
+        engine.set_threshold("pushed", None, 0.45)
+        after = await station.inspect_image(picture)
+    # the tiny threshold made the detector report far more boxes; restoring it ends that
+    assert len(low.detections) > len(before.detections)
+    assert len(after.detections) == len(before.detections)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -16,6 +16,16 @@ import custom_components  # noqa: F401
 from edge_inspector.config import EngineConfig, load_config
 from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.demo.synthetic import ConveyorCamera, ConveyorFrame, random_scene
+from tests.mosquitto import Mosquitto
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A real Mosquitto on free loopback ports, stopped after the test."""
+    server = Mosquitto(tmp_path / "mosquitto")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,14 +29,6 @@ from tests.conftest import jpeg
 from tests.mosquitto import Mosquitto, Watcher
 
 SCHEMA = Path(__file__).parents[2] / "edge_inspector" / "schema"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path / "mosquitto")
-    server.start()
-    yield server
-    server.stop()
 
 
 def _incident(n: int) -> Incident:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -32,14 +31,6 @@ SECRETS = {
     "token": "S3cret-token-Pa55",
 }
 DEFECTS = "{scratch: 0.4, dent: 0.4, crack: 0.4, spot: 0.4}"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path / "mosquitto")
-    server.start()
-    yield server
-    server.stop()
 
 
 def _config(tmp_path: Path, port: int) -> Path:

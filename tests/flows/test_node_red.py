@@ -21,14 +21,6 @@ RED = default_cache_dir() / "node" / "node_modules" / "node-red" / "red.js"
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path / "mosquitto")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def node_red(tmp_path: Path, broker: Mosquitto) -> Iterator[Path]:
     """Node-RED with every flow of flows/; returns the ticket file's path."""
     if not RED.is_file():

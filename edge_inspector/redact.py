@@ -56,7 +56,10 @@ class RedactingFilter(logging.Filter):
     """For a log handler: each record's message (arguments merged in) is redacted."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: the handler's formatter reports it, as always
+            return True
         clean = redact(message)
         if record.exc_info and record.exc_info[1] is not None:
             # the traceback's last line repeats the exception's text

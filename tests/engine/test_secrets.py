@@ -10,7 +10,9 @@ station states, the retained MQTT state topics on a real Mosquitto, and the serv
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge_inspector.demo import DEMO_MODEL
-from edge_inspector.redact import redact
+from edge_inspector.redact import RedactingFilter, redact
 from tests.mosquitto import Mosquitto
 from tests.service import TOKEN, Service, free_port
 
@@ -150,3 +152,22 @@ async def test_no_surface_shows_a_camera_or_broker_credential(
 def test_redaction_keeps_the_text_and_drops_the_secret(text: str, clean: str) -> None:
     assert clean in redact(text)
     assert "pw" not in redact(text).replace("pwd", "") and "zz" not in redact(text)
+
+
+def test_the_log_filter_cleans_messages_and_tracebacks() -> None:
+    handler_output = io.StringIO()
+    handler = logging.StreamHandler(handler_output)
+    handler.addFilter(RedactingFilter())
+    log = logging.getLogger("tests.redact")
+    log.addHandler(handler)
+    try:
+        log.warning("camera %s failed", "rtsp://admin:pw-in-args@10.0.0.5/s1")
+        try:
+            raise OSError("cannot open http://cam/snap?pwd=pw-in-traceback")
+        except OSError:
+            log.exception("snapshot failed")
+    finally:
+        log.removeHandler(handler)
+    text = handler_output.getvalue()
+    assert "pw-in-args" not in text and "pw-in-traceback" not in text, text
+    assert "rtsp://***@10.0.0.5/s1" in text and "Traceback" in text and "pwd=***" in text

@@ -19,7 +19,7 @@ class ConfigError(EdgeInspectorError):
 
     def __init__(self, message: str, *, problems: tuple[str, ...] = ()) -> None:
         super().__init__(message)
-        self.problems = problems or (message,)
+        self.problems = tuple(redact(p) for p in problems or (message,))  # like the message
 
 
 class SourceError(EdgeInspectorError):

@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge_inspector.demo import DEMO_MODEL
+from edge_inspector.errors import ConfigError
 from edge_inspector.redact import RedactingFilter, redact
 from tests.mosquitto import Mosquitto
 from tests.service import TOKEN, Service, free_port
@@ -171,3 +172,12 @@ def test_the_log_filter_cleans_messages_and_tracebacks() -> None:
     text = handler_output.getvalue()
     assert "pw-in-args" not in text and "pw-in-traceback" not in text, text
     assert "rtsp://***@10.0.0.5/s1" in text and "Traceback" in text and "pwd=***" in text
+
+
+def test_a_configuration_errors_problems_are_redacted_like_its_message() -> None:
+    error = ConfigError(
+        "stations[0].source.url: rtsp://admin:pw-in-message@cam/s1 is not reachable",
+        problems=("stations[0].source.url: rtsp://admin:pw-in-problem@cam/s1",),
+    )
+    assert "pw-in-message" not in str(error)
+    assert error.problems == ("stations[0].source.url: rtsp://***@cam/s1",)

@@ -59,7 +59,7 @@ def export_dataset(store: Path, out: Path) -> ExportReport:
         if incident.extra.get("missed"):
             skipped.append(f"{incident.incident_id}: a missed defect has no boxes")
             continue
-        raw = Path(incident.raw_path) if incident.raw_path else None
+        raw = store / "images" / incident.raw_path if incident.raw_path else None  # relative
         if raw is None or not raw.is_file():
             skipped.append(f"{incident.incident_id}: no camera frame kept (or removed)")
             continue

@@ -16,7 +16,7 @@ import aiohttp
 from .config import EngineConfig, StationConfig
 from .detect.batcher import InferenceQueue, inference_thread
 from .detect.detector import YoloDetector
-from .errors import EdgeInspectorError, ModelError, StationNotFoundError
+from .errors import EdgeInspectorError, InputError, ModelError, StationNotFoundError
 from .events import (
     ActionRecord,
     Incident,
@@ -345,6 +345,14 @@ class Engine:
         import uuid
 
         station = self.station(station_id)
+        if defect_class not in station.config.defects:
+            known = ", ".join(sorted(station.config.defects))
+            raise InputError(f"defect_class: {defect_class!r} is not one of {known}")
+        for name, value, limit in (("part_id", part_id, 128), ("lot_id", lot_id, 128)):
+            if value is not None and not 0 < len(value) <= limit:
+                raise InputError(f"{name}: 1 to {limit} characters")
+        if note is not None and len(note) > 500:
+            raise InputError("note: at most 500 characters")
         now = datetime.now(UTC)
         incident = Incident(
             incident_id=uuid.uuid4().hex,
@@ -363,10 +371,13 @@ class Engine:
             latency_ms=0.0,
             extra={
                 "missed": True,
-                "feedback": [{"state": "confirmed", "by": by, "at": now.isoformat(), "note": note}],
+                "feedback": [
+                    {"state": "confirmed", "by": by[:100], "at": now.isoformat(), "note": note}
+                ],
             },
         )
         await self.store.add_incident(incident)
+        await self.sinks.on_missed_defect(incident)
         return incident
 
     def _finite(self) -> list[Station]:

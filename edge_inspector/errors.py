@@ -44,3 +44,13 @@ class StoreError(EdgeInspectorError):
 
 class StationNotFoundError(EdgeInspectorError):
     """A command named a station the engine does not have."""
+
+
+class InputError(EdgeInspectorError):
+    """A client sent something malformed (over HTTP, MQTT, a Home Assistant service); `code`
+    names the kind and `status` the HTTP status it is answered with."""
+
+    def __init__(self, message: str, *, code: str = "invalid_field", status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status

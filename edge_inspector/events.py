@@ -263,10 +263,17 @@ class Incident(_Event):
     boxes: tuple[BoundingBox, ...]
     detections: tuple[Detection, ...]
     track_id: int | None = None
-    frame_path: str | None = Field(default=None, description="Annotated frame (JPEG).")
-    crop_path: str | None = Field(default=None, description="Crop around the defect (JPEG).")
+    # Paths relative to the store's image folder (served by the API's incident image route).
+    frame_path: str | None = Field(
+        default=None, description="Annotated frame (JPEG), relative to the store's images."
+    )
+    crop_path: str | None = Field(
+        default=None, description="Crop around the defect (JPEG), relative to the store's images."
+    )
     raw_path: str | None = Field(
-        default=None, description="The frame as the camera gave it (JPEG), for datasets."
+        default=None,
+        description="The frame as the camera gave it (JPEG, for datasets), relative to the "
+        "store's images.",
     )
     state: IncidentState = IncidentState.OPEN
     model: ModelInfo

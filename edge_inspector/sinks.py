@@ -29,6 +29,10 @@ class EventSink:
     async def on_incident_update(self, incident: Incident) -> None:
         """An incident that changed later (acknowledged, enriched)."""
 
+    async def on_missed_defect(self, incident: Incident) -> None:
+        """A defect a person found that a station passed, already in the store (a confirmed
+        incident marked `extra.missed`): not a new detection, so told apart from those."""
+
     async def on_station_state(self, state: StationState) -> None:
         """A station's state: availability, enabled, counters."""
 
@@ -72,6 +76,9 @@ class SinkFanout(EventSink):
 
     async def on_incident_update(self, incident: Incident) -> None:
         await self._each("on_incident_update", incident)
+
+    async def on_missed_defect(self, incident: Incident) -> None:
+        await self._each("on_missed_defect", incident)
 
     async def on_station_state(self, state: StationState) -> None:
         await self._each("on_station_state", state)

@@ -282,6 +282,12 @@ class Station:
         """Inspect one fresh frame now (a trigger: a part arrived, a button was pressed)."""
         if not self.enabled:
             raise EdgeInspectorError(f"station {self.id} is disabled")
+        if isinstance(self.source, PushSource):
+            # nothing to take a picture with: it inspects what is handed in
+            raise EdgeInspectorError(
+                f"station {self.id} inspects the pictures pushed to it: "
+                f"send one (POST /api/stations/{self.id}/frames)"
+            )
         async with asyncio.timeout(timeout), self._lock:
             requested = time.monotonic()
             try:
@@ -465,7 +471,7 @@ class Station:
                 data,
                 result.timestamp,
             )
-            result = result.model_copy(update={"image_path": str(path)})
+            result = result.model_copy(update={"image_path": path})
         for new in output.incidents:
             incident = new
             if output.frame is not None:
@@ -506,9 +512,9 @@ class Station:
         )
         return incident.model_copy(
             update={
-                "frame_path": str(frame_path),
-                "crop_path": str(crop_path),
-                "raw_path": str(raw_path),
+                "frame_path": frame_path,
+                "crop_path": crop_path,
+                "raw_path": raw_path,
             }
         )
 

@@ -10,6 +10,9 @@ cd "$ROOT"
 export PYTHONDONTWRITEBYTECODE=1
 # The project is not installed into the shared environments: the checkout is on the path.
 export PYTHONPATH=$ROOT
+# Hypothesis (the fuzzing tests) keeps its files outside the checkout; it keeps no example
+# database at all (`database=None`): every run generates the same cases from the same seed.
+export HYPOTHESIS_STORAGE_DIRECTORY=${EDGE_INSPECTOR_CACHE:-$HOME/.cache/edge-inspector}/hypothesis
 CURRENT=$ROOT/.venv             # Home Assistant 2026.11, Python 3.14
 OLDEST=$ROOT/.venv-ha-2026.2    # Home Assistant 2026.2, Python 3.13
 

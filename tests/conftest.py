@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +19,11 @@ from edge_inspector.config import EngineConfig, load_config
 from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.demo.synthetic import ConveyorCamera, ConveyorFrame, random_scene
 from tests.mosquitto import Mosquitto
+
+# Hypothesis's files (when pytest is run by hand, not by scripts/test.sh) stay out of the checkout
+os.environ.setdefault(
+    "HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "edge-inspector-hypothesis")
+)
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ def service_config(
     fps: float = 4,
     vlm: str = "",
     dock_actions: str = "[]",
+    extra: str = "",
 ) -> str:
     """Two stations: `line_a` reads its own (synthetic) camera, `dock` takes pushed pictures."""
     http = f"http: {{port: {port}" + (f", token: {token}" if token else "") + "}"
@@ -59,6 +60,7 @@ stations:
 store: {{path: {store}}}
 {http}
 {vlm}
+{extra}
 """
 
 

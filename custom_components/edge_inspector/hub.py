@@ -69,6 +69,7 @@ from .const import (
     DOMAIN,
     EVENT_DEFECT,
     EVENT_INCIDENT,
+    EVENT_MISSED_DEFECT,
     SIGNAL_INCIDENT,
     SIGNAL_STATE,
     SUBENTRY_STATION,
@@ -258,7 +259,11 @@ class EdgeInspectorHub(EventSink):
             from .mqtt_publish import HaMqttPublisher
 
             self.engine.sinks.add(
-                HaMqttPublisher(hass, entry.options.get(CONF_MQTT_BASE_TOPIC) or DOMAIN)
+                HaMqttPublisher(
+                    hass,
+                    entry.options.get(CONF_MQTT_BASE_TOPIC) or DOMAIN,
+                    self.incident_image,
+                )
             )
         self.stations: dict[str, StationRuntime] = {}
         for subentry in entry.subentries.values():
@@ -483,6 +488,25 @@ class EdgeInspectorHub(EventSink):
         finally:
             self.stations[sid].grabbing = False
 
+    async def incident_image(self, incident_id: str, path: str | None) -> bytes | None:
+        """An incident's annotated frame (`path` as the incident says, relative to the
+        store's images): read from the store, or from the engine service; None when gone."""
+        if path is None:
+            return None
+        engine = self.engine
+        if isinstance(engine, RemoteEngine):
+            try:
+                return await engine.incident_image(incident_id)
+            except EdgeInspectorError:
+                return None
+        found = engine.store.image_file(path)
+        if found is None:
+            return None  # removed by retention
+        try:
+            return await self.hass.async_add_executor_job(found.read_bytes)
+        except OSError:
+            return None
+
     # -- inspection ---------------------------------------------------------------------
 
     async def async_inspect(
@@ -705,6 +729,15 @@ class EdgeInspectorHub(EventSink):
             runtime.last_incident = incident
         self.hass.bus.async_fire(EVENT_INCIDENT, self._payload(incident, runtime))
         async_dispatcher_send(self.hass, SIGNAL_INCIDENT.format(runtime.station_id), incident)
+
+    async def on_missed_defect(self, incident: Incident) -> None:
+        runtime = self.stations.get(incident.station_id)
+        if runtime is None:
+            return
+        # its own bus event: not a detection, so not the defect event entity's, nor a
+        # notification asking whether it is real (a person has said so)
+        self.hass.bus.async_fire(EVENT_MISSED_DEFECT, self._payload(incident, runtime))
+        self._signal_state(runtime)
 
     async def on_alert(self, alert: OperatorAlert) -> None:
         runtime = self.stations.get(alert.station_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from homeassistant.components.image import ImageEntity
@@ -10,8 +9,6 @@ from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers.dispatcher import async_dispatcher_connect
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
-from edge_inspector.api.client import RemoteEngine
-from edge_inspector.errors import EdgeInspectorError
 from edge_inspector.events import Incident
 
 from .const import SIGNAL_INCIDENT
@@ -60,21 +57,9 @@ class DefectImage(StationEntity, ImageEntity):
             self.async_write_ha_state()
 
     async def async_image(self) -> bytes | None:
-        path = self._path
-        if path is None:
+        if self._path is None or self._incident_id is None:
             return None
-        engine = self.hub.engine
-        if isinstance(engine, RemoteEngine):  # the picture is on the engine service
-            if self._incident_id is None:
-                return None
-            try:
-                return await engine.incident_image(self._incident_id)
-            except EdgeInspectorError:
-                return None
-        try:
-            return await self.hass.async_add_executor_job(Path(path).read_bytes)
-        except OSError:
-            return None  # removed by retention
+        return await self.hub.incident_image(self._incident_id, self._path)
 
 
 async def async_setup_entry(

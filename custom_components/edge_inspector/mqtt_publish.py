@@ -9,7 +9,7 @@ Assistant discovery is not published: the integration's own entities are already
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
@@ -25,9 +25,15 @@ _LOGGER = logging.getLogger(__name__)
 class HaMqttPublisher(EventSink):
     """An engine sink that publishes through `mqtt.async_publish`."""
 
-    def __init__(self, hass: HomeAssistant, base_topic: str) -> None:
+    def __init__(
+        self,
+        hass: HomeAssistant,
+        base_topic: str,
+        read_image: Callable[[str, str | None], Awaitable[bytes | None]],
+    ) -> None:
         self.hass = hass
         self.topics = Topics(base_topic)
+        self._read_image = read_image  # (incident id, stored path): the hub's incident_image
         self._failing = False
 
     async def _publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
@@ -51,12 +57,8 @@ class HaMqttPublisher(EventSink):
             qos=1,
             retain=False,
         )
-        if incident.frame_path:
-            path = Path(incident.frame_path)
-            try:
-                image = await self.hass.async_add_executor_job(path.read_bytes)
-            except OSError:
-                return
+        image = await self._read_image(incident.incident_id, incident.frame_path)
+        if image is not None:
             await self._publish(self.topics.image(incident.station_id), image, qos=0, retain=True)
 
     async def on_incident_update(self, incident: Incident) -> None:

@@ -576,6 +576,14 @@ class RemoteEngine:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await ws.send_json(reply)
 
+    def _first_time(self, incident: Incident) -> bool:
+        """Not seen before (a replay after a reconnection repeats the newest incidents)."""
+        self._since = max(self._since, incident.created_at)
+        if incident.incident_id in self._seen:
+            return False
+        self._seen.append(incident.incident_id)
+        return True
+
     async def _handle(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         data = message.get("data")
@@ -589,12 +597,13 @@ class RemoteEngine:
             await self.sinks.on_inspection(InspectionResult.model_validate(data))
         elif kind == "incident":
             incident = Incident.model_validate(data)
-            self._since = max(self._since, incident.created_at)
-            if incident.incident_id in self._seen:
-                return
-            self._seen.append(incident.incident_id)
-            await self.sinks.on_incident(incident)
+            if self._first_time(incident):
+                await self.sinks.on_incident(incident)
         elif kind == "incident_update":
             await self.sinks.on_incident_update(Incident.model_validate(data))
+        elif kind == "missed_defect":
+            incident = Incident.model_validate(data)
+            if self._first_time(incident):
+                await self.sinks.on_missed_defect(incident)
         elif kind == "alert":
             await self.sinks.on_alert(OperatorAlert.model_validate(data))

@@ -9,9 +9,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
+from ..commands import (
+    EnabledBody,
+    InspectCommand,
+    MissedDefectBody,
+    ResolveBody,
+    ThresholdBody,
+    VerdictBody,
+)
 from ..events import ActionRecord, Incident, InspectionResult, OperatorAlert, StationState
 
 REF = "#/components/schemas/{model}"
@@ -53,15 +62,14 @@ PAGING = [
 ]
 
 
-def _body(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    schema: dict[str, Any] = {
-        "type": "object",
-        "properties": properties,
-        "additionalProperties": False,
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    """A JSON request body: the command model's own schema (what the server validates)."""
+    schema = model.model_json_schema(mode="validation")
+    schema.pop("title", None)
+    return {
+        "required": bool(schema.get("required")),
+        "content": {"application/json": {"schema": schema}},
     }
-    if required:
-        schema["required"] = required
-    return {"required": bool(required), "content": {"application/json": {"schema": schema}}}
 
 
 def build() -> dict[str, Any]:
@@ -235,7 +243,7 @@ def build() -> dict[str, Any]:
             "post": {
                 "summary": "Pause or resume inspection",
                 "parameters": [STATION],
-                "requestBody": _body({"enabled": {"type": "boolean"}}, ["enabled"]),
+                "requestBody": _body(EnabledBody),
                 "responses": {"200": _json(_ref("StationState")), **ERRORS, **NOT_FOUND},
             }
         },
@@ -243,13 +251,7 @@ def build() -> dict[str, Any]:
             "post": {
                 "summary": "Set a defect class's confidence threshold (no class: every class)",
                 "parameters": [STATION],
-                "requestBody": _body(
-                    {
-                        "class": {"type": ["string", "null"]},
-                        "confidence": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                    },
-                    ["confidence"],
-                ),
+                "requestBody": _body(ThresholdBody),
                 "responses": {"200": _json(_ref("StationState")), **ERRORS, **NOT_FOUND},
             }
         },
@@ -257,7 +259,7 @@ def build() -> dict[str, Any]:
             "post": {
                 "summary": "Inspect a fresh frame from the station's camera now",
                 "parameters": [STATION],
-                "requestBody": _body({"part_id": {"type": "string"}, "lot_id": {"type": "string"}}),
+                "requestBody": _body(InspectCommand),
                 "responses": {
                     "200": _json(_ref("InspectionResult")),
                     **ERRORS,
@@ -353,17 +355,7 @@ def build() -> dict[str, Any]:
         "/api/incidents": {
             "post": {
                 "summary": "Report a defect a person found that the station passed",
-                "requestBody": _body(
-                    {
-                        "station_id": {"type": "string"},
-                        "defect_class": {"type": "string", "minLength": 1, "maxLength": 64},
-                        "part_id": {"type": "string"},
-                        "lot_id": {"type": "string"},
-                        "note": {"type": "string", "maxLength": 500},
-                        "by": {"type": "string"},
-                    },
-                    ["station_id", "defect_class"],
-                ),
+                "requestBody": _body(MissedDefectBody),
                 "responses": {
                     "201": _json(_ref("Incident"), "Recorded (a confirmed, missed incident)"),
                     **ERRORS,
@@ -454,13 +446,7 @@ def build() -> dict[str, Any]:
             "post": {
                 "summary": "An operator's verdict (kept in the incident's audit trail)",
                 "parameters": [INCIDENT],
-                "requestBody": _body(
-                    {
-                        "state": {"enum": ["acknowledged", "confirmed", "rejected"]},
-                        "by": {"type": "string"},
-                        "note": {"type": "string", "maxLength": 500},
-                    }
-                ),
+                "requestBody": _body(VerdictBody),
                 "responses": {"200": _json(_ref("Incident")), **ERRORS, **NOT_FOUND},
             }
         },
@@ -471,9 +457,7 @@ def build() -> dict[str, Any]:
                     INCIDENT,
                     _param("request_id", "path", {"type": "string"}, "The request.", required=True),
                 ],
-                "requestBody": _body(
-                    {"approve": {"type": "boolean"}, "by": {"type": "string"}}, ["approve"]
-                ),
+                "requestBody": _body(ResolveBody),
                 "responses": {"200": _json(_ref("ActionRecord")), **ERRORS, **REFUSED},
             }
         },
@@ -482,10 +466,12 @@ def build() -> dict[str, Any]:
                 "summary": "Live events over a websocket",
                 "description": 'Messages are JSON `{"type": ..., "data": ...}` with type '
                 "`inspection` (InspectionResult), `incident` and `incident_update` (Incident), "
+                "`missed_defect` (Incident: a defect a person reported that a station passed), "
                 "`station_state` (StationState), `alert` (OperatorAlert). On connecting: every "
                 "station's state, then with `since` the incidents stored since then (each with "
                 '`replay: true`), then `{"type": "ready"}`. A client too slow to keep up '
-                "is closed with code 1013 and reconnects with `since`. A client connected with "
+                "(1000 messages behind, or one message not taken in 10 s) is closed with code "
+                "1013 and reconnects with `since`. A client connected with "
                 "`actions=1` (Home Assistant in remote mode) carries out the engine's `service` "
                 'actions: it gets `{"type": "action_call", "data": {call_id, action, '
                 'arguments, context}}` and answers `{"type": "action_result", "call_id", '
@@ -517,6 +503,16 @@ def build() -> dict[str, Any]:
             }
         },
     }
+    for operations in paths.values():
+        for operation in operations.values():
+            responses = operation["responses"]
+            # every request: another site's page (Origin), or an unknown Host without a token
+            responses["403"] = {"$ref": "#/components/responses/Forbidden"}
+            if "requestBody" in operation and "application/json" in operation["requestBody"].get(
+                "content", {}
+            ):
+                responses["413"] = {"$ref": "#/components/responses/TooLarge"}
+                responses["415"] = {"$ref": "#/components/responses/NotJson"}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -543,6 +539,12 @@ def build() -> dict[str, Any]:
                 "Unauthorized": error("No valid bearer token"),
                 "NotFound": error("No such station, incident or image"),
                 "Refused": error("The engine refuses (station disabled, not a push station...)"),
+                "Forbidden": error(
+                    "Another site's page (its Origin is not this server), or a Host that is not "
+                    "an address or localhost while no token is set (DNS rebinding)"
+                ),
+                "TooLarge": error("The body is larger than the route takes"),
+                "NotJson": error("The body is not sent as application/json"),
             },
         },
     }

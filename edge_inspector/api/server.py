@@ -25,10 +25,24 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
+from pydantic import BaseModel
 
 from .. import __version__
 from ..annotate import annotate
-from ..config import MIN_THRESHOLD, ActionConfig, HttpConfig
+from ..commands import (
+    MAX_BODY_BYTES,
+    EnabledBody,
+    InputError,
+    InspectCommand,
+    MissedDefectBody,
+    ResolveBody,
+    ThresholdBody,
+    VerdictBody,
+    parse_command,
+    parse_object,
+)
+from ..config import ActionConfig, HttpConfig
 from ..errors import (
     EdgeInspectorError,
     ImageDecodeError,
@@ -48,11 +62,37 @@ if TYPE_CHECKING:
 __all__ = ["ApiServer"]
 
 _LOGGER = logging.getLogger(__name__)
-EVENT_TYPES = ("inspection", "incident", "incident_update", "station_state", "alert")
+EVENT_TYPES = (
+    "inspection",
+    "incident",
+    "incident_update",
+    "missed_defect",
+    "station_state",
+    "alert",
+)
 _OPEN_PATHS = frozenset({"/api/health", "/api/openapi.json"})
 _CLIENT_QUEUE = 1000
 
 type Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request it could not even parse (a bad request line, bytes no header may
+    hold) as an error with a traceback, after answering it 400. It is the client's fault, and
+    a hostile client must not fill the log with tracebacks: one line, at debug level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "HTTP API: refused a malformed request (%s)", (exc.message,)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_SERVER_LOGGER = logging.getLogger("aiohttp.server")
+if not any(isinstance(f, _MalformedRequestFilter) for f in _SERVER_LOGGER.filters):
+    _SERVER_LOGGER.addFilter(_MalformedRequestFilter())
 
 
 class ApiError(Exception):
@@ -79,11 +119,12 @@ def _since(request: web.Request, name: str) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        # in UTC now: a time zone that pushes it before year 1 or past 9999 is refused here
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise ApiError(
-            400, "invalid_parameter", f"{name}: not an ISO 8601 time: {text!r}"
+            400, "invalid_parameter", f"{name}: not an ISO 8601 time: {text[:64]!r}"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -129,41 +170,23 @@ def _address_or_localhost(host: str) -> bool:
     return True
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    if request.content_type != "application/json":
+async def _body[M: BaseModel](request: web.Request, model: type[M]) -> M:
+    """The request's JSON body as `model`, strictly (`commands`); no body is `{}`."""
+    if request.can_read_body and request.content_type != "application/json":
         # A browser page may send text/plain anywhere without asking first (no preflight); JSON
         # it may only send where the server allows it, and we allow no other site.
         raise ApiError(415, "unsupported_media_type", "send JSON, Content-Type application/json")
-    try:
-        data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "the body is not JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid_json", "the body must be a JSON object")
-    return data
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise ApiError(413, "too_large", f"a JSON body is at most {MAX_BODY_BYTES} bytes")
+    raw = await request.read() if request.can_read_body else b""
+    return parse_command(model, parse_object(raw))
 
 
-def _field[T](
-    data: dict[str, Any], name: str, kind: type[T], *, required: bool = False
-) -> T | None:
-    value = data.get(name)
-    if value is None:
-        if required:
-            raise ApiError(400, "missing_field", f"{name} is required")
-        return None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ApiError(400, "invalid_field", f"{name}: expected {kind.__name__}")
-    return value
-
-
-def _need[T](data: dict[str, Any], name: str, kind: type[T]) -> T:
-    value = _field(data, name, kind, required=True)
-    assert value is not None  # _field raised otherwise
-    return value
+def _query_text(request: web.Request, name: str, limit: int = 128) -> str | None:
+    text = request.query.get(name) or None
+    if text is not None and len(text) > limit:
+        raise ApiError(400, "invalid_parameter", f"{name}: at most {limit} characters")
+    return text
 
 
 class _Client:
@@ -336,6 +359,8 @@ class ApiServer(EventSink):
             return await handler(request)
         except ApiError as exc:
             return _error(exc.status, exc.code, exc.message)
+        except InputError as exc:
+            return _error(exc.status, exc.code, str(exc))
         except web.HTTPException as exc:
             if exc.status >= 400:
                 return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
@@ -449,32 +474,27 @@ class ApiServer(EventSink):
     async def set_enabled(self, request: web.Request) -> web.Response:
         sid = request.match_info["station_id"]
         self._station_state(sid)
-        enabled = _need(await _body(request), "enabled", bool)
-        self.engine.set_enabled(sid, enabled)
+        body = await _body(request, EnabledBody)
+        self.engine.set_enabled(sid, body.enabled)
         return _json(self.engine.station(sid).state().model_dump(mode="json"))
 
     async def set_threshold(self, request: web.Request) -> web.Response:
         sid = request.match_info["station_id"]
         self._station_state(sid)
-        data = await _body(request)
-        name = _field(data, "class", str)
-        confidence = _need(data, "confidence", float)
-        if not MIN_THRESHOLD <= confidence <= 1.0:
-            raise ApiError(400, "invalid_field", f"confidence: must be from {MIN_THRESHOLD} to 1")
+        body = await _body(request, ThresholdBody)
+        name = body.class_name
         station = self.engine.station(sid)
         if name is not None and name not in station.rules.thresholds:
             known = ", ".join(sorted(station.rules.thresholds))
             raise ApiError(400, "invalid_field", f"class: {name!r} is not one of {known}")
-        self.engine.set_threshold(sid, name, confidence)
+        self.engine.set_threshold(sid, name, body.confidence)
         return _json(station.state().model_dump(mode="json"))
 
     async def inspect(self, request: web.Request) -> web.Response:
         sid = request.match_info["station_id"]
         self._station_state(sid)
-        data = await _body(request)
-        result = await self.engine.inspect_now(
-            sid, part_id=_field(data, "part_id", str), lot_id=_field(data, "lot_id", str)
-        )
+        body = await _body(request, InspectCommand)
+        result = await self.engine.inspect_now(sid, part_id=body.part_id, lot_id=body.lot_id)
         return _json(result.model_dump(mode="json"))
 
     async def push_frame(self, request: web.Request) -> web.Response:
@@ -487,8 +507,8 @@ class ApiServer(EventSink):
         station = self.engine.station(sid)
         result = await station.inspect_image(
             image,
-            part_id=request.query.get("part_id") or None,
-            lot_id=request.query.get("lot_id") or None,
+            part_id=_query_text(request, "part_id"),
+            lot_id=_query_text(request, "lot_id"),
         )
         return _json(result.model_dump(mode="json"))
 
@@ -629,22 +649,15 @@ class ApiServer(EventSink):
 
     async def missed_defect(self, request: web.Request) -> web.Response:
         """A defect a person found that a station passed (false-accept rate)."""
-        data = await _body(request)
-        sid = _need(data, "station_id", str)
-        defect_class = _need(data, "defect_class", str)
-        self._station_state(sid)
-        if not 0 < len(defect_class) <= 64:
-            raise ApiError(400, "invalid_field", "defect_class: 1 to 64 characters")
-        note = _field(data, "note", str)
-        if note is not None and len(note) > 500:
-            raise ApiError(400, "invalid_field", "note: at most 500 characters")
+        body = await _body(request, MissedDefectBody)
+        self._station_state(body.station_id)
         incident = await self.engine.report_missed_defect(
-            sid,
-            defect_class,
-            by=(_field(data, "by", str) or "api")[:100],
-            part_id=_field(data, "part_id", str),
-            lot_id=_field(data, "lot_id", str),
-            note=note,
+            body.station_id,
+            body.defect_class,
+            by=body.by,
+            part_id=body.part_id,
+            lot_id=body.lot_id,
+            note=body.note,
         )
         return _json(incident.model_dump(mode="json"), status=201)
 
@@ -674,30 +687,21 @@ class ApiServer(EventSink):
         return web.FileResponse(path, headers={"Content-Type": "image/jpeg"})
 
     async def verdict(self, request: web.Request) -> web.Response:
-        data = await _body(request)
-        state = _field(data, "state", str) or "acknowledged"
-        if state not in ("acknowledged", "confirmed", "rejected"):
-            raise ApiError(400, "invalid_field", "state: acknowledged, confirmed or rejected")
-        note = _field(data, "note", str)
-        if note is not None and len(note) > 500:
-            raise ApiError(400, "invalid_field", "note: at most 500 characters")
-        by = _field(data, "by", str) or "api"
+        body = await _body(request, VerdictBody)
         updated = await self.engine.set_verdict(
-            request.match_info["incident_id"], IncidentState(state), by=by[:100], note=note
+            request.match_info["incident_id"], IncidentState(body.state), by=body.by, note=body.note
         )
         if updated is None:
             raise ApiError(404, "incident_not_found", "no such incident")
         return _json(updated.model_dump(mode="json"))
 
     async def resolve_action(self, request: web.Request) -> web.Response:
-        data = await _body(request)
-        approve = _need(data, "approve", bool)
-        by = _field(data, "by", str) or "api"
+        body = await _body(request, ResolveBody)
         record = await self.engine.resolve_action(
             request.match_info["incident_id"],
             request.match_info["request_id"],
-            approve=approve,
-            by=by[:100],
+            approve=body.approve,
+            by=body.by,
         )
         return _json(record.model_dump(mode="json"))
 
@@ -735,7 +739,9 @@ class ApiServer(EventSink):
                         await ws.send_str(
                             json.dumps(
                                 {
-                                    "type": "incident",
+                                    "type": "missed_defect"
+                                    if incident.extra.get("missed")
+                                    else "incident",
                                     "replay": True,
                                     "data": incident.model_dump(mode="json"),
                                 }
@@ -804,6 +810,9 @@ class ApiServer(EventSink):
 
     async def on_incident_update(self, incident: Incident) -> None:
         self._broadcast("incident_update", incident)
+
+    async def on_missed_defect(self, incident: Incident) -> None:
+        self._broadcast("missed_defect", incident)
 
     async def on_station_state(self, state: StationState) -> None:
         self._broadcast("station_state", state)

@@ -18,13 +18,21 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import ActionConfig, MqttActionTarget, MqttConfig, StationConfig, Threshold
+from ..commands import (
+    ConfirmCommand,
+    InputError,
+    InspectCommand,
+    RefusalLog,
+    SetCommand,
+    parse_command,
+    parse_object,
+)
+from ..config import ActionConfig, MqttActionTarget, MqttConfig, StationConfig
 from ..errors import EdgeInspectorError
 from ..events import ActionRecord, Incident, InspectionResult, OperatorAlert, StationState
 from ..sinks import EventSink
@@ -50,6 +58,9 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 _WINDOW = 64  # QoS 1 messages in flight at once
 _COALESCE_S = 0.002
+_COMMAND_BYTES = 4096  # a command is a few fields
+_WAITING_INSPECTS = 8  # inspect commands queued for one station; more are refused as busy
+_COMMANDS = ("set", "inspect", "confirm")
 
 
 class StationControl(Protocol):
@@ -66,42 +77,6 @@ class StationControl(Protocol):
     async def resolve_action(
         self, incident_id: str, request_id: str, *, approve: bool, by: str
     ) -> ActionRecord: ...
-
-
-type Confidence = Threshold
-
-
-class SetCommand(BaseModel):
-    """`<base>/<station>/set`: any of enabled, one threshold for every class, or per class."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    enabled: bool | None = None
-    threshold: Confidence | None = None
-    thresholds: dict[str, Confidence] | None = None
-
-    @model_validator(mode="after")
-    def _something(self) -> SetCommand:
-        if self.enabled is None and self.threshold is None and not self.thresholds:
-            raise ValueError("expected at least one of enabled, threshold, thresholds")
-        return self
-
-
-class InspectCommand(BaseModel):
-    """`<base>/<station>/inspect`: inspect now, optionally for a part and lot."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    part_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    lot_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-
-
-class ConfirmCommand(BaseModel):
-    """`<base>/<station>/confirm`: a human approves or declines an action the VLM asked for."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    incident_id: Annotated[str, Field(min_length=1, max_length=64)]
-    request_id: Annotated[str, Field(min_length=1, max_length=64)]
-    approve: bool
-    by: Annotated[str, Field(min_length=1, max_length=100)] = "mqtt"
 
 
 def state_payload(state: StationState) -> bytes:
@@ -155,6 +130,8 @@ class MqttBridge(EventSink):
         self.connected = threading.Event()
         self.ready = threading.Event()  # connected and listening for commands
         self._subscription: int | None = None
+        self._waiting: dict[str, int] = {}  # inspect commands per station, running or queued
+        self._refusals = RefusalLog(_LOGGER)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drainer: threading.Thread | None = None
         self._client = self._make_client()
@@ -220,8 +197,11 @@ class MqttBridge(EventSink):
             _LOGGER.info("MQTT: %d incident(s) from before a restart queued", len(missing))
 
     async def _enqueue_defect(self, incident: Incident) -> None:
+        """A new incident on `defect`, a reported missed one on `missed`: each once (the
+        outbox keys it by incident, so the catch-up after a restart never sends it again)."""
+        topic = self.topics.missed if incident.extra.get("missed") else self.topics.defect
         self._enqueue(
-            self.topics.defect(incident.station_id),
+            topic(incident.station_id),
             incident.model_dump_json().encode(),
             incident.incident_id,
         )
@@ -277,11 +257,9 @@ class MqttBridge(EventSink):
             self._last_sent = 0  # resend everything not acknowledged, in order
         for station, payload in states:
             client.publish(self.topics.state(station), payload, qos=1, retain=True)
-        commands = [
-            (t(s), 1)
-            for s in self._stations
-            for t in (self.topics.set, self.topics.inspect, self.topics.confirm)
-        ]
+        # every station's command topics, known or not: a command for a station that is not
+        # here is answered (on its error topic) rather than lost
+        commands = [(f"{self.topics.base}/+/{command}", 1) for command in _COMMANDS]
         self._subscription = client.subscribe(commands)[1]
         self.connected.set()
         self._wake.set()
@@ -380,44 +358,63 @@ class MqttBridge(EventSink):
         if parsed is None or self._loop is None:
             return
         station, command = parsed
-        asyncio.run_coroutine_threadsafe(
-            self._command(station, command, bytes(message.payload)), self._loop
-        )
+        raw = bytes(message.payload)
+        if command == "inspect" and station in self._stations:
+            # counted here, in arrival order: a burst beyond what the station can work through
+            # is refused at once instead of waiting out a timeout
+            with self._lock:
+                waiting = self._waiting.get(station, 0)
+                if waiting < _WAITING_INSPECTS:
+                    self._waiting[station] = waiting + 1
+            if waiting >= _WAITING_INSPECTS:
+                self._refuse(
+                    station, command, f"busy: {waiting} inspections are waiting already", raw
+                )
+                return
+        asyncio.run_coroutine_threadsafe(self._command(station, command, raw), self._loop)
 
     def _refuse(self, station: str, command: str, error: str, raw: bytes) -> None:
-        _LOGGER.warning("MQTT: refused %s command for %s: %s", command, station, error)
-        body = {"command": command, "error": error, "payload": raw[:500].decode("utf-8", "replace")}
+        """Answer a command that was not carried out, on the station's error topic."""
+        self._refusals.warning("MQTT: refused %s command for %s: %s", command, station, error)
+        body = {
+            "command": command,
+            "station": station,
+            "error": error,
+            "payload": raw[:500].decode("utf-8", "replace"),
+        }
         self._client.publish(self.topics.error(station), json.dumps(body), qos=1)
 
     async def _command(self, station: str, command: str, raw: bytes) -> None:
-        if station not in self._stations or self._control is None:
-            self._refuse(station, command, f"no station {station!r}", raw)
-            return
         try:
-            data = json.loads(raw) if raw.strip() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            self._refuse(station, command, f"not JSON: {exc}", raw)
-            return
-        try:
-            if command == "set":
-                await self._set(station, SetCommand.model_validate(data))
-            elif command == "confirm":
-                confirm = ConfirmCommand.model_validate(data)
-                await self._control.resolve_action(
-                    confirm.incident_id, confirm.request_id, approve=confirm.approve, by=confirm.by
-                )
-            else:
-                inspect = InspectCommand.model_validate(data)
-                await self._control.inspect_now(
-                    station, part_id=inspect.part_id, lot_id=inspect.lot_id
-                )
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in exc.errors()
-            )
-            self._refuse(station, command, problems, raw)
+            await self._run_command(station, command, raw)
         except (EdgeInspectorError, KeyError) as exc:
             self._refuse(station, command, str(exc), raw)
+        except TimeoutError:
+            self._refuse(station, command, "the station did not answer in time", raw)
+        except Exception as exc:  # a command never disappears, whatever went wrong
+            _LOGGER.exception("MQTT: %s command for %s failed", command, station)
+            self._refuse(station, command, f"internal error: {type(exc).__name__}", raw)
+        finally:
+            if command == "inspect" and station in self._stations:
+                with self._lock:
+                    self._waiting[station] -= 1
+
+    async def _run_command(self, station: str, command: str, raw: bytes) -> None:
+        if station not in self._stations or self._control is None:
+            near = [s for s in self._stations if s.casefold() == station.casefold()]
+            hint = f" (station ids are case-sensitive: {near[0]!r})" if near else ""
+            raise InputError(f"no station {station!r}{hint}")
+        data = parse_object(raw, max_bytes=_COMMAND_BYTES)
+        if command == "set":
+            await self._set(station, parse_command(SetCommand, data))
+        elif command == "confirm":
+            confirm = parse_command(ConfirmCommand, data)
+            await self._control.resolve_action(
+                confirm.incident_id, confirm.request_id, approve=confirm.approve, by=confirm.by
+            )
+        else:
+            inspect = parse_command(InspectCommand, data)
+            await self._control.inspect_now(station, part_id=inspect.part_id, lot_id=inspect.lot_id)
 
     async def _set(self, station: str, command: SetCommand) -> None:
         assert self._control is not None
@@ -443,15 +440,19 @@ class MqttBridge(EventSink):
     async def on_incident(self, incident: Incident) -> None:
         loop = asyncio.get_running_loop()
         await self._enqueue_defect(incident)
-        if incident.frame_path and self.connected.is_set():
+        path = None if self._store is None else self._store.image_file(incident.frame_path)
+        if path is not None and self.connected.is_set():
             try:
-                image = await loop.run_in_executor(None, Path(incident.frame_path).read_bytes)
+                image = await loop.run_in_executor(None, path.read_bytes)
             except OSError as exc:
                 _LOGGER.warning("MQTT: cannot read %s: %s", incident.frame_path, exc)
             else:
                 self._client.publish(
                     self.topics.image(incident.station_id), image, qos=0, retain=True
                 )
+
+    async def on_missed_defect(self, incident: Incident) -> None:
+        await self._enqueue_defect(incident)
 
     async def on_incident_update(self, incident: Incident) -> None:
         self._enqueue(

@@ -5,6 +5,7 @@
 <base>/<station>/inspection    each inspection (optional, rate-limited)
 <base>/<station>/defect        each new incident (QoS 1)
 <base>/<station>/incident      an incident updated later (QoS 1)
+<base>/<station>/missed        a defect a person found that the station passed (QoS 1)
 <base>/<station>/image         last annotated defect frame, JPEG (retained)
 <base>/<station>/set           command: {"enabled": bool, "threshold": x, "thresholds": {...}}
 <base>/<station>/inspect       command: {"part_id": ..., "lot_id": ...} or empty
@@ -42,6 +43,9 @@ class Topics:
 
     def incident(self, station: str) -> str:
         return f"{self.base}/{station}/incident"
+
+    def missed(self, station: str) -> str:
+        return f"{self.base}/{station}/missed"
 
     def image(self, station: str) -> str:
         return f"{self.base}/{station}/image"

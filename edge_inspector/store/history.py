@@ -230,22 +230,24 @@ class Store:
     async def flush(self) -> None:
         await self._run(self._flush)
 
-    async def save_image(self, owner: str, relative: str, data: bytes, moment: datetime) -> Path:
-        """Write an image under `images/` and account for it; returns its path."""
+    async def save_image(self, owner: str, relative: str, data: bytes, moment: datetime) -> str:
+        """Write an image under `images/` and account for it; returns its path relative to
+        `images/` (what payloads carry: where the image is in the store, not on this disk)."""
         path = self.images_dir / relative
         if not path.resolve().is_relative_to(self.images_dir.resolve()):
             raise StoreError(f"{relative}: outside the image folder")
+        relative = path.relative_to(self.images_dir).as_posix()
 
-        def _write() -> Path:
+        def _write() -> str:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(path.suffix + ".tmp")
             tmp.write_bytes(data)
             tmp.replace(path)
             self._conn.execute(
                 "INSERT OR REPLACE INTO images VALUES (?,?,?,?)",
-                (str(path), moment.timestamp(), len(data), owner),
+                (relative, moment.timestamp(), len(data), owner),
             )
-            return path
+            return relative
 
         return await self._run(_write)
 
@@ -327,12 +329,25 @@ class Store:
         out = []
         for payload, frame_path, crop_path in rows:
             incident = Incident.model_validate_json(payload)
-            if incident.frame_path != frame_path or incident.crop_path != crop_path:
-                incident = incident.model_copy(
-                    update={"frame_path": frame_path, "crop_path": crop_path}
-                )
+            paths = {
+                "frame_path": self.relative_image(frame_path),
+                "crop_path": self.relative_image(crop_path),
+                "raw_path": self.relative_image(incident.raw_path),
+            }
+            if any(getattr(incident, name) != value for name, value in paths.items()):
+                incident = incident.model_copy(update=paths)
             out.append(incident)
         return out
+
+    def relative_image(self, path: str | None) -> str | None:
+        """A stored image's path relative to `images/` (stores before 0.2 kept absolute
+        paths; one outside the folder is not the store's and is dropped)."""
+        if not path or not Path(path).is_absolute():
+            return path
+        try:
+            return Path(path).relative_to(self.images_dir).as_posix()
+        except ValueError:
+            return None
 
     async def incident(self, incident_id: str) -> Incident | None:
         found = await self._run(
@@ -578,7 +593,7 @@ class Store:
                 freed = 0
                 for path, size in doomed:
                     with contextlib.suppress(FileNotFoundError):
-                        Path(path).unlink()
+                        (self.images_dir / path).unlink()  # older stores: absolute paths
                     freed += int(size)
                     db.execute("DELETE FROM images WHERE path = ?", (path,))
                     db.execute(

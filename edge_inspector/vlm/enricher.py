@@ -256,7 +256,9 @@ class IncidentEnricher(EventSink):
     async def _images(self, incident: Incident) -> list[bytes]:
         loop = asyncio.get_running_loop()
         out = []
-        for path in (incident.crop_path, incident.frame_path):
+        for stored in (incident.crop_path, incident.frame_path):
+            found = self._store.image_file(stored)
+            path = None if found is None else str(found)
             data = await loop.run_in_executor(
                 self._executor, _prepare_image, path, self.vlm.image_max_side, self.vlm.jpeg_quality
             )

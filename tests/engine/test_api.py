@@ -145,6 +145,32 @@ def test_a_token_is_required_and_errors_are_json(service: Service) -> None:
         (("POST", "/api/incidents/nope/verdict", {"state": "lost"}), 400),
         (("POST", "/api/incidents/nope/actions/r1", {"approve": True}), 409),
         (("DELETE", "/api/stations", None), 405),
+        # strict: no coercion, no unknown fields, bounded sizes, known classes
+        (("POST", "/api/stations/line_a/enabled", {"enabled": 1}), 400),
+        (("POST", "/api/stations/line_a/thresholds", {"confidence": "0.5"}), 400),
+        (("POST", "/api/stations/line_a/thresholds", {"confidence": True}), 400),
+        (("POST", "/api/stations/line_a/enabled", {"enabled": True, "colour": "red"}), 400),
+        (("POST", "/api/stations/line_a/inspect", {"part_id": "P" * 129}), 400),
+        (("POST", "/api/incidents", {"station_id": "line_a", "defect_class": "rust"}), 400),
+        (
+            (
+                "POST",
+                "/api/incidents",
+                {"station_id": "line_a", "defect_class": "dent", "part_id": "P" * 100_000},
+            ),
+            413,
+        ),
+        (("POST", "/api/incidents/nope/verdict", {"by": "x" * 101}), 400),
+        # dates whose time zone pushes them out of the calendar
+        (("GET", "/api/stats/series?since=0001-01-01T00:00:00%2B05:00", None), 400),
+        (
+            (
+                "GET",
+                "/api/stats/series?since=2026-01-01T00:00:00&until=9999-12-31T23:59:59-05:00",
+                None,
+            ),
+            400,
+        ),
     ]
     for (method, path, body), want in bad:
         status, raw, kind = service.request(method, path, body)
@@ -155,6 +181,11 @@ def test_a_token_is_required_and_errors_are_json(service: Service) -> None:
         "POST", "/api/stations/line_a/enabled", raw=b"{not json", content_type="application/json"
     )
     assert status == 400 and _json(raw)["error"]["code"] == "invalid_json"
+    for hostile in (b"[" * 30_000 + b"]" * 30_000, b'{"enabled": ' + b"9" * 5_000 + b"}"):
+        status, raw, _ = service.request(
+            "POST", "/api/stations/line_a/enabled", raw=hostile, content_type="application/json"
+        )
+        assert status == 400 and _json(raw)["error"]["code"] == "invalid_json", raw
     # the service is still up after all that
     assert service.get("/api/health")[0] == 200
 

@@ -19,6 +19,7 @@ from edge_inspector.events import Incident, InspectionResult, StationState
 from edge_inspector.sinks import EventSink
 from tests.camera_server import camera
 from tests.conftest import jpeg
+from tests.waiting import until
 
 
 class Recorder(EventSink):
@@ -76,7 +77,7 @@ async def test_recorded_conveyor_gives_one_incident_per_defect_with_the_right_cl
           debounce: {{n: 2, m: 3}}
     """)
     sink = Recorder()
-    await _run_until_finished(config, sink)
+    engine = await _run_until_finished(config, sink)
 
     # Ground truth: the distinct defects that stay in view for at least 3 frames.
     seen = Counter(t.key for f in frames for t in f.truths)
@@ -98,8 +99,9 @@ async def test_recorded_conveyor_gives_one_incident_per_defect_with_the_right_cl
     )
     assert agree >= 0.85 * len(frames)
     for incident in sink.incidents:
-        assert incident.frame_path and Path(incident.frame_path).is_file()
-        assert incident.crop_path and Path(incident.crop_path).is_file()
+        for stored in (incident.frame_path, incident.crop_path, incident.raw_path):
+            assert stored and not Path(stored).is_absolute()  # relative to the store's images
+            assert engine.store.image_file(stored) is not None
         assert incident.track_id is not None
         assert incident.model.name == "demo-defects.pt"
         assert len(incident.model.sha256) == 64
@@ -179,18 +181,16 @@ async def test_a_dead_camera_does_not_stop_the_others_and_recovers(
         """)
         sink = Recorder()
         async with Engine(config, sinks=[sink]) as engine:
-            await asyncio.sleep(1.5)
             good, flaky = engine.stations["good"], engine.stations["flaky"]
-            assert good.available and good.inspections > 5
+            await until(
+                lambda: good.inspections > 5 and flaky.error, "inspections, and a dead camera"
+            )
+            assert good.available
             assert not flaky.available
             assert "HTTP 503" in (flaky.error or "")
             assert any(s.station_id == "flaky" and not s.available for s in sink.states)
             cam.down = False  # the camera comes back: the station retries with backoff
-            for _ in range(60):
-                if flaky.available and flaky.inspections:
-                    break
-                await asyncio.sleep(0.1)
-            assert flaky.available
+            await until(lambda: flaky.available and flaky.inspections, "the camera is back")
             assert flaky.error is None
             assert any(s.station_id == "flaky" and s.available for s in sink.states)
 

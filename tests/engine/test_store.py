@@ -149,7 +149,7 @@ async def test_retention_deletes_old_history_and_their_images(store: Store) -> N
         1,
         1,
     )
-    assert not old_image.exists()
+    assert not (store.images_dir / old_image).exists()
     assert await store.incident("inc1") is None
     assert await store.incident("inc2") is not None
 
@@ -161,12 +161,10 @@ async def test_retention_by_size_deletes_the_oldest_images_first(store: Store) -
     for n in range(4):
         when = T0 - timedelta(hours=4 - n)
         paths.append(await store.save_image("inc1", f"s1/{n}.jpg", bytes(4000), when))
-    await store.add_incident(
-        _incident(1, "dent", T0).model_copy(update={"frame_path": str(paths[0])})
-    )
+    await store.add_incident(_incident(1, "dent", T0).model_copy(update={"frame_path": paths[0]}))
     report = await store.apply_retention()
     assert report.images_deleted == 2
-    assert [p.exists() for p in paths] == [False, False, True, True]
+    assert [(store.images_dir / p).exists() for p in paths] == [False, False, True, True]
     assert await store.image_bytes() == 8000
     incident = await store.incident("inc1")
     assert incident is not None

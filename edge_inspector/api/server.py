@@ -196,7 +196,7 @@ class _Client:
         self.events = events
         self.executes_actions = executes_actions
         self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=_CLIENT_QUEUE)
-        self.overflowed = False
+        self.overflowed = False  # too slow: closed with 1013
 
     def send_now(self, message: str) -> None:
         """A message for this client whatever it subscribed to (an action call)."""
@@ -269,6 +269,8 @@ class ClientActionPort:
 
 class ApiServer(EventSink):
     """Serves one engine over HTTP; an event sink, for the push channel and the metrics."""
+
+    send_timeout_s = 10.0  # a websocket client that takes nothing for this long is too slow
 
     def __init__(
         self, engine: Engine, config: HttpConfig, *, bridge: MqttBridge | None = None
@@ -762,11 +764,12 @@ class ApiServer(EventSink):
                         getter.cancel()
                         break
                     message = getter.result()
-                    if message is None:
-                        if client.overflowed:
-                            await ws.close(code=1013, message=b"too slow: reconnect with since")
+                    if message is None and not client.overflowed:
+                        break  # the server is stopping
+                    if message is None or not await self._send(ws, message):
+                        client.overflowed = True
+                        await self._close_slow(ws, request)
                         break
-                    await ws.send_str(message)
             finally:
                 reader.cancel()
         except (ConnectionResetError, ConnectionError):
@@ -776,6 +779,27 @@ class ApiServer(EventSink):
             if not ws.closed:
                 await ws.close()
         return ws
+
+    async def _send(self, ws: web.WebSocketResponse, message: str) -> bool:
+        """Send, unless the client has not taken what was sent before within `send_timeout_s`
+        (its socket's buffers are full): False then."""
+        try:
+            async with asyncio.timeout(self.send_timeout_s):
+                await ws.send_str(message)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _close_slow(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        """Close a client that fell behind with 1013 ("try again later": it reconnects with
+        `since` and catches up from the store). The close frame follows what was already sent;
+        a client that takes none of it within `send_timeout_s` is disconnected."""
+        try:
+            async with asyncio.timeout(self.send_timeout_s):
+                await ws.close(code=1013, message=b"too slow: reconnect with since")
+        except TimeoutError:
+            if request.transport is not None:
+                request.transport.abort()
 
     async def _read_client(self, ws: web.WebSocketResponse, client: _Client) -> None:
         """What the client sends: answers to action calls; return when it goes."""

@@ -17,7 +17,10 @@ import pytest
 from edge_inspector.config import EngineConfig
 from edge_inspector.demo.synthetic import ConveyorFrame
 from edge_inspector.engine import Engine
+from edge_inspector.errors import InputError
+from edge_inspector.events import Incident
 from edge_inspector.mqtt import MqttBridge, attach_mqtt
+from edge_inspector.sinks import EventSink
 from tests.camera_server import camera
 from tests.conftest import jpeg
 from tests.mosquitto import Mosquitto, Watcher
@@ -147,3 +150,55 @@ async def test_a_burst_of_inspect_commands_is_worked_through_or_refused_as_busy(
         # hundreds of refusals, a handful of log lines
         refusals = [r for r in caplog.records if "refused inspect" in r.getMessage()]
         assert 1 <= len(refusals) <= 10
+
+
+async def test_a_missed_defect_report_is_told_once_and_never_again_as_a_new_defect(
+    broker: Mosquitto,
+    make_config: Callable[..., EngineConfig],
+    clean_scene: ConveyorFrame,
+) -> None:
+    told: list[str] = []
+
+    class Recorder(EventSink):
+        async def on_incident(self, incident: Incident) -> None:
+            told.append(f"incident {incident.incident_id}")
+
+        async def on_missed_defect(self, incident: Incident) -> None:
+            told.append(f"missed {incident.incident_id}")
+
+    async with _line(broker, make_config, jpeg(clean_scene.image)) as line:
+        watcher = Watcher(broker.port, "edge_inspector/#", client_id="missed-watcher")
+        line.engine.sinks.add(Recorder())
+        with pytest.raises(InputError, match="'rust' is not one of"):
+            await line.engine.report_missed_defect("gate", "rust", by="qa")
+        with pytest.raises(InputError, match="part_id"):
+            await line.engine.report_missed_defect("gate", "dent", by="qa", part_id="P" * 129)
+        incident = await line.engine.report_missed_defect("gate", "dent", by="qa", part_id="P-7")
+        assert told == [f"missed {incident.incident_id}"]  # not a new detection
+        await asyncio.to_thread(watcher.wait, lambda: watcher.on("edge_inspector/gate/missed"))
+        sent = json.loads(watcher.on("edge_inspector/gate/missed")[0])
+        assert (sent["incident_id"], sent["part_id"]) == (incident.incident_id, "P-7")
+        assert not watcher.on("edge_inspector/gate/defect")
+        await line.wait(lambda: line.bridge.queued == 0)  # the broker has it
+        watcher.close()
+    # the next start's catch-up finds it sent: nothing is queued again, on any topic
+    config = make_config(
+        """
+        - id: gate
+          name: Gate
+          source: {type: push}
+          model: {path: MODEL, imgsz: 320}
+          defects: {dent: 0.4}
+        """,
+        extra=f"mqtt: {{url: '{broker.url}'}}\n",
+    )
+    engine = Engine(config)
+    bridge = attach_mqtt(engine)
+    assert bridge is not None
+    await engine.start()
+    await bridge.start()
+    try:
+        assert bridge.queued == 0  # (before the fix: queued again on `defect`, as if new)
+    finally:
+        await engine.stop()
+        await bridge.stop()

@@ -95,6 +95,78 @@ if not any(isinstance(f, _MalformedRequestFilter) for f in _SERVER_LOGGER.filter
     _SERVER_LOGGER.addFilter(_MalformedRequestFilter())
 
 
+_TIMEOUT_BODY = b'{"error": {"code": "timeout", "message": "the request headers took too long"}}'
+_TIMEOUT_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    b"Content-Length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY
+)
+
+
+class _HeaderDeadline(asyncio.Protocol):
+    """aiohttp's protocol for one connection, with a deadline for the first request's headers:
+    a client that connects and says nothing, or sends half a header and stalls (slowloris), is
+    answered 408 and disconnected. (aiohttp's keep-alive timeout closes a connection idle after
+    a response, but before 3.14 not one that never finished its first request.) Only asyncio's
+    public protocol interface is used: the bytes are passed on untouched."""
+
+    def __init__(self, inner: asyncio.Protocol, timeout: float) -> None:
+        self._inner = inner
+        self._timeout = timeout
+        self._tail = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expired)
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            if b"\r\n\r\n" in self._tail + data:  # the headers are in: the request's now
+                self._timer.cancel()
+                self._timer = None
+            self._tail = (self._tail + data)[-3:]
+        self._inner.data_received(data)
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(_TIMEOUT_408)
+            self._transport.close()
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class _Runner(web.AppRunner):
+    """An AppRunner whose sites build each connection's protocol with `_HeaderDeadline`."""
+
+    def __init__(self, app: web.Application, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._header_timeout = header_timeout
+
+    @property
+    def server(self) -> Any:  # the protocol factory the sites listen with
+        inner = super().server
+        if inner is None:
+            return None
+        return lambda: _HeaderDeadline(inner(), self._header_timeout)
+
+
 class ApiError(Exception):
     """A request the API refuses: its status, code and message go back as JSON."""
 
@@ -271,6 +343,8 @@ class ApiServer(EventSink):
     """Serves one engine over HTTP; an event sink, for the push channel and the metrics."""
 
     send_timeout_s = 10.0  # a websocket client that takes nothing for this long is too slow
+    header_timeout_s = 10.0  # a request's headers must be in this long after connecting
+    idle_timeout_s = 15.0  # a keep-alive connection with no request for this long is closed
 
     def __init__(
         self, engine: Engine, config: HttpConfig, *, bridge: MqttBridge | None = None
@@ -325,7 +399,13 @@ class ApiServer(EventSink):
     async def start(self) -> str:
         """Listen; the base URL (the real port when the configuration says 0)."""
         self._closing.clear()
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = _Runner(
+            self.app,
+            header_timeout=self.header_timeout_s,
+            keepalive_timeout=self.idle_timeout_s,
+            access_log=None,
+            handle_signals=False,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         try:

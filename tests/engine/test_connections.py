@@ -9,13 +9,18 @@ import base64
 import os
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
+
 from edge_inspector.api.server import ApiServer
 from edge_inspector.config import EngineConfig, HttpConfig
+from edge_inspector.demo.synthetic import ConveyorFrame
 from edge_inspector.engine import Engine
+from tests.conftest import jpeg
 from tests.waiting import until
 
 
@@ -35,6 +40,7 @@ async def _server(
     engine = Engine(config)
     await engine.start()
     server = ApiServer(engine, HttpConfig(port=0))
+    engine.sinks.add(server)
     for name, value in options.items():
         setattr(server, name, value)
     await server.start()
@@ -111,3 +117,62 @@ async def test_a_websocket_client_that_stops_reading_is_closed_with_1013(
         assert b"reconnect with since" in payload
         sock.close()
         await until(lambda: not server.clients, "the client is gone")
+
+
+def _connect(server: ApiServer) -> socket.socket:
+    assert server.url is not None
+    sock = socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+    sock.settimeout(30)
+    return sock
+
+
+def _until_closed(sock: socket.socket) -> tuple[bytes, float]:
+    """Everything the server sends until it closes, and how long that took."""
+    started, received = time.monotonic(), b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    return received, time.monotonic() - started
+
+
+async def test_silent_half_open_and_idle_connections_are_closed_real_clients_are_not(
+    make_config: Callable[..., EngineConfig], clean_scene: ConveyorFrame
+) -> None:
+    async with _server(make_config, header_timeout_s=1.0, idle_timeout_s=1.0) as server:
+        # connects and says nothing
+        silent = _connect(server)
+        received, took = await asyncio.to_thread(_until_closed, silent)
+        assert took < 10 and b"408" in received.split(b"\r\n")[0]
+        # half a request header, then nothing (slowloris), without a token
+        half = _connect(server)
+        half.sendall(b"GET /api/stations HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        received, took = await asyncio.to_thread(_until_closed, half)
+        assert took < 10 and received.startswith(b"HTTP/1.1 408")
+        # a whole request, then the connection left idle: answered, then closed
+        idle = _connect(server)
+        idle.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        received, took = await asyncio.to_thread(_until_closed, idle)
+        assert received.startswith(b"HTTP/1.1 200") and took < 10
+
+        # what real clients do is not cut: a live view and a websocket held past the deadlines
+        station = server.engine.stations["press"]
+        await station.inspect_image(jpeg(clean_scene.image))
+        url = server.url
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{url}/api/stations/press/stream.mjpeg") as stream,
+            session.ws_connect(f"{url}/api/ws?events=inspection") as ws,
+        ):
+            held_until = time.monotonic() + 3  # three deadlines
+            frames = 0
+            while time.monotonic() < held_until:
+                await station.inspect_image(jpeg(clean_scene.image))
+                async with asyncio.timeout(10):
+                    while b"--frame" not in await stream.content.readline():
+                        pass
+                frames += 1
+            assert frames >= 2
+            await station.inspect_image(jpeg(clean_scene.image))
+            async with asyncio.timeout(10):  # still connected: the newest inspection arrives
+                while (await ws.receive_json())["type"] != "inspection":
+                    pass
+            assert not ws.closed

@@ -34,6 +34,25 @@ ATTR_SINCE = "since"
 ATTR_LIMIT = "limit"
 ATTR_PERIOD = "period"
 
+
+def _strict_int(value: Any) -> int:
+    """An integer as given: not a string of digits, not a boolean (templates render native
+    types, so `{{ 5 }}` is already an int)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise vol.Invalid(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _strict_bool(value: Any) -> bool:
+    """true or false as given: not "off", not 1 (a typo must not approve an action)."""
+    if not isinstance(value, bool):
+        raise vol.Invalid(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+# Ids and text stay `cv.string`: a number turned into its digits loses nothing, and a part id a
+# template renders from a barcode sensor ("12345") arrives as a number (native types).
+
 INSPECT_SCHEMA = vol.Schema(
     {
         vol.Required(ATTR_DEVICE_ID): cv.string,
@@ -54,7 +73,7 @@ GET_INCIDENTS_SCHEMA = vol.Schema(
     {
         vol.Optional(ATTR_DEVICE_ID): cv.string,
         vol.Optional(ATTR_SINCE): cv.datetime,
-        vol.Optional(ATTR_LIMIT, default=20): vol.All(vol.Coerce(int), vol.Range(1, 500)),
+        vol.Optional(ATTR_LIMIT, default=20): vol.All(_strict_int, vol.Range(1, 500)),
     }
 )
 MISSED_SCHEMA = vol.Schema(
@@ -68,9 +87,9 @@ MISSED_SCHEMA = vol.Schema(
 )
 CONFIRM_SCHEMA = vol.Schema(
     {
-        vol.Required(ATTR_INCIDENT_ID): cv.string,
-        vol.Required("request_id"): cv.string,
-        vol.Required("approve"): cv.boolean,
+        vol.Required(ATTR_INCIDENT_ID): vol.All(cv.string, vol.Length(min=1, max=64)),
+        vol.Required("request_id"): vol.All(cv.string, vol.Length(min=1, max=64)),
+        vol.Required("approve"): _strict_bool,
     }
 )
 REPORT_SCHEMA = vol.Schema(

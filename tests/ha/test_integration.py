@@ -12,6 +12,7 @@ from typing import Any
 
 import cv2
 import pytest
+import voluptuous as vol
 from homeassistant.config_entries import ConfigEntryState, ConfigSubentryData
 from homeassistant.core import Event, HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
@@ -534,6 +535,18 @@ async def test_controls_images_and_service_errors(
             {"incident_id": "nope", "request_id": "x", "approve": True},
             blocking=True,
         )
+    # strict types: no string or number read as a boolean, no string as a number
+    for service, data in (
+        ("confirm_action", {"incident_id": "i", "request_id": "x", "approve": "off"}),
+        ("confirm_action", {"incident_id": "i", "request_id": "x", "approve": 1}),
+        ("confirm_action", {"incident_id": "i" * 65, "request_id": "x", "approve": True}),
+        ("get_incidents", {"limit": "5"}),
+        ("get_incidents", {"limit": True}),
+    ):
+        with pytest.raises(vol.Invalid):
+            await hass.services.async_call(
+                DOMAIN, service, data, blocking=True, return_response=service == "get_incidents"
+            )
     assert await hass.config_entries.async_unload(entry.entry_id)
     await hass.async_block_till_done()
     with pytest.raises(ServiceValidationError):  # nothing loaded

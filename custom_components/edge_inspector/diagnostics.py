@@ -32,8 +32,6 @@ TO_REDACT = {
     "password",
     "token",
     "username",
-    CONF_ENGINE_TOKEN,
-    CONF_ENGINE_URL,
 }
 
 

@@ -3,8 +3,9 @@ broker URL, then every surface a client can read is searched for it.
 
 `edge-inspector run` (a real process) serves stations whose cameras are unreachable, so each
 one fails and carries the library's error text (PyAV and aiohttp quote the URL they were
-given); the surfaces: the unauthenticated health check, the stations API, the websocket's
-station states, the retained MQTT state topics on a real Mosquitto, and the service's log.
+given); the surfaces: the unauthenticated health check, the stations API (all and each), the
+metrics, the websocket's station states, the retained MQTT state topics on a real Mosquitto,
+and the service's log.
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ async def test_no_surface_shows_a_camera_or_broker_credential(
         surfaces = {"GET /api/stations": body.decode()}
         _, health, _ = service.get("/api/health", token=None)
         surfaces["GET /api/health (no token)"] = health.decode()
+        for sid in sorted(stations):
+            surfaces[f"GET /api/stations/{sid}"] = service.get(f"/api/stations/{sid}")[1].decode()
+        surfaces["GET /metrics"] = service.get("/metrics")[1].decode()
         async with (
             aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session,
             session.ws_connect(f"{service.url}/api/ws") as ws,

@@ -215,7 +215,7 @@ def _int(request: web.Request, name: str, default: int, low: int, high: int) -> 
 def _range(request: web.Request) -> dict[str, Any]:
     """The station and time range query parameters most queries take."""
     return {
-        "station_id": request.query.get("station_id") or None,
+        "station_id": _query_text(request, "station_id"),
         "since": _since(request, "since"),
         "until": _since(request, "until"),
     }
@@ -707,7 +707,7 @@ class ApiServer(EventSink):
         )
 
     async def manual_search(self, request: web.Request) -> web.Response:
-        query = request.query.get("q", "").strip()
+        query = (_query_text(request, "q", 500) or "").strip()
         if not query:
             raise ApiError(400, "missing_parameter", "q (what to look for) is required")
         limit = _int(request, "limit", 3, 1, 20)

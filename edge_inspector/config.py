@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .plc.config import PlcConfig
 from .tools.schema import SchemaError, check_schema
 
 __all__ = [
@@ -238,6 +239,23 @@ class StationConfig(_Model):
         default=None,
         description="Names of `vlm.actions` the VLM may use at this station (default: all).",
     )
+    plc: PlcConfig | None = Field(
+        default=None,
+        description="The line's PLC: triggers in, verdicts out (Modbus TCP or OPC UA).",
+    )
+
+    @model_validator(mode="after")
+    def _plc_fits(self) -> Self:
+        if self.plc is None:
+            return self
+        if self.plc.trigger is not None and self.mode != "triggered":
+            raise ValueError(
+                "plc.trigger needs mode: triggered (a PLC trigger starts each inspection)"
+            )
+        unknown = sorted(set(self.plc.codes or {}) - set(self.defects))
+        if unknown:
+            raise ValueError(f"plc.codes names classes that are not defects: {', '.join(unknown)}")
+        return self
 
     @field_validator("defects", mode="before")
     @classmethod
@@ -384,8 +402,45 @@ class ServiceActionTarget(_Model):
     )
 
 
+class ModbusActionTarget(_Model):
+    """Write a fixed value to a coil or holding register of a PLC on Modbus TCP (stop the
+    line, a stack light). The value is the configuration's: the model only decides to call."""
+
+    type: Literal["modbus"]
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+    device_id: Annotated[int, Field(ge=0, le=255)] = 1
+    coil: Annotated[int, Field(ge=0, le=65535)] | None = None
+    # `register` in the file (pydantic's models have a `register` attribute already)
+    holding: Annotated[int, Field(ge=0, le=65535)] | None = Field(default=None, alias="register")
+    value: Annotated[int, Field(ge=0, le=65535)] | bool
+    timeout_s: Annotated[float, Field(gt=0, le=30)] = 2.0
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        if (self.coil is None) == (self.holding is None):
+            raise ValueError("give either coil or register")
+        return self
+
+
+class OpcuaActionTarget(_Model):
+    """Write a fixed value to a node of a PLC's OPC UA server (with the node's data type)."""
+
+    type: Literal["opcua"]
+    url: Annotated[str, Field(pattern=r"^opc\.tcp://")]
+    node: Annotated[str, Field(min_length=3, max_length=200, pattern=r"^(ns=\d+;)?[isgb]=.+")]
+    namespace: str | None = None
+    value: bool | int | float
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 4.0
+
+
 type ActionTarget = Annotated[
-    MqttActionTarget | WebhookActionTarget | ServiceActionTarget, Field(discriminator="type")
+    MqttActionTarget
+    | WebhookActionTarget
+    | ServiceActionTarget
+    | ModbusActionTarget
+    | OpcuaActionTarget,
+    Field(discriminator="type"),
 ]
 
 

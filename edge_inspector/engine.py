@@ -25,6 +25,7 @@ from .events import (
     StationState,
     VlmResult,
 )
+from .plc.actions import PlcActionPort  # no protocol library until an action runs
 from .sinks import EventSink, SinkFanout
 from .sources import FrameSource, build_source
 from .station import Station
@@ -34,6 +35,7 @@ from .vlm.enricher import IncidentEnricher, pending_result
 
 if TYPE_CHECKING:
     from .manuals import ManualHit, ManualIndex
+    from .plc.link import PlcLink
 
 __all__ = ["Engine"]
 
@@ -79,10 +81,16 @@ class Engine:
         self._started = False
         # Where mapped actions go, by target type; attach_mqtt adds `mqtt`, the HA adapter
         # `service`.
-        self.action_ports: dict[str, ActionPort] = {"webhook": WebhookPort(self._http)}
+        plc_port = PlcActionPort()
+        self.action_ports: dict[str, ActionPort] = {
+            "webhook": WebhookPort(self._http),
+            "modbus": plc_port,
+            "opcua": plc_port,
+        }
         self.actions = ActionGuard(config.vlm, self.action_ports)
         self.enricher: IncidentEnricher | None = None
         self.manuals: ManualIndex | None = None
+        self.plc: dict[str, PlcLink] = {}  # stations' PLC links, by station id
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -125,10 +133,29 @@ class Engine:
             vlm_initial = pending_result(self.config.vlm.model)
         for config in self.config.stations:
             await self._start_station(config, vlm_initial)
+        await self._start_plc()
         self._retention_task = asyncio.create_task(
             self._retention(), name="edge_inspector retention"
         )
         self._started = True
+
+    async def _start_plc(self) -> None:
+        """A PLC link for each running station that has one (it connects in the background:
+        the station inspects whether or not the PLC is there)."""
+        for station in self.stations.values():
+            if station.config.plc is None:
+                continue
+            from .plc.link import PlcLink
+
+            try:
+                link = PlcLink(station, station.config.plc)
+            except EdgeInspectorError as exc:
+                _LOGGER.error("station %s: %s", station.id, exc)
+                station.set_plc("unavailable", str(exc))
+                continue
+            self.sinks.add(link)
+            await link.start()
+            self.plc[station.id] = link
 
     async def _open_manuals(self) -> None:
         """The manuals index (for the VLM and for questions), indexed from the folder if set."""
@@ -255,6 +282,10 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention_task
             self._retention_task = None
+        for link in self.plc.values():
+            await link.stop()
+            self.sinks.remove(link)
+        self.plc.clear()
         await self.stop_stations()
         if self.enricher is not None:
             await self.enricher.stop()

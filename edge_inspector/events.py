@@ -11,7 +11,7 @@ import json
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -310,6 +310,12 @@ class StationState(_Event):
     product: str | None = None
     model: str | None = Field(default=None, description="The model file's name.")
     push: bool = Field(default=False, description="Inspects pictures sent to it (POST .../frames).")
+    plc: Literal["connected", "unavailable"] | None = Field(
+        default=None, description="The link to the line's PLC (None: the station has none)."
+    )
+    plc_error: Annotated[str | None, AfterValidator(lambda v: None if v is None else redact(v))] = (
+        Field(default=None, description="Why the PLC link is unavailable.")
+    )
     updated_at: datetime
 
 

@@ -18,6 +18,7 @@ import uuid
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 from .annotate import annotate, crop
 from .config import StationConfig
@@ -80,6 +81,8 @@ class Station:
         self.config = config
         self._vlm_initial = vlm_initial  # what a new incident says about the VLM (None: off)
         self._pushed = isinstance(source, PushSource)
+        self.plc: Literal["connected", "unavailable"] | None = None
+        self.plc_error: str | None = None
         self.source = source
         self._inference = inference
         self._store = store
@@ -173,6 +176,8 @@ class Station:
             product=self.config.product,
             model=self.config.model.path.name,
             push=self._pushed,
+            plc=self.plc,
+            plc_error=self.plc_error,
             updated_at=datetime.now(UTC),
         )
 
@@ -229,6 +234,12 @@ class Station:
                 _LOGGER.info("station %s is available again", self.id)
             self.available = True
             self.error = None
+            self._mark_state(urgent=True)
+
+    def set_plc(self, status: Literal["connected", "unavailable"], error: str | None) -> None:
+        """The PLC link's status, shown in the station's state (told at once)."""
+        if (self.plc, self.plc_error) != (status, error):
+            self.plc, self.plc_error = status, error
             self._mark_state(urgent=True)
 
     def _mark_state(self, *, urgent: bool = False) -> None:

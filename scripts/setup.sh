@@ -144,7 +144,7 @@ project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 extras = project["optional-dependencies"]
 wanted = [*project["dependencies"]]
 if sys.argv[2] == "all":
-    wanted += [*extras["engine"], *extras["export"], *extras["test"]]
+    wanted += [*extras["engine"], *extras["export"], *extras["plc"], *extras["test"]]
 print("\n".join(req for req in wanted if not req.startswith(project["name"])))
 PY
 }

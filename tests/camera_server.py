@@ -47,6 +47,7 @@ class CameraServer:
         self.fps = fps
         self.content_length = content_length
         self.down = False
+        self.hold: asyncio.Event | None = None
         self.counter = 0
         self.snapshot_body: bytes | None = None  # override what /snapshot.jpg returns
         self.requests = 0
@@ -74,6 +75,8 @@ class CameraServer:
 
     async def _snapshot(self, request: web.Request) -> web.Response:
         self.requests += 1
+        if self.hold is not None:  # the test holds the shutter: the picture comes when it says
+            await self.hold.wait()
         if self.down:
             return web.Response(status=503, text="camera rebooting")
         self.counter += 1

@@ -108,6 +108,21 @@ class Metrics:
         for (sid, stage), histogram in sorted(self.latency.items()):
             out += histogram.lines("edge_inspector_latency_seconds", station=sid, stage=stage)
 
+        if engine.plc:
+            links = sorted(engine.plc.items())
+            family("edge_inspector_plc_up", "gauge", "1 while a station's PLC is connected.")
+            for sid, link in links:
+                up = int(link.connected.is_set())
+                out.append(f"edge_inspector_plc_up{_labels(station=sid)} {up}")
+            family("edge_inspector_plc_pending", "gauge", "Verdicts waiting for the PLC.")
+            for sid, link in links:
+                out.append(f"edge_inspector_plc_pending{_labels(station=sid)} {link.pending}")
+            family("edge_inspector_plc_triggers_total", "counter", "PLC trigger edges, by outcome.")
+            for sid, link in links:
+                taken = link.edges - link.refused_edges
+                for outcome, n in (("taken", taken), ("refused", link.refused_edges)):
+                    labels = _labels(station=sid, outcome=outcome)
+                    out.append(f"edge_inspector_plc_triggers_total{labels} {n}")
         family("edge_inspector_queue_depth", "gauge", "Work waiting, by queue.")
         inference = engine.inference_depth
         out.append(f"edge_inspector_queue_depth{_labels(queue='inference')} {inference}")

@@ -1,0 +1,202 @@
+"""The PLC link over OPC UA (asyncua): the trigger by subscription, outputs written with each
+node's own data type."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.common.node import Node
+from asyncua.common.subscription import Subscription
+from asyncua.ua.uaerrors import UaError
+
+from .config import OUTPUTS, OpcuaPlcConfig
+from .link import EdgeCallback, PlcError, Values
+
+__all__ = ["OpcuaDriver"]
+
+# asyncua logs every request at INFO and a reconnection's every step as a warning
+logging.getLogger("asyncua").setLevel(logging.ERROR)
+
+_INTEGERS = {
+    ua.VariantType.SByte,
+    ua.VariantType.Byte,
+    ua.VariantType.Int16,
+    ua.VariantType.UInt16,
+    ua.VariantType.Int32,
+    ua.VariantType.UInt32,
+    ua.VariantType.Int64,
+    ua.VariantType.UInt64,
+}
+_FLOATS = {ua.VariantType.Float, ua.VariantType.Double}
+
+
+class _Changes:
+    """asyncua's subscription handler: each value of the trigger, in order."""
+
+    def __init__(self, queue: asyncio.Queue[Any]) -> None:
+        self._queue = queue
+
+    def datachange_notification(self, node: Node, value: Any, data: Any) -> None:
+        self._queue.put_nowait(value)
+
+    def status_change_notification(self, status: Any) -> None:
+        self._queue.put_nowait(PlcError(f"the subscription ended: {status}"))
+
+
+class OpcuaDriver:
+    def __init__(self, config: OpcuaPlcConfig) -> None:
+        self.config = config
+        self._client: Client | None = None
+        self._lost = asyncio.Event()
+        self._nodes: dict[str, Node] = {}
+        self._types: dict[str, ua.VariantType] = {}
+        self._subscription: Subscription | None = None
+        self.trigger_high = False
+
+    def describe(self) -> str:
+        return self.config.describe()
+
+    def _fail(self, what: str, exc: BaseException) -> PlcError:
+        return PlcError(f"{self.describe()}: {what}: {exc}")
+
+    async def _lost_connection(self, exc: Exception) -> None:
+        self._lost.set()
+
+    async def connect(self) -> None:
+        await self.close()
+        self._lost.clear()
+        client = Client(self.config.url, timeout=self.config.timeout_s)
+        client.session_timeout = 30_000
+        client.connection_lost_callback = self._lost_connection
+        try:
+            await client.connect()
+        except (OSError, TimeoutError, UaError) as exc:
+            raise self._fail("cannot connect", exc) from exc
+        self._client = client
+        prefix = ""
+        if self.config.namespace is not None:
+            try:
+                prefix = f"ns={await client.get_namespace_index(self.config.namespace)};"
+            except (UaError, ValueError) as exc:
+                raise self._fail(f"namespace {self.config.namespace!r}", exc) from exc
+        wanted = {
+            "trigger": self.config.trigger,
+            "part_id": self.config.part_id,
+            "lot_id": self.config.lot_id,
+            **{f"outputs.{n}": getattr(self.config.outputs, n) for n in OUTPUTS},
+        }
+        for name, node_id in wanted.items():
+            if node_id is None:
+                continue
+            full = node_id if node_id.startswith("ns=") else prefix + node_id
+            node = client.get_node(full)
+            try:  # every configured node is read once, so a wrong map fails here, by name
+                kind = await node.read_data_type_as_variant_type()
+                await node.read_value()
+            except (UaError, ValueError, ConnectionError, TimeoutError) as exc:
+                raise self._fail(f"{name} ({full})", exc) from exc
+            self._nodes[name], self._types[name] = node, kind
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        self._subscription = None
+        self._nodes.clear()
+        if client is not None:
+            with contextlib.suppress(OSError, ConnectionError, TimeoutError, UaError):
+                await client.disconnect()
+
+    async def _read_text(self, name: str) -> str | None:
+        node = self._nodes.get(name)
+        if node is None:
+            return None
+        try:
+            value = await node.read_value()
+        except (UaError, ConnectionError, TimeoutError) as exc:
+            raise self._fail(name, exc) from exc
+        text = str(value).strip() if value is not None else ""
+        return text or None
+
+    async def watch_trigger(self, edge: EdgeCallback) -> None:
+        trigger = self._nodes.get("trigger")
+        assert self._client is not None
+        lost = asyncio.create_task(self._lost.wait())
+        try:
+            if trigger is None:
+                await lost
+                raise PlcError(f"{self.describe()}: connection lost")
+            values: asyncio.Queue[Any] = asyncio.Queue()
+            parameters = ua.CreateSubscriptionParameters(
+                RequestedPublishingInterval=self.config.publishing_ms,
+                RequestedLifetimeCount=1000,
+                RequestedMaxKeepAliveCount=50,  # keep-alives: no stale-subscription re-creation
+                MaxNotificationsPerPublish=0,
+                PublishingEnabled=True,
+                Priority=0,
+            )
+            try:
+                self._subscription = await self._client.create_subscription(
+                    parameters, _Changes(values)
+                )
+                # queued values: a short pulse between two publishes still arrives as an edge
+                await self._subscription.subscribe_data_change(
+                    trigger, queuesize=16, sampling_interval=ua.Double(0.0)
+                )
+            except (UaError, ConnectionError, TimeoutError) as exc:
+                raise self._fail("trigger subscription", exc) from exc
+            was_high = False  # the first notification is the current value: high is an edge
+            while True:
+                getter = asyncio.create_task(values.get())
+                done, _ = await asyncio.wait({getter, lost}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    raise PlcError(f"{self.describe()}: connection lost")
+                value = getter.result()
+                if isinstance(value, PlcError):
+                    raise value
+                high = bool(value)
+                if high and not was_high:
+                    edge(await self._read_text("part_id"), await self._read_text("lot_id"))
+                was_high = self.trigger_high = high
+        finally:
+            lost.cancel()
+
+    def _variant(self, name: str, value: int) -> ua.Variant:
+        kind = self._types[name]
+        if kind == ua.VariantType.Boolean:
+            # true for NG (result), toggling (heartbeat), non-zero (the others)
+            flag = (
+                value == 2
+                if name == "outputs.result"
+                else bool(value % 2 if name == "outputs.heartbeat" else value)
+            )
+            return ua.Variant(flag, kind)
+        if kind in _FLOATS:
+            return ua.Variant(float(value), kind)
+        if kind in _INTEGERS:
+            return ua.Variant(int(value), kind)
+        raise PlcError(f"{self.describe()}: {name}: a {kind.name} node cannot hold a number")
+
+    async def write(self, values: Values) -> None:
+        for name in OUTPUTS:
+            key = f"outputs.{name}"
+            node = self._nodes.get(key)
+            if node is None or name not in values:
+                continue
+            try:
+                await node.write_value(self._variant(key, int(values[name])))
+            except (UaError, ConnectionError, TimeoutError, OverflowError) as exc:
+                raise self._fail(key, exc) from exc
+
+    async def read_sequence(self) -> int | None:
+        node = self._nodes.get("outputs.sequence")
+        if node is None:
+            return None
+        try:
+            return int(await node.read_value() or 0)
+        except (UaError, ConnectionError, TimeoutError, TypeError, ValueError) as exc:
+            raise self._fail("outputs.sequence", exc) from exc

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .config import EngineConfig, load_config
+from .config import EngineConfig, StationConfig, load_config
 from .errors import ConfigError, EdgeInspectorError, ImageDecodeError
 from .events import Incident
 from .redact import RedactingFilter
@@ -76,9 +76,50 @@ async def _check_models(config: EngineConfig) -> list[str]:
     return problems
 
 
+async def _check_plcs(config: EngineConfig) -> list[str]:
+    """Connect to each station's PLC and read every point of its map once."""
+    from .plc.link import make_driver
+
+    problems: list[str] = []
+    for station in config.stations:
+        if station.plc is None:
+            continue
+        try:
+            driver = make_driver(station.plc)
+        except EdgeInspectorError as exc:
+            problems.append(f"stations[{station.id}].plc: {exc}")
+            continue
+        try:
+            async with asyncio.timeout(15):
+                await driver.connect()
+        except (EdgeInspectorError, TimeoutError, OSError) as exc:
+            problems.append(f"stations[{station.id}].plc: {exc or 'no answer in 15 s'}")
+        finally:
+            await driver.close()
+    return problems
+
+
+def _plc_map(station: StationConfig) -> list[str]:
+    """The register or node map a station's PLC configuration produces."""
+    plc = station.plc
+    if plc is None:
+        return []
+    codes = plc.codes or {n: i for i, n in enumerate(station.defects, start=1)}
+    lines = [f"  PLC: {plc.describe()}"]
+    lines += [f"    {name:<12} {where:<40} {way}" for name, where, way in plc.points()]
+    lines.append(
+        "    result 1 OK, 2 NG, 0 no verdict; confidence per mille; state 1 running, "
+        "2 disabled, 3 unavailable, 0 stopped"
+    )
+    lines.append("    defect codes: " + ", ".join(f"{n}={c}" for n, c in codes.items()))
+    return lines
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     problems = [] if args.no_load else asyncio.run(_check_models(config))
+    if not args.no_plc:
+        problems += asyncio.run(_check_plcs(config))
     if problems:
         print(f"{args.config}: {len(problems)} problem(s):", file=sys.stderr)
         for problem in problems:
@@ -89,6 +130,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"{station.id}: {station.name} — {station.source.type} source, {station.mode}, "
             f"model {station.model.path.name}, defects {', '.join(station.defects)}"
         )
+        for line in _plc_map(station):
+            print(line)
     print(f"{args.config}: OK ({len(config.stations)} station(s))")
     return 0
 
@@ -405,11 +448,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("check", help="validate a configuration file and load its models")
+    p = sub.add_parser(
+        "check", help="validate a configuration file, load its models, reach its PLCs"
+    )
     p.add_argument("-c", "--config", type=Path, required=True)
     p.add_argument(
         "--no-load", action="store_true", help="only validate the file, do not load models"
     )
+    p.add_argument("--no-plc", action="store_true", help="do not connect to the stations' PLCs")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("run", help="run every station of a configuration until stopped")

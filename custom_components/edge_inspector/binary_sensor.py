@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from homeassistant.components.binary_sensor import BinarySensorDeviceClass, BinarySensorEntity
+from homeassistant.const import EntityCategory
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
@@ -49,6 +50,23 @@ class OutOfControlBinarySensor(StationEntity, BinarySensorEntity):
         }
 
 
+class PlcBinarySensor(StationEntity, BinarySensorEntity):
+    """On while the engine is connected to the station's PLC (a station with a PLC only)."""
+
+    _attr_device_class = BinarySensorDeviceClass.CONNECTIVITY
+    _attr_entity_category = EntityCategory.DIAGNOSTIC
+
+    @property
+    def is_on(self) -> bool | None:
+        state = self.runtime.state
+        return None if state is None or state.plc is None else state.plc == "connected"
+
+    @property
+    def extra_state_attributes(self) -> dict[str, str] | None:
+        state = self.runtime.state
+        return {"error": state.plc_error} if state is not None and state.plc_error else None
+
+
 async def async_setup_entry(
     hass: HomeAssistant,
     entry: EdgeInspectorConfigEntry,
@@ -60,5 +78,7 @@ async def async_setup_entry(
         lambda hub, rt: [
             DefectBinarySensor(hub, rt, "defect"),
             OutOfControlBinarySensor(hub, rt, "out_of_control"),
+            # an engine station wired to a PLC (its state says so when Home Assistant connects)
+            *([PlcBinarySensor(hub, rt, "plc")] if rt.state and rt.state.plc else []),
         ],
     )

@@ -36,6 +36,7 @@ def service_config(
     fps: float = 4,
     vlm: str = "",
     dock_actions: str = "[]",
+    dock_plc: str = "",
     extra: str = "",
 ) -> str:
     """Two stations: `line_a` reads its own (synthetic) camera, `dock` takes pushed pictures."""
@@ -57,6 +58,7 @@ stations:
     model: {{path: {DEMO_MODEL}, imgsz: 320}}
     defects: {DEFECTS}
     actions: {dock_actions}
+{f"    plc: {dock_plc}" if dock_plc else ""}
 store: {{path: {store}}}
 {http}
 {vlm}

@@ -428,3 +428,30 @@ async def test_stations_added_or_removed_on_the_engine_follow_after_a_restart(
     assert device("dock") is not None
     assert "reloading Edge Inspector" in caplog.text
     assert await hass.config_entries.async_unload(entry.entry_id)
+
+
+async def test_an_engine_stations_plc_link_is_a_connectivity_sensor(
+    hass: HomeAssistant, tmp_path: Path, socket_enabled: None
+) -> None:
+    from tests.plc_servers import ModbusPlc
+
+    plc = ModbusPlc()
+    await plc.start()
+    link = (
+        f"{{type: modbus, host: 127.0.0.1, port: {plc.port}, heartbeat_s: 0.2, "
+        "outputs: {result: {register: 100}, heartbeat: {register: 104}}}"
+    )
+    try:
+        with running_service(tmp_path, fps=2, dock_plc=link) as service:
+            entry = await _remote_entry(hass, service)
+            sensor = f"binary_sensor.{DOCK}_plc_link"
+            await _until(hass, lambda: (s := hass.states.get(sensor)) and s.state == "on")
+            assert hass.states.get(f"binary_sensor.{LINE_A}_plc_link") is None  # it has none
+            await plc.stop()  # the PLC goes away: the sensor says so, with the reason
+            await _until(hass, lambda: hass.states.get(sensor).state == "off")
+            assert f"Modbus TCP 127.0.0.1:{plc.port}" in hass.states.get(sensor).attributes["error"]
+            await plc.start()
+            await _until(hass, lambda: hass.states.get(sensor).state == "on")
+            assert await hass.config_entries.async_unload(entry.entry_id)
+    finally:
+        await plc.stop()

@@ -22,6 +22,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import EngineConfig, StationConfig, load_config
@@ -29,6 +30,10 @@ from .errors import ConfigError, EdgeInspectorError, ImageDecodeError
 from .events import Incident
 from .redact import RedactingFilter
 from .sinks import EventSink
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .plc.scada import OpcuaScadaServer
 
 __all__ = ["main"]
 
@@ -147,6 +152,22 @@ class _LogSink(EventSink):
         )
 
 
+def _scada(engine: Engine) -> OpcuaScadaServer | None:
+    """The OPC UA server for SCADA, when the configuration asks for one."""
+    settings = engine.config.opcua_server
+    if settings is None:
+        return None
+    try:
+        from .plc.scada import OpcuaScadaServer
+    except ImportError as exc:
+        raise EdgeInspectorError(
+            f"opcua_server needs {exc.name}: pip install 'edge-inspector[plc]'"
+        ) from exc
+    server = OpcuaScadaServer(engine, settings.endpoint, namespace=settings.namespace)
+    engine.sinks.add(server)
+    return server
+
+
 async def _run(config: EngineConfig, mqtt_url: str | None) -> None:
     from .api.server import ApiServer
     from .engine import Engine
@@ -161,8 +182,11 @@ async def _run(config: EngineConfig, mqtt_url: str | None) -> None:
     api = ApiServer(engine, config.http, bridge=bridge) if config.http.enabled else None
     if api is not None:
         engine.sinks.add(api)
+    scada = _scada(engine)
     await engine.start()
     try:
+        if scada is not None:
+            await scada.start()
         if api is not None:
             await api.start()
         if bridge is not None:
@@ -184,6 +208,8 @@ async def _run(config: EngineConfig, mqtt_url: str | None) -> None:
     finally:
         if api is not None:
             await api.stop()
+        if scada is not None:
+            await scada.stop()
         await engine.stop()  # the last incidents reach the outbox before MQTT stops
         if bridge is not None:
             await bridge.stop()

@@ -554,6 +554,14 @@ class ManualsConfig(_Model):
     results: Annotated[int, Field(ge=1, le=20)] = 3
 
 
+class OpcuaServerConfig(_Model):
+    """The engine as an OPC UA server for SCADA: every station's state, KPIs and last verdict,
+    read-only (`pip install "edge-inspector[plc]"`)."""
+
+    endpoint: Annotated[str, Field(pattern=r"^opc\.tcp://[^/:]+:\d+")] = "opc.tcp://127.0.0.1:4840"
+    namespace: Annotated[str, Field(min_length=1)] = "urn:edge-inspector"
+
+
 class EngineConfig(_Model):
     """The whole configuration file."""
 
@@ -564,6 +572,7 @@ class EngineConfig(_Model):
     http: HttpConfig = HttpConfig()
     vlm: VlmConfig = VlmConfig()
     manuals: ManualsConfig = ManualsConfig()
+    opcua_server: OpcuaServerConfig | None = None
 
     @model_validator(mode="after")
     def _station_actions(self) -> Self:

@@ -23,6 +23,11 @@ class EventSink:
     async def on_inspection(self, result: InspectionResult) -> None:
         """Every inspection (a frame and its verdict)."""
 
+    async def on_verdict(self, result: InspectionResult) -> None:
+        """An inspection's verdict as soon as it is known, before its incident and images are
+        stored (for a line's controller, which must not wait for them). `on_inspection`
+        follows with the same result once it is recorded."""
+
     async def on_incident(self, incident: Incident) -> None:
         """A new incident, already in the store."""
 
@@ -54,12 +59,16 @@ class SinkFanout(EventSink):
         self._sinks.remove(sink)
 
     async def _each(self, method: str, payload: object) -> None:
-        if not self._sinks:
+        # only the sinks that listen for this event (not EventSink's no-op): a station calls
+        # this for every frame
+        base = getattr(EventSink, method)
+        sinks = [sink for sink in self._sinks if getattr(type(sink), method) is not base]
+        if not sinks:
             return
         results = await asyncio.gather(
-            *(getattr(sink, method)(payload) for sink in self._sinks), return_exceptions=True
+            *(getattr(sink, method)(payload) for sink in sinks), return_exceptions=True
         )
-        for sink, result in zip(self._sinks, results, strict=False):
+        for sink, result in zip(sinks, results, strict=False):
             if isinstance(result, BaseException):
                 if isinstance(result, asyncio.CancelledError):
                     raise result
@@ -70,6 +79,9 @@ class SinkFanout(EventSink):
 
     async def on_inspection(self, result: InspectionResult) -> None:
         await self._each("on_inspection", result)
+
+    async def on_verdict(self, result: InspectionResult) -> None:
+        await self._each("on_verdict", result)
 
     async def on_incident(self, incident: Incident) -> None:
         await self._each("on_incident", incident)

@@ -396,6 +396,7 @@ class Station:
             bool(incidents and self.config.images.save != "none")
             or self.config.images.save == "all"
         )
+        await self._sink.on_verdict(result)  # the line's controller first: it is waiting
         self._enqueue(_Output(result, incidents, frame if keep_frame else None))
         return result
 

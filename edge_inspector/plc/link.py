@@ -219,7 +219,7 @@ class PlcLink(EventSink):
 
     # -- verdicts out -----------------------------------------------------------------------
 
-    async def on_inspection(self, result: InspectionResult) -> None:
+    async def on_verdict(self, result: InspectionResult) -> None:
         if result.station_id != self.station.id:
             return
         defects = result.defects

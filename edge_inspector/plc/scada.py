@@ -84,19 +84,27 @@ def _ua_time(moment: datetime) -> ua.DateTime:
 
 def _shelf_name() -> str:
     """The cached address space is asyncua's pickled nodes in the interpreter's default dbm:
-    one per asyncua and Python version, so an upgrade never loads a shelf it cannot read."""
+    one per asyncua and Python version, so an upgrade never loads a shelf it cannot read. No
+    dot in it: asyncua looks for `<name>.db` too (dbm.ndbm), by replacing the suffix."""
     try:
         asyncua_version = version("asyncua")
     except PackageNotFoundError:
         asyncua_version = "unknown"
-    return f"address-space-asyncua{asyncua_version}-py{sys.version_info[0]}{sys.version_info[1]}"
+    python = f"{sys.version_info[0]}_{sys.version_info[1]}"
+    return f"address-space-asyncua-{asyncua_version.replace('.', '_')}-py{python}"
+
+
+def _shelf_files(shelf: Path) -> list[Path]:
+    """The shelf's files as asyncua finds them: the name itself (dbm.sqlite3, dbm.gnu), or with
+    `.db` (dbm.ndbm)."""
+    return [p for p in (shelf, shelf.with_name(f"{shelf.name}.db")) if p.is_file()]
 
 
 def _prepare_shelf(cache_dir: Path) -> tuple[Path | None, Path | None]:
     """(the shelf to load, or None; where to build one, or None). No shelf at all when the
     cache cannot be written: the server then starts without one, only slower."""
     shelf = cache_dir / _shelf_name()
-    if shelf.is_file():
+    if _shelf_files(shelf):
         return shelf, None
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -105,24 +113,28 @@ def _prepare_shelf(cache_dir: Path) -> tuple[Path | None, Path | None]:
         return None, None
     # built under a name of its own and moved in place when whole: another process may be
     # reading or building the same shelf
-    return None, shelf.with_name(f"{shelf.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
+    return None, shelf.with_name(f"{shelf.name}-part-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def _publish_shelf(part: Path, shelf: Path) -> None:
-    """Move a freshly built shelf in place; drop what a dbm that makes several files left."""
-    try:
-        if part.is_file():
-            part.replace(shelf)
-    except OSError as exc:
-        _LOGGER.warning("OPC UA: address-space cache not kept: %s", exc)
-    for leftover in part.parent.glob(f"{part.name}*"):
-        with contextlib.suppress(OSError):
-            leftover.unlink()
+def _publish_shelf(part: Path, shelf: Path | None) -> None:
+    """Move a freshly built shelf's files in place, each keeping what its dbm added to the
+    name; with `shelf` None, remove them (the build failed)."""
+    for built in part.parent.glob(f"{part.name}*"):
+        try:
+            if shelf is None:
+                built.unlink()
+            else:
+                built.replace(shelf.with_name(shelf.name + built.name[len(part.name) :]))
+        except OSError as exc:
+            _LOGGER.warning("OPC UA: address-space cache not kept: %s", exc)
+            with contextlib.suppress(OSError):
+                built.unlink()
 
 
 def _discard_shelf(shelf: Path) -> None:
-    with contextlib.suppress(OSError):
-        shelf.unlink()
+    for path in _shelf_files(shelf):
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _close_shelf(server: Server) -> None:
@@ -202,11 +214,21 @@ class OpcuaScadaServer(EventSink):
             else:
                 return server
         server = Server()
+        if part is None:
+            await server.init()
+            return server
         try:
             await server.init(part)
-        finally:
-            if part is not None:
-                await asyncio.to_thread(_publish_shelf, part, self._cache_dir / _shelf_name())
+        except Exception as exc:  # the cache could not be written (a full disk): none then
+            _LOGGER.warning("OPC UA: address-space cache not written: %s", exc)
+            await asyncio.to_thread(_publish_shelf, part, None)
+            server = Server()
+            await server.init()
+            return server
+        except BaseException:  # cancelled: no half-built shelf left behind
+            _publish_shelf(part, None)
+            raise
+        await asyncio.to_thread(_publish_shelf, part, self._cache_dir / _shelf_name())
         return server
 
     async def start(self) -> None:

@@ -75,6 +75,13 @@ def _metrics(engine: Engine) -> str:
     return Metrics().render(engine, None, 0)
 
 
+async def _stored(engine: Engine, count: int = 1) -> list[dict[str, object]]:
+    """The newest `count` inspections once that many are recorded (else nothing)."""
+    await engine.store.flush()
+    rows = await engine.store.inspections(limit=count)
+    return rows if len(rows) >= count else []
+
+
 async def _inspections(engine: Engine) -> int:
     await engine.store.flush()
     return engine.stations["gate"].inspections
@@ -105,7 +112,8 @@ async def test_modbus_trigger_to_verdict_and_the_handshake(
                 result, code, confidence = await plc.registers(RESULT, 3)
                 assert result == ResultCode.NG
                 classes = list(engine.stations["gate"].config.defects)
-                stored = await engine.store.inspections(limit=1)
+                # the verdict goes out before the inspection is recorded: then it is
+                stored = await until_async(lambda: _stored(engine), "the inspection recorded")
                 assert stored[0]["part_id"] == "P-0042"
                 assert stored[0]["lot_id"] == "LOT-7"
                 assert classes[code - 1] in stored[0]["defect_classes"]
@@ -187,7 +195,7 @@ async def test_a_burst_of_edges_with_the_plc_restarted_midway_loses_no_verdict(
                 await until_async(lambda: _is(plc, SEQUENCE, 20), "every verdict", 60)
                 assert link.edges == 20 and link.refused_edges == 0
                 assert await _inspections(engine) == 20  # one inspection per edge, never two
-                stored = await engine.store.inspections(limit=50)
+                stored = await until_async(lambda: _stored(engine, 20), "all recorded")
                 assert sorted(int(r["part_id"][2:]) for r in stored) == list(range(1, 21))
     finally:
         await plc.stop()
@@ -230,7 +238,7 @@ async def test_opcua_trigger_to_verdict_and_a_restart(
                 assert await plc.value("Result") == ResultCode.NG
                 assert await plc.value("DefectCode") >= 1
                 assert await plc.value("Confidence") >= 400
-                stored = await engine.store.inspections(limit=1)
+                stored = await until_async(lambda: _stored(engine), "the inspection recorded")
                 assert stored[0]["part_id"] == "P-77"
                 await plc.set("Trigger", False)
                 await until(lambda: not link.driver.trigger_high, "the engine sees it low")

@@ -138,7 +138,9 @@ async def test_a_scada_reads_the_stations_and_follows_a_verdict(
                     assert node.nodeid == ua.NodeId(f"gate.{name}", index)
                     assert await node.read_data_type_as_variant_type() == kind, name
                     assert (await node.read_description()).Text, name
-                assert await _values(gate) | {"LastInspection": None} == {
+                initial = await _values(gate)
+                assert initial["LastInspection"].year == 1601  # OPC UA's null date
+                assert initial | {"LastInspection": None} == {
                     "Name": "Gate",
                     "Enabled": True,
                     "Available": True,
@@ -331,3 +333,23 @@ async def test_a_bad_cache_port_zero_and_a_failed_write_are_survived(
             finally:
                 await server.stop()
             assert server.url == "opc.tcp://127.0.0.1:0"
+
+
+async def test_edge_inspector_run_serves_scada_when_configured(tmp_path: Path) -> None:
+    from tests.service import running_service
+
+    port = free_port()
+    extra = f"opcua_server: {{endpoint: 'opc.tcp://127.0.0.1:{port}', namespace: 'urn:plant-a'}}"
+    with running_service(tmp_path, fps=4, extra=extra):
+        async with _client(f"opc.tcp://127.0.0.1:{port}") as client:
+            index = await client.get_namespace_index("urn:plant-a")
+            inspections = client.get_node(f"ns={index};s=line_a.Inspections")
+            await until_async(
+                lambda: _positive(inspections), "the camera station's inspections counted"
+            )
+            name = await client.get_node(f"ns={index};s=dock.Name").read_value()
+            assert name == "Dock"
+
+
+async def _positive(node: Node) -> bool:
+    return bool(await node.read_value() > 0)

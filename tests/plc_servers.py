@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from asyncua import Server, ua
+from asyncua.common.callback import CallbackType
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -32,11 +34,27 @@ class ModbusPlc:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self._server: ModbusTcpServer | None = None
+        # called with (function code, address, value) for each value a client writes, as the
+        # request arrives: a benchmark's "the PLC has it" without scanning
+        self.on_write: Callable[[int, int, int | bool], None] | None = None
 
-    @staticmethod
-    def _device() -> SimDevice:
+    async def _written(  # noqa: PLR0917 (pymodbus calls it with these six, by position)
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        current: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> None:
+        if set_values is not None and self.on_write is not None:
+            for offset, value in enumerate(set_values):
+                self.on_write(function_code, address + offset, value)
+
+    def _device(self) -> SimDevice:
         return SimDevice(
             id=0,  # answers any device id
+            action=self._written,
             simdata=(
                 [SimData(0, count=64, values=False, datatype=DataType.BITS)],
                 [SimData(0, count=16, values=False, datatype=DataType.BITS)],
@@ -105,6 +123,14 @@ class OpcuaPlc:
         self._server: Server | None = None
         self._values: dict[str, Any] = {name: value for name, (value, _) in NODES.items()}
         self.nodes: dict[str, Any] = {}
+        self.on_write: Callable[[str, Any], None] | None = None  # (node name, value) a client wrote
+
+    def _written(self, event: Any, dispatcher: Any) -> None:
+        if self.on_write is None:
+            return
+        for item in event.request_params.NodesToWrite:
+            name = str(item.NodeId.Identifier).removeprefix("Line1.")
+            self.on_write(name, item.Value.Value.Value)
 
     async def start(self) -> None:
         """Start; after a `stop`, with the values it had (a PLC's retained data)."""
@@ -122,6 +148,7 @@ class OpcuaPlc:
             )
             await node.set_writable()
             self.nodes[name] = node
+        server.subscribe_server_callback(CallbackType.PostWrite, self._written)
         await server.start()
         self._server = server
 

@@ -87,6 +87,24 @@ def write_config(tmp_path: Path) -> Callable[[str], Path]:
     return _write
 
 
+ALL_DEFECTS = "{scratch: 0.4, dent: 0.4, crack: 0.4, spot: 0.4}"  # the demo model's classes
+
+
+def camera_station(url: str, *, sid: str = "gate", name: str = "Gate", extra: str = "") -> str:
+    """A triggered station on an HTTP snapshot camera at `url` (tests.camera_server) and the
+    demo model, for `make_config`; `extra`: more of its keys, as YAML at the left margin."""
+    more = textwrap.indent(textwrap.dedent(extra).strip("\n"), "  ")
+    return f"""
+- id: {sid}
+  name: {name}
+  mode: triggered
+  source: {{type: http_snapshot, url: "{url}/snapshot.jpg"}}
+  model: {{path: MODEL, imgsz: 320}}
+  defects: {ALL_DEFECTS}
+{more}
+"""
+
+
 @pytest.fixture
 def make_config(
     tmp_path: Path, demo_model: Path, write_config: Callable[[str], Path]

@@ -22,7 +22,7 @@ from edge_inspector.events import Incident
 from edge_inspector.mqtt import MqttBridge, attach_mqtt
 from edge_inspector.sinks import EventSink
 from tests.camera_server import camera
-from tests.conftest import jpeg
+from tests.conftest import camera_station, jpeg
 from tests.mosquitto import Mosquitto, Watcher
 
 
@@ -49,14 +49,7 @@ async def _line(
     async with camera() as cam:
         cam.snapshot_body = image
         config = make_config(
-            f"""
-            - id: gate
-              name: Gate
-              mode: triggered
-              source: {{type: http_snapshot, url: "{cam.url}/snapshot.jpg"}}
-              model: {{path: MODEL, imgsz: 320}}
-              defects: {{scratch: 0.4, dent: 0.4, crack: 0.4, spot: 0.4}}
-            """,
+            camera_station(cam.url),
             """
             - id: press
               name: Press

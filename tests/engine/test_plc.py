@@ -23,11 +23,10 @@ from edge_inspector.errors import ConfigError
 from edge_inspector.plc.config import ResultCode, StateCode
 from edge_inspector.plc.link import PlcLink
 from tests.camera_server import CameraServer, camera
-from tests.conftest import jpeg
+from tests.conftest import ALL_DEFECTS, camera_station, jpeg
 from tests.plc_servers import ModbusPlc, OpcuaPlc, until_async
 from tests.waiting import until
 
-DEFECTS = "{scratch: 0.4, dent: 0.4, crack: 0.4, spot: 0.4}"
 # the Modbus map of these tests
 TRIGGER, PART, LOT = 0, 10, 20
 RESULT, CODE, CONFIDENCE, STATE, HEARTBEAT, SEQUENCE = 100, 101, 102, 103, 104, 105
@@ -51,20 +50,20 @@ MODBUS_PLC = f"""
 """
 
 
+@pytest.fixture
+async def plc() -> AsyncIterator[ModbusPlc]:
+    """A Modbus TCP server on loopback standing in for the line's PLC."""
+    server = ModbusPlc()
+    await server.start()
+    yield server
+    await server.stop()
+
+
 @asynccontextmanager
 async def _engine(
     make_config: Callable[..., EngineConfig], cam: CameraServer, plc: str
 ) -> AsyncIterator[tuple[Engine, PlcLink]]:
-    plc_block = textwrap.indent(textwrap.dedent(plc).strip("\n"), " " * 10)
-    config = make_config(f"""
-        - id: gate
-          name: Gate
-          mode: triggered
-          source: {{type: http_snapshot, url: "{cam.url}/snapshot.jpg"}}
-          model: {{path: MODEL, imgsz: 320}}
-          defects: {DEFECTS}
-{plc_block}
-    """)
+    config = make_config(camera_station(cam.url, extra=plc))
     async with Engine(config) as engine:
         link = engine.plc["gate"]
         await asyncio.wait_for(link.connected.wait(), 30)
@@ -88,63 +87,55 @@ async def _inspections(engine: Engine) -> int:
 
 
 async def test_modbus_trigger_to_verdict_and_the_handshake(
+    plc: ModbusPlc,
     make_config: Callable[..., EngineConfig],
     defect_scenes: list[ConveyorFrame],
     clean_scene: ConveyorFrame,
 ) -> None:
-    plc = ModbusPlc()
-    await plc.start()
-    try:
-        async with camera() as cam:
-            cam.snapshot_body = jpeg(defect_scenes[0].image)
-            plc_yaml = MODBUS_PLC.format(port=plc.port)
-            async with _engine(make_config, cam, plc_yaml) as (engine, link):
-                assert engine.stations["gate"].state().plc == "connected"
-                assert 'edge_inspector_plc_up{station="gate"} 1' in _metrics(engine)
-                await until_async(
-                    lambda: _is(plc, STATE, StateCode.RUNNING), "the state says running"
-                )
-                # the PLC: a part arrives, its id in the registers, the trigger goes up
-                await plc.set_text(PART, "P-0042", 8)
-                await plc.set_text(LOT, "LOT-7", 8)
-                await plc.set_coil(TRIGGER, True)
-                await until_async(lambda: _is(plc, SEQUENCE, 1), "a verdict")
-                result, code, confidence = await plc.registers(RESULT, 3)
-                assert result == ResultCode.NG
-                classes = list(engine.stations["gate"].config.defects)
-                # the verdict goes out before the inspection is recorded: then it is
-                stored = await until_async(lambda: _stored(engine), "the inspection recorded")
-                assert stored[0]["part_id"] == "P-0042"
-                assert stored[0]["lot_id"] == "LOT-7"
-                assert classes[code - 1] in stored[0]["defect_classes"]
-                assert 400 <= confidence <= 1000  # per mille, above the threshold
-                # the PLC takes the trigger down when it has read the verdict; the next part
-                # is clean
-                await plc.set_coil(TRIGGER, False)
-                cam.snapshot_body = jpeg(clean_scene.image)
-                await until(lambda: not link.driver.trigger_high, "the engine sees it low")
-                await plc.set_coil(TRIGGER, True)
-                await until_async(lambda: _is(plc, SEQUENCE, 2), "the second verdict")
-                assert await plc.registers(RESULT, 3) == [ResultCode.OK, 0, 0]
-                # held high, it is one part: no second inspection
-                beats = (await plc.registers(HEARTBEAT))[0]
-                await until_async(
-                    lambda: _above(plc, HEARTBEAT, beats + 2), "the heartbeat counts on"
-                )
-                assert await plc.registers(SEQUENCE) == [2]
-                assert await _inspections(engine) == 2
-                # disabled: the state says so, and a trigger is answered "no verdict"
-                engine.set_enabled("gate", False)
-                await until_async(lambda: _is(plc, STATE, StateCode.DISABLED), "disabled")
-                await plc.set_coil(TRIGGER, False)
-                await until(lambda: not link.driver.trigger_high, "the engine sees it low")
-                await plc.set_coil(TRIGGER, True)
-                await until_async(lambda: _is(plc, SEQUENCE, 3), "an answer")
-                assert (await plc.registers(RESULT))[0] == 0
-            # a clean stop says so
-            assert await plc.registers(STATE) == [StateCode.STOPPED]
-    finally:
-        await plc.stop()
+    async with camera() as cam:
+        cam.snapshot_body = jpeg(defect_scenes[0].image)
+        plc_yaml = MODBUS_PLC.format(port=plc.port)
+        async with _engine(make_config, cam, plc_yaml) as (engine, link):
+            assert engine.stations["gate"].state().plc == "connected"
+            assert 'edge_inspector_plc_up{station="gate"} 1' in _metrics(engine)
+            await until_async(lambda: _is(plc, STATE, StateCode.RUNNING), "the state says running")
+            # the PLC: a part arrives, its id in the registers, the trigger goes up
+            await plc.set_text(PART, "P-0042", 8)
+            await plc.set_text(LOT, "LOT-7", 8)
+            await plc.set_coil(TRIGGER, True)
+            await until_async(lambda: _is(plc, SEQUENCE, 1), "a verdict")
+            result, code, confidence = await plc.registers(RESULT, 3)
+            assert result == ResultCode.NG
+            classes = list(engine.stations["gate"].config.defects)
+            # the verdict goes out before the inspection is recorded: then it is
+            stored = await until_async(lambda: _stored(engine), "the inspection recorded")
+            assert stored[0]["part_id"] == "P-0042"
+            assert stored[0]["lot_id"] == "LOT-7"
+            assert classes[code - 1] in stored[0]["defect_classes"]
+            assert 400 <= confidence <= 1000  # per mille, above the threshold
+            # the PLC takes the trigger down when it has read the verdict; the next part
+            # is clean
+            await plc.set_coil(TRIGGER, False)
+            cam.snapshot_body = jpeg(clean_scene.image)
+            await until(lambda: not link.driver.trigger_high, "the engine sees it low")
+            await plc.set_coil(TRIGGER, True)
+            await until_async(lambda: _is(plc, SEQUENCE, 2), "the second verdict")
+            assert await plc.registers(RESULT, 3) == [ResultCode.OK, 0, 0]
+            # held high, it is one part: no second inspection
+            beats = (await plc.registers(HEARTBEAT))[0]
+            await until_async(lambda: _above(plc, HEARTBEAT, beats + 2), "the heartbeat counts on")
+            assert await plc.registers(SEQUENCE) == [2]
+            assert await _inspections(engine) == 2
+            # disabled: the state says so, and a trigger is answered "no verdict"
+            engine.set_enabled("gate", False)
+            await until_async(lambda: _is(plc, STATE, StateCode.DISABLED), "disabled")
+            await plc.set_coil(TRIGGER, False)
+            await until(lambda: not link.driver.trigger_high, "the engine sees it low")
+            await plc.set_coil(TRIGGER, True)
+            await until_async(lambda: _is(plc, SEQUENCE, 3), "an answer")
+            assert (await plc.registers(RESULT))[0] == 0
+        # a clean stop says so
+        assert await plc.registers(STATE) == [StateCode.STOPPED]
 
 
 async def _is(plc: ModbusPlc, register: int, value: int) -> bool:
@@ -156,49 +147,44 @@ async def _above(plc: ModbusPlc, register: int, value: int) -> bool:
 
 
 async def test_a_burst_of_edges_with_the_plc_restarted_midway_loses_no_verdict(
-    make_config: Callable[..., EngineConfig], defect_scenes: list[ConveyorFrame]
+    plc: ModbusPlc, make_config: Callable[..., EngineConfig], defect_scenes: list[ConveyorFrame]
 ) -> None:
-    plc = ModbusPlc()
-    await plc.start()
-    try:
-        async with camera() as cam:
-            cam.snapshot_body = jpeg(defect_scenes[0].image)
-            async with _engine(make_config, cam, MODBUS_PLC.format(port=plc.port)) as (
-                engine,
-                link,
-            ):
-                pulses = 0
+    async with camera() as cam:
+        cam.snapshot_body = jpeg(defect_scenes[0].image)
+        async with _engine(make_config, cam, MODBUS_PLC.format(port=plc.port)) as (
+            engine,
+            link,
+        ):
+            pulses = 0
 
-                async def pulse() -> None:
-                    nonlocal pulses
-                    pulses += 1
-                    await plc.set_text(PART, f"P-{pulses}", 8)
-                    await plc.set_coil(TRIGGER, True)
-                    await until(lambda: link.edges >= pulses, f"edge {pulses} seen", 10)
-                    await plc.set_coil(TRIGGER, False)  # low until the engine has seen it
-                    await until(lambda: not link.driver.trigger_high, "the trigger low", 10)
+            async def pulse() -> None:
+                nonlocal pulses
+                pulses += 1
+                await plc.set_text(PART, f"P-{pulses}", 8)
+                await plc.set_coil(TRIGGER, True)
+                await until(lambda: link.edges >= pulses, f"edge {pulses} seen", 10)
+                await plc.set_coil(TRIGGER, False)  # low until the engine has seen it
+                await until(lambda: not link.driver.trigger_high, "the trigger low", 10)
 
-                cam.hold = asyncio.Event()  # the camera is slow: the edges wait their turn
-                for _ in range(10):
-                    await pulse()
-                await plc.stop()  # the PLC restarts while the verdicts are still being made
-                await until(lambda: not link.connected.is_set(), "the link sees it go")
-                assert engine.stations["gate"].state().plc == "unavailable"
-                assert 'edge_inspector_plc_up{station="gate"} 0' in _metrics(engine)
-                cam.hold.set()
-                # the verdicts made meanwhile wait, in order
-                await until(lambda: link.pending >= 10, "ten verdicts waiting")
-                await plc.start()
-                await asyncio.wait_for(link.connected.wait(), 30)
-                for _ in range(10):
-                    await pulse()
-                await until_async(lambda: _is(plc, SEQUENCE, 20), "every verdict", 60)
-                assert link.edges == 20 and link.refused_edges == 0
-                assert await _inspections(engine) == 20  # one inspection per edge, never two
-                stored = await until_async(lambda: _stored(engine, 20), "all recorded")
-                assert sorted(int(r["part_id"][2:]) for r in stored) == list(range(1, 21))
-    finally:
-        await plc.stop()
+            cam.hold = asyncio.Event()  # the camera is slow: the edges wait their turn
+            for _ in range(10):
+                await pulse()
+            await plc.stop()  # the PLC restarts while the verdicts are still being made
+            await until(lambda: not link.connected.is_set(), "the link sees it go")
+            assert engine.stations["gate"].state().plc == "unavailable"
+            assert 'edge_inspector_plc_up{station="gate"} 0' in _metrics(engine)
+            cam.hold.set()
+            # the verdicts made meanwhile wait, in order
+            await until(lambda: link.pending >= 10, "ten verdicts waiting")
+            await plc.start()
+            await asyncio.wait_for(link.connected.wait(), 30)
+            for _ in range(10):
+                await pulse()
+            await until_async(lambda: _is(plc, SEQUENCE, 20), "every verdict", 60)
+            assert link.edges == 20 and link.refused_edges == 0
+            assert await _inspections(engine) == 20  # one inspection per edge, never two
+            stored = await until_async(lambda: _stored(engine, 20), "all recorded")
+            assert sorted(int(r["part_id"][2:]) for r in stored) == list(range(1, 21))
 
 
 async def test_opcua_trigger_to_verdict_and_a_restart(
@@ -302,51 +288,41 @@ stations:
 
 
 async def test_check_prints_the_map_and_names_an_unreachable_plc(
-    write_config: Callable[[str], Path], demo_model: Path
+    plc: ModbusPlc, write_config: Callable[[str], Path], demo_model: Path
 ) -> None:
-    plc = ModbusPlc()
-    await plc.start()
-    try:
-        body = f"""
-stations:
-  - id: gate
-    name: Gate
-    mode: triggered
-    source: {{type: push}}
-    model: {{path: {demo_model}}}
-    defects: {DEFECTS}
-{MODBUS_PLC.format(port=plc.port).replace("              ", "    ")}
-"""
-        path = write_config(body)
-        command = [
-            sys.executable,
-            "-m",
-            "edge_inspector.cli",
-            "check",
-            "--no-load",
-            "-c",
-            str(path),
-        ]
-        ok = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
-        assert ok.returncode == 0, ok.stderr
-        assert f"PLC: Modbus TCP 127.0.0.1:{plc.port} device 1" in ok.stdout
-        assert "trigger      coil 0" in ok.stdout
-        assert "sequence     holding register 105" in ok.stdout
-        assert "defect codes: scratch=1, dent=2, crack=3, spot=4" in ok.stdout
-        # an address the PLC does not have, then no PLC at all
-        path.write_text(body.replace("register: 105", "register: 900"))
-        bad = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
-        assert bad.returncode == 1
-        assert "outputs.sequence (holding register 900)" in bad.stderr
-        assert "illegal data address" in bad.stderr
-        await plc.stop()
-        gone = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
-        assert gone.returncode == 1
-        assert f"stations[gate].plc: Modbus TCP 127.0.0.1:{plc.port} device 1: cannot connect" in (
-            gone.stderr
-        )
-    finally:
-        await plc.stop()
+    plc_yaml = textwrap.indent(textwrap.dedent(MODBUS_PLC.format(port=plc.port)).strip(), "    ")
+    body = (
+        "stations:\n  - id: gate\n    name: Gate\n    mode: triggered\n"
+        f"    source: {{type: push}}\n    model: {{path: {demo_model}}}\n"
+        f"    defects: {ALL_DEFECTS}\n{plc_yaml}\n"
+    )
+    path = write_config(body)
+    command = [
+        sys.executable,
+        "-m",
+        "edge_inspector.cli",
+        "check",
+        "--no-load",
+        "-c",
+        str(path),
+    ]
+    ok = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert f"PLC: Modbus TCP 127.0.0.1:{plc.port} device 1" in ok.stdout
+    assert "trigger      coil 0" in ok.stdout
+    assert "sequence     holding register 105" in ok.stdout
+    assert "defect codes: scratch=1, dent=2, crack=3, spot=4" in ok.stdout
+    # an address the PLC does not have, then no PLC at all
+    path.write_text(body.replace("register: 105", "register: 900"))
+    bad = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert "outputs.sequence (holding register 900)" in bad.stderr
+    assert "illegal data address" in bad.stderr
+    await plc.stop()
+    gone = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
+    assert gone.returncode == 1
+    where = f"Modbus TCP 127.0.0.1:{plc.port} device 1"
+    assert f"stations[gate].plc: {where}: cannot connect" in gone.stderr
 
 
 async def test_vlm_actions_write_the_configured_value_to_the_plc(

@@ -24,12 +24,12 @@ from edge_inspector.engine import Engine
 from edge_inspector.plc.config import ResultCode, StateCode
 from edge_inspector.plc.scada import OpcuaScadaServer
 from tests.camera_server import CameraServer, camera
-from tests.conftest import jpeg
+from tests.conftest import ALL_DEFECTS, camera_station, jpeg
 from tests.plc_servers import free_port, until_async
 from tests.waiting import until
 
 NAMESPACE = "urn:edge-inspector"
-DEFECTS = "{scratch: 0.4, dent: 0.4, crack: 0.4, spot: 0.4}"
+
 VARIABLES = {
     "Name": ua.VariantType.String,
     "Enabled": ua.VariantType.Boolean,
@@ -59,20 +59,17 @@ async def _scada(
     make_config: Callable[..., EngineConfig], cam: CameraServer, shelf: Path
 ) -> AsyncIterator[tuple[Engine, OpcuaScadaServer]]:
     """An engine (a triggered station on a camera, a push station) with the SCADA server."""
-    config = make_config(f"""
-        - id: gate
-          name: Gate
-          mode: triggered
-          source: {{type: http_snapshot, url: "{cam.url}/snapshot.jpg"}}
-          model: {{path: MODEL, imgsz: 320}}
-          defects: {DEFECTS}
+    config = make_config(
+        camera_station(cam.url),
+        f"""
         - id: pushed
           name: Pushed
           mode: triggered
           source: {{type: push}}
           model: {{path: MODEL, imgsz: 320}}
-          defects: {DEFECTS}
-    """)
+          defects: {ALL_DEFECTS}
+    """,
+    )
     engine = Engine(config)
     await engine.start()
     server = OpcuaScadaServer(engine, f"opc.tcp://127.0.0.1:{free_port()}", cache_dir=shelf)
@@ -291,14 +288,7 @@ async def test_a_bad_cache_port_zero_and_a_failed_write_are_survived(
     cache.mkdir()
     (cache / _shelf_name()).write_bytes(b"cut short")  # a shelf whose writer was killed
     async with camera() as cam:
-        config = make_config(f"""
-            - id: gate
-              name: Gate
-              mode: triggered
-              source: {{type: http_snapshot, url: "{cam.url}/snapshot.jpg"}}
-              model: {{path: MODEL, imgsz: 320}}
-              defects: {DEFECTS}
-        """)
+        config = make_config(camera_station(cam.url))
         async with Engine(config) as engine:
             server = OpcuaScadaServer(engine, "opc.tcp://127.0.0.1:0", cache_dir=cache)
             assert server.url == "opc.tcp://127.0.0.1:0"

@@ -345,7 +345,7 @@ def test_manifest_translations_and_services_are_consistent() -> None:
             assert "name" in strings["entity"][platform][key], (platform, key)
             assert key in icons["entity"][platform], (platform, key)
             keys.add(key)
-    assert len(keys) == 17
+    assert len(keys) == 18
     quality = yaml.safe_load((COMPONENT / "quality_scale.yaml").read_text())
     assert quality["rules"]["config-flow"] == "done"
     assert (COMPONENT / "brand" / "icon.png").read_bytes()[:4] == b"\x89PNG"

@@ -13,13 +13,18 @@ from typing import Any
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.datastore import (
+    ModbusDeviceContext,
+    ModbusSequentialDataBlock,
+    ModbusServerContext,
+)
 from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 logging.getLogger("asyncua").setLevel(logging.ERROR)
 
 _FC_COILS, _FC_REGISTERS = 1, 3  # the function codes that pick the block to read or set
+_SIMULATOR = hasattr(ModbusTcpServer, "async_setValues")  # pymodbus 3.13 and later
 
 
 def free_port() -> int:
@@ -28,12 +33,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class _Block(ModbusSequentialDataBlock):
+    """A datastore block that tells its owner what a client wrote (older pymodbus)."""
+
+    def __init__(self, size: int, value: int | bool, written: Callable[[int, list[Any]], None]):
+        super().__init__(1, [value] * size)  # block address 1 is Modbus address 0
+        self._written = written
+
+    def setValues(self, address: int, values: Any) -> Any:
+        result = super().setValues(address, values)
+        self._written(address - 1, list(values) if isinstance(values, list) else [values])
+        return result
+
+
 class ModbusPlc:
-    """A Modbus TCP server: coils 0-63, holding registers 0-199, any device id."""
+    """A Modbus TCP server: coils 0-63, holding registers 0-199, any device id. On pymodbus
+    3.13 and later through its simulator API; on older releases (Home Assistant 2026.2 pins
+    3.11) through the datastore API they have."""
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self._server: ModbusTcpServer | None = None
+        self._context: Any = None  # the datastore (older pymodbus)
         # called with (function code, address, value) for each value a client writes, as the
         # request arrives: a benchmark's "the PLC has it" without scanning
         self.on_write: Callable[[int, int, int | bool], None] | None = None
@@ -51,22 +72,43 @@ class ModbusPlc:
             for offset, value in enumerate(set_values):
                 self.on_write(function_code, address + offset, value)
 
-    def _device(self) -> SimDevice:
-        return SimDevice(
-            id=0,  # answers any device id
-            action=self._written,
-            simdata=(
-                [SimData(0, count=64, values=False, datatype=DataType.BITS)],
-                [SimData(0, count=16, values=False, datatype=DataType.BITS)],
-                [SimData(0, count=200, values=0, datatype=DataType.REGISTERS)],
-                [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)],
+    def _block_written(self, function_code: int) -> Callable[[int, list[Any]], None]:
+        def written(address: int, values: list[Any]) -> None:
+            if self.on_write is not None:
+                for offset, value in enumerate(values):
+                    self.on_write(function_code, address + offset, value)
+
+        return written
+
+    def _make_server(self) -> ModbusTcpServer:
+        address = ("127.0.0.1", self.port)
+        if _SIMULATOR:
+            from pymodbus.simulator import DataType, SimData, SimDevice
+
+            device = SimDevice(
+                id=0,  # answers any device id
+                action=self._written,
+                simdata=(
+                    [SimData(0, count=64, values=False, datatype=DataType.BITS)],
+                    [SimData(0, count=16, values=False, datatype=DataType.BITS)],
+                    [SimData(0, count=200, values=0, datatype=DataType.REGISTERS)],
+                    [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)],
+                ),
+            )
+            return ModbusTcpServer(device, address=address)
+        self._context = ModbusServerContext(
+            devices=ModbusDeviceContext(
+                co=_Block(64, False, self._block_written(15)),
+                hr=_Block(200, 0, self._block_written(16)),
             ),
+            single=True,  # any device id
         )
+        return ModbusTcpServer(self._context, address=address)
 
     async def start(self) -> None:
         """Start; after a `stop`, the same memory (a PLC's retained data) on the same port."""
         if self._server is None:
-            self._server = ModbusTcpServer(self._device(), address=("127.0.0.1", self.port))
+            self._server = self._make_server()
         await self._server.serve_forever(background=True)
 
     async def stop(self) -> None:
@@ -76,21 +118,30 @@ class ModbusPlc:
             await server.shutdown()
             await listener.wait_closed()
 
-    def _live(self) -> ModbusTcpServer:
+    async def _get(self, function_code: int, address: int, count: int) -> list[Any]:
         assert self._server is not None
-        return self._server
+        if _SIMULATOR:
+            return list(await self._server.async_getValues(0, function_code, address, count))
+        return list(self._context[0].getValues(function_code, address, count))
+
+    async def _set(self, function_code: int, address: int, values: list[Any]) -> None:
+        assert self._server is not None
+        if _SIMULATOR:
+            await self._server.async_setValues(0, function_code, address, values)
+        else:
+            self._context[0].setValues(function_code, address, values)
 
     async def coil(self, address: int) -> bool:
-        return bool((await self._live().async_getValues(0, _FC_COILS, address, 1))[0])
+        return bool((await self._get(_FC_COILS, address, 1))[0])
 
     async def set_coil(self, address: int, value: bool) -> None:
-        await self._live().async_setValues(0, 5, address, [value])
+        await self._set(5, address, [value])
 
     async def registers(self, address: int, count: int = 1) -> list[int]:
-        return list(await self._live().async_getValues(0, _FC_REGISTERS, address, count))
+        return [int(v) for v in await self._get(_FC_REGISTERS, address, count)]
 
     async def set_registers(self, address: int, values: list[int]) -> None:
-        await self._live().async_setValues(0, 16, address, values)
+        await self._set(16, address, values)
 
     async def set_text(self, address: int, text: str, length: int) -> None:
         words = AsyncModbusTcpClient.convert_to_registers(

@@ -367,9 +367,10 @@ class MqttBridge(EventSink):
                 if waiting < _WAITING_INSPECTS:
                     self._waiting[station] = waiting + 1
             if waiting >= _WAITING_INSPECTS:
-                self._refuse(
-                    station, command, f"busy: {waiting} inspections are waiting already", raw
-                )
+                # answered from the event loop, like every other refusal: the refusal log's
+                # counters are the loop's alone
+                busy = f"busy: {waiting} inspections are waiting already"
+                self._loop.call_soon_threadsafe(self._refuse, station, command, busy, raw)
                 return
         asyncio.run_coroutine_threadsafe(self._command(station, command, raw), self._loop)
 

@@ -58,7 +58,7 @@ def _plc_config(plc: ModbusPlc | OpcuaPlc) -> str:
         )
     return (
         f"{{type: opcua, url: '{plc.url}', namespace: 'urn:edge-inspector:test-plc', "
-        "publishing_ms: 1, trigger: s=Line1.Trigger, part_id: s=Line1.PartId, "
+        "publishing_ms: 0, trigger: s=Line1.Trigger, part_id: s=Line1.PartId, "
         "outputs: {result: s=Line1.Result, sequence: s=Line1.Sequence, state: s=Line1.State}}"
     )
 

@@ -195,7 +195,11 @@ class OpcuaPlcConfig(_PlcCommon):
         default=None,
         description="A namespace URI: node ids without `ns=` are looked up in it.",
     )
-    publishing_ms: Annotated[float, Field(ge=1, le=1000)] = 10.0
+    publishing_ms: Annotated[float, Field(ge=0, le=1000)] = Field(
+        default=10.0,
+        description="The trigger subscription's publishing interval; 0: as fast as the server "
+        "allows (it revises the interval to its own minimum).",
+    )
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 4.0
     trigger: NodeId | None = None
     part_id: NodeId | None = None

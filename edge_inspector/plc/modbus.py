@@ -1,4 +1,5 @@
-"""The PLC link over Modbus TCP (pymodbus): the trigger polled, outputs written one by one."""
+"""The PLC link over Modbus TCP (pymodbus): the trigger polled, neighbouring outputs written
+in one request."""
 
 from __future__ import annotations
 
@@ -141,20 +142,50 @@ class ModbusDriver:
 
     async def write(self, values: Values) -> None:
         client, unit = self._connected(), self.config.device_id
+        for kind, start, cells in self._runs(values):
+            what = ", ".join(f"outputs.{name} ({point.describe()})" for name, point, _ in cells)
+            if kind == "coil":
+                bits = [_bit(name, value) for name, _, value in cells]
+                request = (
+                    client.write_coil(start, bits[0], device_id=unit)
+                    if len(bits) == 1
+                    else client.write_coils(start, bits, device_id=unit)
+                )
+            else:
+                words = [value & 0xFFFF for _, _, value in cells]
+                request = (
+                    client.write_register(start, words[0], device_id=unit)
+                    if len(words) == 1
+                    else client.write_registers(start, words, device_id=unit)
+                )
+            await self._call(what, request)
+
+    def _runs(self, values: Values) -> list[tuple[str, int, list[tuple[str, ModbusPoint, int]]]]:
+        """The outputs among `values` as runs of consecutive coils or registers, each one
+        request (a PLC applies a multiple write at once: a verdict whose registers are
+        neighbours arrives whole, in one round trip). The run holding the sequence counter is
+        written last; the others in `OUTPUTS` order."""
+        cells: list[tuple[str, int, str, ModbusPoint, int]] = []
         for name in OUTPUTS:
             point: ModbusPoint | None = getattr(self.config.outputs, name)
-            if point is None or name not in values:
-                continue
-            value = int(values[name])
-            what = f"outputs.{name} ({point.describe()})"
-            if point.coil is not None:
-                bit = _bit(name, value)
-                await self._call(what, client.write_coil(point.coil, bit, device_id=unit))
+            if point is not None and name in values:
+                kind = "coil" if point.coil is not None else "register"
+                address = point.coil if point.coil is not None else point.holding
+                assert address is not None
+                cells.append((kind, address, name, point, int(values[name])))
+        runs: list[tuple[str, int, list[tuple[str, ModbusPoint, int]]]] = []
+        for kind, address, name, point, value in sorted(cells, key=lambda c: (c[0], c[1])):
+            last = runs[-1] if runs else None
+            if last is not None and last[0] == kind and last[1] + len(last[2]) == address:
+                last[2].append((name, point, value))
             else:
-                assert point.holding is not None
-                await self._call(
-                    what, client.write_register(point.holding, value & 0xFFFF, device_id=unit)
-                )
+                runs.append((kind, address, [(name, point, value)]))
+
+        def order(run: tuple[str, int, list[tuple[str, ModbusPoint, int]]]) -> tuple[bool, int]:
+            names = [name for name, _, _ in run[2]]
+            return "sequence" in names, min(OUTPUTS.index(name) for name in names)
+
+        return sorted(runs, key=order)
 
     async def read_sequence(self) -> int | None:
         point = self.config.outputs.sequence

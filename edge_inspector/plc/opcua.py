@@ -110,16 +110,24 @@ class OpcuaDriver:
             with contextlib.suppress(OSError, ConnectionError, TimeoutError, UaError):
                 await client.disconnect()
 
-    async def _read_text(self, name: str) -> str | None:
-        node = self._nodes.get(name)
-        if node is None:
-            return None
+    async def _read_ids(self) -> tuple[str | None, str | None]:
+        """The part and lot id, in one Read request."""
+        names = [name for name in ("part_id", "lot_id") if name in self._nodes]
+        if not names:
+            return None, None
+        assert self._client is not None
         try:
-            value = await node.read_value()
+            read = await self._client.read_values([self._nodes[name] for name in names])
         except (UaError, ConnectionError, TimeoutError) as exc:
-            raise self._fail(name, exc) from exc
-        text = str(value).strip() if value is not None else ""
-        return text or None
+            raise self._fail(" and ".join(names), exc) from exc
+        texts = dict(zip(names, read, strict=True))
+
+        def text(name: str) -> str | None:
+            value = texts.get(name)
+            cleaned = str(value).strip() if value is not None else ""
+            return cleaned or None
+
+        return text("part_id"), text("lot_id")
 
     async def watch_trigger(self, edge: EdgeCallback) -> None:
         trigger = self._nodes.get("trigger")
@@ -160,7 +168,7 @@ class OpcuaDriver:
                     raise value
                 high = bool(value)
                 if high and not was_high:
-                    edge(await self._read_text("part_id"), await self._read_text("lot_id"))
+                    edge(*await self._read_ids())
                 was_high = self.trigger_high = high
         finally:
             lost.cancel()
@@ -182,15 +190,22 @@ class OpcuaDriver:
         raise PlcError(f"{self.describe()}: {name}: a {kind.name} node cannot hold a number")
 
     async def write(self, values: Values) -> None:
-        for name in OUTPUTS:
-            key = f"outputs.{name}"
-            node = self._nodes.get(key)
-            if node is None or name not in values:
-                continue
-            try:
-                await node.write_value(self._variant(key, int(values[name])))
-            except (UaError, ConnectionError, TimeoutError, OverflowError) as exc:
-                raise self._fail(key, exc) from exc
+        """One Write request for all of them (in `OUTPUTS` order, the sequence counter last):
+        one round trip, and a server applies them in that order."""
+        keys = [
+            f"outputs.{name}"
+            for name in OUTPUTS
+            if name in values and f"outputs.{name}" in self._nodes
+        ]
+        if not keys:
+            return
+        assert self._client is not None
+        try:
+            variants = [self._variant(key, int(values[key[8:]])) for key in keys]
+            # a bad status for any of them raises (UaStatusCodeError, naming it)
+            await self._client.write_values([self._nodes[k] for k in keys], variants)
+        except (UaError, ConnectionError, TimeoutError, OverflowError) as exc:
+            raise self._fail(", ".join(keys), exc) from exc
 
     async def read_sequence(self) -> int | None:
         node = self._nodes.get("outputs.sequence")

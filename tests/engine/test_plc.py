@@ -287,6 +287,55 @@ stations:
     assert str(path) in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("outputs", "requests"),
+    [
+        # the map of these tests: result..confidence in one request, then the sequence alone
+        (
+            {"result": 100, "defect_code": 101, "confidence": 102, "sequence": 105},
+            [
+                ("register", 100, ["result", "defect_code", "confidence"]),
+                ("register", 105, ["sequence"]),
+            ],
+        ),
+        # the sequence counter next to the verdict: the whole verdict is one request
+        (
+            {"sequence": 99, "result": 100, "defect_code": 101, "confidence": 102},
+            [("register", 99, ["sequence", "result", "defect_code", "confidence"])],
+        ),
+        # a gap, and a coil: each run one request, the sequence counter's last
+        (
+            {"result": {"coil": 4}, "defect_code": 20, "confidence": 23, "sequence": 21},
+            [
+                ("coil", 4, ["result"]),
+                ("register", 23, ["confidence"]),
+                ("register", 20, ["defect_code", "sequence"]),
+            ],
+        ),
+    ],
+)
+def test_modbus_outputs_next_to_each_other_are_written_in_one_request(
+    outputs: dict[str, int | dict[str, int]], requests: list[tuple[str, int, list[str]]]
+) -> None:
+    from edge_inspector.plc.config import ModbusPlcConfig
+    from edge_inspector.plc.modbus import ModbusDriver
+
+    config = ModbusPlcConfig.model_validate(
+        {
+            "type": "modbus",
+            "host": "plc",
+            "outputs": {
+                name: where if isinstance(where, dict) else {"register": where}
+                for name, where in outputs.items()
+            },
+        }
+    )
+    verdict = {"result": 2, "defect_code": 3, "confidence": 870, "sequence": 7}
+    runs = ModbusDriver(config)._runs(verdict)
+    assert [(kind, start, [c[0] for c in cells]) for kind, start, cells in runs] == requests
+    assert [v for _, _, cells in runs for name, _, v in cells if name == "sequence"] == [7]
+
+
 async def test_check_prints_the_map_and_names_an_unreachable_plc(
     plc: ModbusPlc, write_config: Callable[[str], Path], demo_model: Path
 ) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -288,9 +289,17 @@ class Station:
                 await asyncio.sleep(0)  # let the other stations and the output worker run
 
     async def inspect_now(
-        self, *, part_id: str | None = None, lot_id: str | None = None, timeout: float = 30.0
+        self,
+        *,
+        part_id: str | None = None,
+        lot_id: str | None = None,
+        identify: Awaitable[tuple[str | None, str | None]] | None = None,
+        timeout: float = 30.0,
     ) -> InspectionResult:
-        """Inspect one fresh frame now (a trigger: a part arrived, a button was pressed)."""
+        """Inspect one fresh frame now (a trigger: a part arrived, a button was pressed).
+
+        `identify`: the part and lot id still being read (from a PLC), awaited once the frame
+        is captured; if that fails, the part is inspected without them."""
         if not self.enabled:
             raise EdgeInspectorError(f"station {self.id} is disabled")
         if isinstance(self.source, PushSource):
@@ -311,6 +320,15 @@ class Station:
                 self._set_unavailable(str(exc))
                 raise
             self._set_available()
+            if identify is not None:
+                try:
+                    part_id, lot_id = await identify
+                except (EdgeInspectorError, OSError) as exc:
+                    _LOGGER.warning(
+                        "station %s: the part's ids were not read (%s); inspected without",
+                        self.id,
+                        exc,
+                    )
             if part_id is not None or lot_id is not None:
                 frame = Frame(
                     frame.image,

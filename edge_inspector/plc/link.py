@@ -37,7 +37,8 @@ _LOGGER = logging.getLogger(__name__)
 _PENDING_MAX = 10_000  # verdicts kept while the PLC is away (then the oldest are dropped, logged)
 
 type Values = dict[str, int | bool]
-type EdgeCallback = Callable[[str | None, str | None], None]
+type Ids = tuple[str | None, str | None]  # the part id and the lot id
+type EdgeCallback = Callable[[asyncio.Future[Ids]], None]
 
 
 class PlcError(EdgeInspectorError):
@@ -57,7 +58,8 @@ class PlcDriver(Protocol):
     async def close(self) -> None: ...
 
     async def watch_trigger(self, edge: EdgeCallback) -> None:
-        """Call `edge(part_id, lot_id)` for each rising edge until the connection fails
+        """Call `edge(ids)` for each rising edge, at once, with the reading of the part and
+        lot id under way (the camera need not wait for it), until the connection fails
         (PlcError). A trigger already high when this starts counts as an edge."""
 
     async def write(self, values: Values) -> None:
@@ -102,7 +104,7 @@ class PlcLink(EventSink):
         self.edges = 0
         self.refused_edges = 0
         self.written = 0
-        self._edges: asyncio.Queue[tuple[str | None, str | None]] = asyncio.Queue(config.queue)
+        self._edges: asyncio.Queue[asyncio.Future[Ids]] = asyncio.Queue(config.queue)
         self._pending: deque[Values] = deque()
         self._wake = asyncio.Event()
         self._state_code: int | None = None
@@ -195,24 +197,24 @@ class PlcLink(EventSink):
 
     # -- triggers in ------------------------------------------------------------------------
 
-    def _edge(self, part_id: str | None, lot_id: str | None) -> None:
+    def _edge(self, ids: asyncio.Future[Ids]) -> None:
         self.edges += 1
         try:
-            self._edges.put_nowait((part_id, lot_id))
+            self._edges.put_nowait(ids)
         except asyncio.QueueFull:
             self.refused_edges += 1
             _LOGGER.warning(
-                "station %s: PLC trigger refused, %d already waiting (part %s)",
+                "station %s: PLC trigger refused, %d already waiting",
                 self.station.id,
                 self._edges.qsize(),
-                part_id,
             )
 
     async def _inspector(self) -> None:
         while True:
-            part_id, lot_id = await self._edges.get()
+            ids = await self._edges.get()
             try:
-                await self.station.inspect_now(part_id=part_id, lot_id=lot_id)
+                # the frame is captured while the ids are read; they join it before the model
+                await self.station.inspect_now(identify=ids)
             except (EdgeInspectorError, TimeoutError) as exc:
                 _LOGGER.warning("station %s: PLC trigger not inspected: %s", self.station.id, exc)
                 self._queue_verdict({"result": 0, "defect_code": 0, "confidence": 0})

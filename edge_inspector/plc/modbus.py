@@ -11,7 +11,7 @@ from pymodbus import ModbusException
 from pymodbus.client import AsyncModbusTcpClient
 
 from .config import OUTPUTS, ModbusPlcConfig, ModbusPoint, ModbusText
-from .link import EdgeCallback, PlcError, Values
+from .link import EdgeCallback, Ids, PlcError, Values
 
 __all__ = ["ModbusDriver"]
 
@@ -93,6 +93,12 @@ class ModbusDriver:
         cleaned = str(value).strip("\x00 ").strip()
         return cleaned or None
 
+    async def _read_ids(self) -> Ids:
+        return (
+            await self._read_text("part_id", self.config.part_id),
+            await self._read_text("lot_id", self.config.lot_id),
+        )
+
     # -- the driver --------------------------------------------------------------------------
 
     async def connect(self) -> None:
@@ -133,10 +139,10 @@ class ModbusDriver:
             started = loop.time()
             high = await self._read_point("trigger", trigger) != 0
             if high and not was_high:
-                edge(
-                    await self._read_text("part_id", self.config.part_id),
-                    await self._read_text("lot_id", self.config.lot_id),
-                )
+                ids = asyncio.ensure_future(self._read_ids())
+                edge(ids)
+                await asyncio.wait([ids])  # one request at a time on the connection
+                ids.result()  # a failed read ends the watch: the connection is in doubt
             was_high = self.trigger_high = high
             await asyncio.sleep(max(0.0, period - (loop.time() - started)))
 

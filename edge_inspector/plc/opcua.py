@@ -15,7 +15,7 @@ from asyncua.common.subscription import Subscription
 from asyncua.ua.uaerrors import UaError
 
 from .config import OUTPUTS, OpcuaPlcConfig
-from .link import EdgeCallback, PlcError, Values
+from .link import EdgeCallback, Ids, PlcError, Values
 
 __all__ = ["OpcuaDriver"]
 
@@ -110,7 +110,7 @@ class OpcuaDriver:
             with contextlib.suppress(OSError, ConnectionError, TimeoutError, UaError):
                 await client.disconnect()
 
-    async def _read_ids(self) -> tuple[str | None, str | None]:
+    async def _read_ids(self) -> Ids:
         """The part and lot id, in one Read request."""
         names = [name for name in ("part_id", "lot_id") if name in self._nodes]
         if not names:
@@ -168,7 +168,10 @@ class OpcuaDriver:
                     raise value
                 high = bool(value)
                 if high and not was_high:
-                    edge(*await self._read_ids())
+                    ids = asyncio.ensure_future(self._read_ids())
+                    edge(ids)
+                    await asyncio.wait([ids])
+                    ids.result()  # a failed read ends the watch: the connection is in doubt
                 was_high = self.trigger_high = high
         finally:
             lost.cancel()

@@ -21,7 +21,7 @@ from edge_inspector.demo.synthetic import ConveyorFrame
 from edge_inspector.engine import Engine
 from edge_inspector.errors import ConfigError
 from edge_inspector.plc.config import ResultCode, StateCode
-from edge_inspector.plc.link import PlcLink
+from edge_inspector.plc.link import PlcError, PlcLink
 from tests.camera_server import CameraServer, camera
 from tests.conftest import ALL_DEFECTS, camera_station, jpeg
 from tests.plc_servers import ModbusPlc, OpcuaPlc, until_async
@@ -136,6 +136,35 @@ async def test_modbus_trigger_to_verdict_and_the_handshake(
             assert (await plc.registers(RESULT))[0] == 0
         # a clean stop says so
         assert await plc.registers(STATE) == [StateCode.STOPPED]
+
+
+async def test_the_ids_are_read_while_the_camera_captures_and_a_failed_read_loses_no_part(
+    make_config: Callable[..., EngineConfig],
+    defect_scenes: list[ConveyorFrame],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+    async with camera() as cam:
+        cam.snapshot_body = jpeg(defect_scenes[0].image)
+        async with Engine(make_config(camera_station(cam.url))) as engine:
+            station = engine.stations["gate"]
+            # the ids arrive while the frame is being taken: they join it
+            reading: asyncio.Future[tuple[str | None, str | None]] = loop.create_future()
+            cam.hold = asyncio.Event()
+            inspection = asyncio.create_task(station.inspect_now(identify=reading))
+            await until(lambda: cam.requests >= 1, "the camera asked before the ids came")
+            reading.set_result(("P-7", "LOT-1"))
+            cam.hold.set()
+            result = await inspection
+            assert (result.part_id, result.lot_id) == ("P-7", "LOT-1")
+            # the read fails (the PLC went away): the part is inspected all the same
+            failed: asyncio.Future[tuple[str | None, str | None]] = loop.create_future()
+            failed.set_exception(PlcError("holding registers 10-17: the PLC answered 'busy'"))
+            result = await station.inspect_now(identify=failed)
+            assert result.part_id is None
+            assert result.verdict.value == "fail"
+            assert "ids were not read" in caplog.text
+            assert "'busy'" in caplog.text
 
 
 async def _is(plc: ModbusPlc, register: int, value: int) -> bool:

@@ -35,17 +35,35 @@ _INTEGERS = {
 _FLOATS = {ua.VariantType.Float, ua.VariantType.Double}
 
 
-class _Changes:
-    """asyncua's subscription handler: each value of the trigger, in order."""
+class _Trigger:
+    """asyncua's subscription handler: each rising edge of the trigger, told as its value
+    arrives (in order), with the ids' read started; `failed` is set when the watch must end."""
 
-    def __init__(self, queue: asyncio.Queue[Any]) -> None:
-        self._queue = queue
+    def __init__(self, driver: OpcuaDriver, edge: EdgeCallback) -> None:
+        self._driver = driver
+        self._edge = edge
+        self.failed: asyncio.Future[PlcError] = asyncio.get_running_loop().create_future()
+        self._was_high = False  # the first notification is the current value: high is an edge
 
     def datachange_notification(self, node: Node, value: Any, data: Any) -> None:
-        self._queue.put_nowait(value)
+        high = bool(value)
+        if high and not self._was_high:
+            ids = asyncio.ensure_future(self._driver.read_ids())
+            ids.add_done_callback(self._read)
+            self._edge(ids)
+        self._was_high = self._driver.trigger_high = high
+
+    def _read(self, ids: asyncio.Future[Ids]) -> None:
+        error = None if ids.cancelled() else ids.exception()
+        if error is not None:  # the connection is in doubt: the watch ends, the link reconnects
+            self._fail(error if isinstance(error, PlcError) else PlcError(repr(error)))
 
     def status_change_notification(self, status: Any) -> None:
-        self._queue.put_nowait(PlcError(f"the subscription ended: {status}"))
+        self._fail(PlcError(f"{self._driver.describe()}: the subscription ended: {status}"))
+
+    def _fail(self, error: PlcError) -> None:
+        if not self.failed.done():
+            self.failed.set_result(error)
 
 
 class OpcuaDriver:
@@ -110,7 +128,7 @@ class OpcuaDriver:
             with contextlib.suppress(OSError, ConnectionError, TimeoutError, UaError):
                 await client.disconnect()
 
-    async def _read_ids(self) -> Ids:
+    async def read_ids(self) -> Ids:
         """The part and lot id, in one Read request."""
         names = [name for name in ("part_id", "lot_id") if name in self._nodes]
         if not names:
@@ -137,7 +155,7 @@ class OpcuaDriver:
             if trigger is None:
                 await lost
                 raise PlcError(f"{self.describe()}: connection lost")
-            values: asyncio.Queue[Any] = asyncio.Queue()
+            handler = _Trigger(self, edge)
             parameters = ua.CreateSubscriptionParameters(
                 RequestedPublishingInterval=self.config.publishing_ms,
                 RequestedLifetimeCount=1000,
@@ -147,32 +165,18 @@ class OpcuaDriver:
                 Priority=0,
             )
             try:
-                self._subscription = await self._client.create_subscription(
-                    parameters, _Changes(values)
-                )
+                self._subscription = await self._client.create_subscription(parameters, handler)
                 # queued values: a short pulse between two publishes still arrives as an edge
                 await self._subscription.subscribe_data_change(
                     trigger, queuesize=16, sampling_interval=ua.Double(0.0)
                 )
             except (UaError, ConnectionError, TimeoutError) as exc:
                 raise self._fail("trigger subscription", exc) from exc
-            was_high = False  # the first notification is the current value: high is an edge
-            while True:
-                getter = asyncio.create_task(values.get())
-                done, _ = await asyncio.wait({getter, lost}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    raise PlcError(f"{self.describe()}: connection lost")
-                value = getter.result()
-                if isinstance(value, PlcError):
-                    raise value
-                high = bool(value)
-                if high and not was_high:
-                    ids = asyncio.ensure_future(self._read_ids())
-                    edge(ids)
-                    await asyncio.wait([ids])
-                    ids.result()  # a failed read ends the watch: the connection is in doubt
-                was_high = self.trigger_high = high
+            watched: set[asyncio.Future[Any]] = {handler.failed, lost}
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            if handler.failed.done():
+                raise handler.failed.result()
+            raise PlcError(f"{self.describe()}: connection lost")
         finally:
             lost.cancel()
 

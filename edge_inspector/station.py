@@ -30,6 +30,7 @@ from .errors import (
     EdgeInspectorError,
     ImageDecodeError,
     ModelError,
+    RefusedError,
     SourceError,
     SourceExhaustedError,
 )
@@ -82,8 +83,11 @@ class Station:
         self.config = config
         self._vlm_initial = vlm_initial  # what a new incident says about the VLM (None: off)
         self._pushed = isinstance(source, PushSource)
-        self.plc: Literal["connected", "unavailable"] | None = None
-        self.plc_error: str | None = None
+        # a station wired to a PLC says so from the start: unavailable until the link is up
+        self.plc: Literal["connected", "unavailable"] | None = (
+            None if config.plc is None else "unavailable"
+        )
+        self.plc_error: str | None = None if config.plc is None else "not connected yet"
         self.source = source
         self._inference = inference
         self._store = store
@@ -301,10 +305,10 @@ class Station:
         `identify`: the part and lot id still being read (from a PLC), awaited once the frame
         is captured; if that fails, the part is inspected without them."""
         if not self.enabled:
-            raise EdgeInspectorError(f"station {self.id} is disabled")
+            raise RefusedError(f"station {self.id} is disabled")
         if isinstance(self.source, PushSource):
             # nothing to take a picture with: it inspects what is handed in
-            raise EdgeInspectorError(
+            raise RefusedError(
                 f"station {self.id} inspects the pictures pushed to it: "
                 f"send one (POST /api/stations/{self.id}/frames)"
             )
@@ -346,9 +350,9 @@ class Station:
     ) -> InspectionResult:
         """Inspect a picture handed in (push stations: Home Assistant cameras, the HTTP API)."""
         if not isinstance(self.source, PushSource):
-            raise EdgeInspectorError(f"station {self.id} does not take pushed images")
+            raise RefusedError(f"station {self.id} does not take pushed images")
         if not self.enabled:
-            raise EdgeInspectorError(f"station {self.id} is disabled")
+            raise RefusedError(f"station {self.id} is disabled")
         async with self._lock:
             # Not through the hand-off: a continuous station's loop would race us for it.
             frame = await self.source.frame(image, part_id=part_id, lot_id=lot_id)

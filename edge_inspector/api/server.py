@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import ipaddress
 import json
@@ -46,6 +47,11 @@ from ..config import ActionConfig, HttpConfig
 from ..errors import (
     EdgeInspectorError,
     ImageDecodeError,
+    ImageNotFoundError,
+    IncidentNotFoundError,
+    ManualsNotIndexedError,
+    ModelError,
+    NotFoundError,
     SourceError,
     StationNotFoundError,
 )
@@ -70,6 +76,7 @@ EVENT_TYPES = (
     "station_state",
     "alert",
 )
+_SHUTDOWN_TIMEOUT_S = 5.0  # what a stop waits for the requests and websockets still open
 _OPEN_PATHS = frozenset({"/api/health", "/api/openapi.json"})
 _CLIENT_QUEUE = 1000
 
@@ -405,6 +412,8 @@ class ApiServer(EventSink):
             keepalive_timeout=self.idle_timeout_s,
             access_log=None,
             handle_signals=False,
+            # a client that stops answering (its websocket's close) does not hold up a stop
+            shutdown_timeout=_SHUTDOWN_TIMEOUT_S,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
@@ -447,8 +456,19 @@ class ApiServer(EventSink):
             if exc.status >= 400:
                 return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
             raise
-        except StationNotFoundError as exc:
-            return _error(404, "station_not_found", str(exc))
+        except NotFoundError as exc:
+            code = (
+                "station_not_found"
+                if isinstance(exc, StationNotFoundError)
+                else "incident_not_found"
+                if isinstance(exc, IncidentNotFoundError)
+                else "image_not_found"
+                if isinstance(exc, ImageNotFoundError)
+                else "not_found"
+            )
+            return _error(404, code, str(exc))
+        except ModelError as exc:
+            return _error(409, "model_error", str(exc))
         except (ImageDecodeError, SourceError) as exc:
             return _error(
                 422, "bad_image" if isinstance(exc, ImageDecodeError) else "source", str(exc)
@@ -513,8 +533,8 @@ class ApiServer(EventSink):
             s.station_id: "ok" if s.available and not s.error else (s.error or "unavailable")
             for s in states
         }
-        enricher = self.engine.enricher
-        vlm = None if enricher is None else ("ok" if enricher.last_error is None else "degraded")
+        vlm_status = await self.engine.vlm_status()
+        vlm = None if vlm_status is None else ("ok" if vlm_status.ok else "degraded")
         mqtt = None
         if self.bridge is not None:
             mqtt = "connected" if self.bridge.connected.is_set() else "disconnected"
@@ -530,6 +550,8 @@ class ApiServer(EventSink):
                 "uptime_s": round(time.monotonic() - self._started, 1),
                 "stations": stations,
                 "vlm": vlm,
+                # what a client of the service shows (Home Assistant's repairs, diagnostics)
+                "vlm_detail": None if vlm_status is None else dataclasses.asdict(vlm_status),
                 "mqtt": mqtt,
             }
         )
@@ -557,8 +579,8 @@ class ApiServer(EventSink):
         sid = request.match_info["station_id"]
         self._station_state(sid)
         body = await _body(request, EnabledBody)
-        self.engine.set_enabled(sid, body.enabled)
-        return _json(self.engine.station(sid).state().model_dump(mode="json"))
+        state = await self.engine.set_enabled(sid, body.enabled)
+        return _json(state.model_dump(mode="json"))
 
     async def set_threshold(self, request: web.Request) -> web.Response:
         sid = request.match_info["station_id"]
@@ -569,8 +591,8 @@ class ApiServer(EventSink):
         if name is not None and name not in station.rules.thresholds:
             known = ", ".join(sorted(station.rules.thresholds))
             raise ApiError(400, "invalid_field", f"class: {name!r} is not one of {known}")
-        self.engine.set_threshold(sid, name, body.confidence)
-        return _json(station.state().model_dump(mode="json"))
+        state = await self.engine.set_threshold(sid, name, body.confidence)
+        return _json(state.model_dump(mode="json"))
 
     async def inspect(self, request: web.Request) -> web.Response:
         sid = request.match_info["station_id"]
@@ -711,7 +733,10 @@ class ApiServer(EventSink):
         if not query:
             raise ApiError(400, "missing_parameter", "q (what to look for) is required")
         limit = _int(request, "limit", 3, 1, 20)
-        hits = await self.engine.search_manuals(query, limit=limit)
+        try:
+            hits = await self.engine.search_manuals(query, limit=limit)
+        except ManualsNotIndexedError:
+            hits = []
         return _json(
             {
                 "indexed": self.engine.manuals is not None,
@@ -773,8 +798,6 @@ class ApiServer(EventSink):
         updated = await self.engine.set_verdict(
             request.match_info["incident_id"], IncidentState(body.state), by=body.by, note=body.note
         )
-        if updated is None:
-            raise ApiError(404, "incident_not_found", "no such incident")
         return _json(updated.model_dump(mode="json"))
 
     async def resolve_action(self, request: web.Request) -> web.Response:

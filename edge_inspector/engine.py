@@ -14,9 +14,19 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from .config import EngineConfig, StationConfig
+from .contract import ImageKind, VlmStatus
 from .detect.batcher import InferenceQueue, inference_thread
 from .detect.detector import YoloDetector
-from .errors import EdgeInspectorError, InputError, ModelError, StationNotFoundError
+from .errors import (
+    EdgeInspectorError,
+    ImageNotFoundError,
+    IncidentNotFoundError,
+    InputError,
+    ManualsNotIndexedError,
+    ModelError,
+    RefusedError,
+    StationNotFoundError,
+)
 from .events import (
     ActionRecord,
     Incident,
@@ -29,7 +39,7 @@ from .plc.actions import PlcActionPort  # no protocol library until an action ru
 from .sinks import EventSink, SinkFanout
 from .sources import FrameSource, build_source
 from .station import Station
-from .store import Store
+from .store import ClassCount, FeedbackCounts, InspectionCounts, RateBucket, Store
 from .tools.actions import ActionGuard, ActionPort, WebhookPort
 from .vlm.enricher import IncidentEnricher, pending_result
 
@@ -38,6 +48,9 @@ if TYPE_CHECKING:
     from .plc.link import PlcLink
 
 __all__ = ["Engine"]
+
+_MAX_LIMIT = 500  # incidents in one answer
+_MIN_BUCKET_S = 10.0  # the finest rate series
 
 _LOGGER = logging.getLogger(__name__)
 _RETENTION_INTERVAL = 3600.0
@@ -167,10 +180,10 @@ class Engine:
                 await self._index_manuals(self.manuals)
 
     async def search_manuals(self, query: str, *, limit: int = 3) -> list[ManualHit]:
-        """Keyword search of the manuals (empty when none are configured)."""
+        """Keyword search of the manuals (ManualsNotIndexedError when none are configured)."""
         manuals = self.manuals
         if manuals is None:
-            return []
+            raise ManualsNotIndexedError("no equipment manuals are indexed")
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, lambda: manuals.search(query, limit=limit)
         )
@@ -222,7 +235,7 @@ class Engine:
     ) -> ActionRecord:
         """A human approves or declines an action the VLM asked to confirm."""
         if self.enricher is None:
-            raise EdgeInspectorError("the VLM is not configured")
+            raise RefusedError("the VLM is not configured")
         return await self.enricher.resolve_action(incident_id, request_id, approve=approve, by=by)
 
     async def _start_station(self, config: StationConfig, vlm_initial: VlmResult | None) -> None:
@@ -253,6 +266,7 @@ class Engine:
                 product=config.product,
                 model=config.model.path.name,
                 push=config.source.type == "push",
+                started=False,
                 updated_at=datetime.now(UTC),
             )
             await self.sinks.on_station_state(self.failed[config.id])
@@ -313,7 +327,7 @@ class Engine:
             return self.stations[station_id]
         except KeyError:
             if station_id in self.failed:
-                raise EdgeInspectorError(
+                raise RefusedError(
                     f"station {station_id} is not running: {self.failed[station_id].error}"
                 ) from None
             raise StationNotFoundError(f"no station {station_id!r}") from None
@@ -323,19 +337,49 @@ class Engine:
         """Frames waiting for a model, over every model."""
         return sum(queue.depth for queue in self._inference.values())
 
+    # -- the contract (InspectionEngine) ----------------------------------------------------
+
+    def add_sink(self, sink: EventSink) -> None:
+        self.sinks.add(sink)
+
+    def set_service_port(self, port: ActionPort) -> None:
+        self.action_ports["service"] = port
+
+    @property
+    def connected(self) -> bool:
+        return True  # in this process
+
     def states(self) -> list[StationState]:
         running = [s.state() for s in self.stations.values()]
         return running + list(self.failed.values())
 
-    def set_enabled(self, station_id: str, enabled: bool) -> None:
-        """Pause or resume a station."""
-        self.station(station_id).set_enabled(enabled)
+    def is_running(self, station_id: str) -> bool:
+        return station_id in self.stations
 
-    def set_threshold(self, station_id: str, class_name: str | None, confidence: float) -> None:
+    async def set_enabled(self, station_id: str, enabled: bool) -> StationState:
+        """Pause or resume a station."""
+        station = self.station(station_id)
+        station.set_enabled(enabled)
+        return station.state()
+
+    async def set_threshold(
+        self, station_id: str, class_name: str | None, confidence: float
+    ) -> StationState:
         """Change one defect class's threshold, or every class's with `class_name` None."""
         station = self.station(station_id)
         for name in [class_name] if class_name else list(station.rules.thresholds):
             station.set_threshold(name, confidence)
+        return station.state()
+
+    async def inspect_image(
+        self,
+        station_id: str,
+        image: bytes,
+        *,
+        part_id: str | None = None,
+        lot_id: str | None = None,
+    ) -> InspectionResult:
+        return await self.station(station_id).inspect_image(image, part_id=part_id, lot_id=lot_id)
 
     async def inspect_now(
         self, station_id: str, *, part_id: str | None = None, lot_id: str | None = None
@@ -343,11 +387,85 @@ class Engine:
         """Inspect one fresh frame of a station now and return the result."""
         return await self.station(station_id).inspect_now(part_id=part_id, lot_id=lot_id)
 
+    async def incidents(
+        self,
+        *,
+        station_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Incident]:
+        return await self.store.incidents(
+            station_id=station_id,
+            since=since,
+            until=until,
+            limit=max(1, min(limit, _MAX_LIMIT)),
+            offset=max(0, offset),
+        )
+
+    async def incident(self, incident_id: str) -> Incident | None:
+        return await self.store.incident(incident_id)
+
+    async def last_incident(self, station_id: str | None = None) -> Incident | None:
+        return await self.store.last_incident(station_id)
+
+    async def incident_image(self, incident_id: str, kind: ImageKind = "frame") -> bytes:
+        incident = await self.store.incident(incident_id)
+        if incident is None:
+            raise IncidentNotFoundError(f"no incident {incident_id!r}")
+        paths = {"frame": incident.frame_path, "crop": incident.crop_path, "raw": incident.raw_path}
+        if kind not in paths:
+            raise ImageNotFoundError("images are frame, crop or raw")
+        loop = asyncio.get_running_loop()
+
+        def read() -> bytes | None:
+            path = self.store.image_file(paths[kind])
+            try:
+                return None if path is None else path.read_bytes()
+            except OSError:
+                return None
+
+        data = await loop.run_in_executor(self._executor, read)
+        if data is None:
+            raise ImageNotFoundError(f"the incident has no {kind} image (kept)")
+        return data
+
+    async def counts_by_class(
+        self,
+        *,
+        station_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[ClassCount]:
+        return await self.store.counts_by_class(station_id=station_id, since=since, until=until)
+
+    async def inspection_counts(
+        self,
+        *,
+        station_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> InspectionCounts:
+        return await self.store.inspection_counts(station_id=station_id, since=since, until=until)
+
+    async def feedback_counts(
+        self, *, station_id: str | None = None, since: datetime | None = None
+    ) -> FeedbackCounts:
+        return await self.store.feedback_counts(station_id=station_id, since=since)
+
+    async def rate_series(
+        self, *, station_id: str | None, since: datetime, until: datetime, bucket: float
+    ) -> list[RateBucket]:
+        return await self.store.rate_series(
+            station_id=station_id, since=since, until=until, bucket=max(_MIN_BUCKET_S, bucket)
+        )
+
     async def set_verdict(
         self, incident_id: str, state: IncidentState, *, by: str, note: str | None = None
-    ) -> Incident | None:
+    ) -> Incident:
         """An operator's verdict on an incident, appended to its audit trail (`extra.feedback`)
-        and told to every sink; None when there is no such incident."""
+        and told to every sink."""
         entry = {"state": str(state), "by": by, "at": datetime.now(UTC).isoformat(), "note": note}
 
         def change(current: Incident) -> Incident:
@@ -357,9 +475,22 @@ class Engine:
             )
 
         updated = await self.store.modify_incident(incident_id, change)
-        if updated is not None:
-            await self.sinks.on_incident_update(updated)
+        if updated is None:
+            raise IncidentNotFoundError(f"no incident {incident_id!r}")
+        await self.sinks.on_incident_update(updated)
         return updated
+
+    async def vlm_status(self) -> VlmStatus | None:
+        enricher = self.enricher
+        if enricher is None:
+            return None
+        return VlmStatus(
+            error=enricher.last_error,
+            model_missing=enricher.model_missing,
+            breaker=enricher.breaker.state,
+            queue_depth=enricher.queue_depth,
+            enriched=enricher.enriched,
+        )
 
     async def report_missed_defect(
         self,
@@ -432,3 +563,10 @@ class Engine:
             except EdgeInspectorError as exc:
                 _LOGGER.error("retention failed: %s", exc)
             await asyncio.sleep(_RETENTION_INTERVAL)
+
+
+if TYPE_CHECKING:
+    from .contract import InspectionEngine
+
+    def _keeps_the_contract(engine: Engine) -> InspectionEngine:
+        return engine  # checked by mypy: the engine in this process is an InspectionEngine

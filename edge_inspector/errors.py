@@ -42,10 +42,6 @@ class StoreError(EdgeInspectorError):
     """The local store (SQLite history, images) failed."""
 
 
-class StationNotFoundError(EdgeInspectorError):
-    """A command named a station the engine does not have."""
-
-
 class InputError(EdgeInspectorError):
     """A client sent something malformed (over HTTP, MQTT, a Home Assistant service); `code`
     names the kind and `status` the HTTP status it is answered with."""
@@ -54,3 +50,40 @@ class InputError(EdgeInspectorError):
         super().__init__(message)
         self.code = code
         self.status = status
+
+
+class NotFoundError(EdgeInspectorError):
+    """What was asked for does not exist (a station, an incident, an image): answered 404."""
+
+
+class StationNotFoundError(NotFoundError):
+    """A command named a station the engine does not have."""
+
+
+class IncidentNotFoundError(NotFoundError):
+    """No incident with that id (or it was removed by retention)."""
+
+
+class ImageNotFoundError(NotFoundError):
+    """An incident or inspection has no such picture (never kept, or removed by retention)."""
+
+
+class RefusedError(EdgeInspectorError):
+    """A well-formed command the engine will not carry out now (a disabled station, an action
+    already decided, no VLM configured): answered 409."""
+
+
+class ManualsNotIndexedError(RefusedError):
+    """The engine has no equipment manuals to search."""
+
+
+class EngineConnectionError(EdgeInspectorError):
+    """The engine service could not be used: it does not answer, or refuses the token."""
+
+
+class EngineUnreachableError(EngineConnectionError):
+    """The engine service does not answer (connection refused, timed out, reset)."""
+
+
+class EngineAuthError(EngineConnectionError):
+    """The engine service refuses the token (a wrong, missing or revoked one)."""

@@ -310,6 +310,10 @@ class StationState(_Event):
     product: str | None = None
     model: str | None = Field(default=None, description="The model file's name.")
     push: bool = Field(default=False, description="Inspects pictures sent to it (POST .../frames).")
+    started: bool = Field(
+        default=True,
+        description="False: the station could not start (its model or classes); `error` says why.",
+    )
     plc: Literal["connected", "unavailable"] | None = Field(
         default=None, description="The link to the line's PLC (None: the station has none)."
     )

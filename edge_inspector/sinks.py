@@ -44,6 +44,10 @@ class EventSink:
     async def on_alert(self, alert: OperatorAlert) -> None:
         """A message for the operator, or a request to confirm an action (from the VLM)."""
 
+    async def on_connection(self, connected: bool) -> None:
+        """An engine service went away (False) or is back (True): told by a client of one
+        (`RemoteEngine`), never by the engine in this process."""
+
 
 class SinkFanout(EventSink):
     """Hands each event to every sink concurrently; a failing sink is logged, not raised."""
@@ -97,3 +101,6 @@ class SinkFanout(EventSink):
 
     async def on_alert(self, alert: OperatorAlert) -> None:
         await self._each("on_alert", alert)
+
+    async def on_connection(self, connected: bool) -> None:
+        await self._each("on_connection", connected)

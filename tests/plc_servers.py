@@ -3,7 +3,6 @@ what the tests do as the PLC (raise a trigger, put a part id, read the verdict).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 from collections.abc import Callable
@@ -219,16 +218,3 @@ class OpcuaPlc:
 
     async def set(self, name: str, value: Any) -> None:
         await self.nodes[name].write_value(ua.Variant(value, NODES[name][1]))
-
-
-async def until_async(check: Any, what: str, timeout: float = 30.0) -> Any:
-    """Await `check()` until it is truthy; its value."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        await asyncio.sleep(0.01)

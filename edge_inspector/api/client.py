@@ -1,10 +1,12 @@
-"""A client of the engine service, shaped like the in-process engine.
+"""A client of the engine service: the inspection engine contract (`InspectionEngine`) over
+the HTTP API and its websocket.
 
-`RemoteEngine` offers what Home Assistant's integration uses of `Engine` (stations and their
-states, the store's queries, commands, verdicts, manual search, an event-sink fan-out) over the
-HTTP API and its websocket, so the integration runs the same code in both modes. Events arrive
-from the websocket; when it drops, `connected` clears (logged once), the client reconnects with
-back-off, and asks for the incidents stored since the last one it saw, so nothing is missed.
+`RemoteEngine` is what Home Assistant's integration uses when the engine runs as a service:
+the same contract as the in-process `Engine`, so the integration runs the same code in both
+modes. Errors come back typed, from the API's error codes. Events arrive from the websocket;
+when it drops, `connected` goes False (logged once, told to the sinks), the client reconnects
+with back-off, and asks for the incidents stored since the last one it saw, so nothing is
+missed.
 """
 
 from __future__ import annotations
@@ -14,35 +16,64 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 import aiohttp
 
 from ..config import ActionConfig
-from ..errors import EdgeInspectorError, ImageDecodeError, StationNotFoundError
+from ..contract import ImageKind, VlmStatus
+from ..errors import (
+    EdgeInspectorError,
+    EngineAuthError,
+    EngineUnreachableError,
+    ImageDecodeError,
+    ImageNotFoundError,
+    IncidentNotFoundError,
+    InputError,
+    ManualsNotIndexedError,
+    ModelError,
+    NotFoundError,
+    RefusedError,
+    SourceError,
+    StationNotFoundError,
+)
 from ..events import (
     ActionRecord,
     Incident,
     IncidentState,
     InspectionResult,
-    ModelInfo,
     OperatorAlert,
     StationState,
 )
 from ..sinks import EventSink, SinkFanout
 from ..store.history import ClassCount, FeedbackCounts, InspectionCounts, RateBucket
+from ..tools.actions import ActionContext
+
+if TYPE_CHECKING:
+    from ..manuals import ManualHit
+    from ..tools.actions import ActionPort
 
 __all__ = ["EngineClient", "EngineUnreachableError", "RemoteEngine"]
 
 _LOGGER = logging.getLogger(__name__)
 
-
-class EngineUnreachableError(EdgeInspectorError):
-    """The engine service does not answer (or refuses the token)."""
+# the API's error codes, as the exceptions the engine in this process raises
+_CODES: dict[str, type[EdgeInspectorError]] = {
+    "station_not_found": StationNotFoundError,
+    "incident_not_found": IncidentNotFoundError,
+    "inspection_not_found": NotFoundError,
+    "image_not_found": ImageNotFoundError,
+    "unknown_image": ImageNotFoundError,
+    "no_frame": ImageNotFoundError,
+    "not_found": NotFoundError,
+    "bad_image": ImageDecodeError,
+    "source": SourceError,
+    "model_error": ModelError,
+    "refused": RefusedError,
+}
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -106,12 +137,14 @@ class EngineClient:
             code, message = str(error["code"]), str(error["message"])
         except (ValueError, KeyError, TypeError):
             code, message = "http", body[:200].decode(errors="replace")
-        if status == 401:
-            raise EngineUnreachableError(f"engine at {self.url} refused the token: {message}")
-        if code == "station_not_found":
-            raise StationNotFoundError(message)
-        if code == "bad_image":
-            raise ImageDecodeError(message)
+        if status == 401 or (status == 403 and code in ("token_required", "bad_host")):
+            raise EngineAuthError(f"engine at {self.url} refused the token: {message}")
+        if code in _CODES:
+            raise _CODES[code](message)
+        if status in (400, 413, 415):
+            raise InputError(message, code=code, status=status)
+        if status == 504:
+            raise TimeoutError(f"engine: {message}")
         raise EdgeInspectorError(f"engine: {message} ({status} {code})")
 
     async def health(self) -> dict[str, Any]:
@@ -123,40 +156,106 @@ class EngineClient:
         return [StationState.model_validate(s) for s in data["stations"]]
 
 
-@dataclass(slots=True)
-class RemoteVlm:
-    """What the integration reads of the enricher: its last error (None while it answers)."""
+class RemoteEngine:
+    """The engine service, behind the same contract as the in-process `Engine`."""
 
-    last_error: str | None = None
+    remote = True
 
-
-class RemoteStation:
-    """One station of the remote engine: its last known state and what can be asked of it."""
-
-    def __init__(self, engine: RemoteEngine, state: StationState) -> None:
-        self._engine = engine
-        self._state = state
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        *,
+        session: aiohttp.ClientSession,
+        sinks: Iterable[EventSink] = (),
+        reconnect_max: float = 30.0,
+    ) -> None:
+        self.client = EngineClient(url, token, session)
+        self.sinks = SinkFanout(sinks)
+        self._states: dict[str, StationState] = {}
+        self._connected = asyncio.Event()
+        self.connection_error: str | None = None
+        self._service_port: ActionPort | None = None
+        self._action_tasks: set[asyncio.Task[None]] = set()
+        self._reconnect_max = reconnect_max
+        self._task: asyncio.Task[None] | None = None
+        self._seen: deque[str] = deque(maxlen=2000)
+        self._since = datetime.now(UTC)
 
     @property
-    def id(self) -> str:
-        return self._state.station_id
+    def url(self) -> str:
+        return self.client.url
 
-    def state(self) -> StationState:
-        return self._state
+    # -- life -------------------------------------------------------------------------------
 
-    def update(self, state: StationState) -> None:
-        self._state = state
+    async def start(self) -> None:
+        """Read the stations (EngineUnreachableError, EngineAuthError), then follow the
+        engine's events."""
+        await self._refresh()
+        self._task = asyncio.create_task(self._follow(), name="edge_inspector remote events")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._connected.clear()
+
+    def add_sink(self, sink: EventSink) -> None:
+        self.sinks.add(sink)
+
+    def set_service_port(self, port: ActionPort) -> None:
+        self._service_port = port
 
     @property
-    def model_info(self) -> ModelInfo:
-        return ModelInfo(name=self._state.model or "remote", sha256="0" * 64)
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def _refresh(self) -> None:
+        states = await self.client.stations()
+        self._states = {state.station_id: state for state in states}
+
+    # -- stations ---------------------------------------------------------------------------
+
+    def _path(self, station_id: str) -> str:
+        if station_id not in self._states:
+            raise StationNotFoundError(f"no station {station_id!r}")
+        return f"/api/stations/{quote(station_id, safe='')}"
+
+    def states(self) -> list[StationState]:
+        return list(self._states.values())
+
+    def is_running(self, station_id: str) -> bool:
+        state = self._states.get(station_id)
+        return state is not None and state.started
+
+    async def _command(self, path: str, body: dict[str, Any]) -> StationState:
+        state = StationState.model_validate(await self.client.request("POST", path, json_body=body))
+        self._states[state.station_id] = state
+        return state
+
+    async def set_enabled(self, station_id: str, enabled: bool) -> StationState:
+        return await self._command(f"{self._path(station_id)}/enabled", {"enabled": enabled})
+
+    async def set_threshold(
+        self, station_id: str, class_name: str | None, confidence: float
+    ) -> StationState:
+        return await self._command(
+            f"{self._path(station_id)}/thresholds", {"class": class_name, "confidence": confidence}
+        )
 
     async def inspect_image(
-        self, image: bytes, *, part_id: str | None = None, lot_id: str | None = None
+        self,
+        station_id: str,
+        image: bytes,
+        *,
+        part_id: str | None = None,
+        lot_id: str | None = None,
     ) -> InspectionResult:
-        data = await self._engine.client.request(
+        data = await self.client.request(
             "POST",
-            f"/api/stations/{quote(self.id, safe='')}/frames",
+            f"{self._path(station_id)}/frames",
             params={"part_id": part_id, "lot_id": lot_id},
             data=image,
             content_type="image/jpeg",
@@ -164,26 +263,21 @@ class RemoteStation:
         return InspectionResult.model_validate(data)
 
     async def inspect_now(
-        self, *, part_id: str | None = None, lot_id: str | None = None
+        self, station_id: str, *, part_id: str | None = None, lot_id: str | None = None
     ) -> InspectionResult:
-        data = await self._engine.client.request(
+        data = await self.client.request(
             "POST",
-            f"/api/stations/{quote(self.id, safe='')}/inspect",
+            f"{self._path(station_id)}/inspect",
             json_body={k: v for k, v in (("part_id", part_id), ("lot_id", lot_id)) if v},
         )
         return InspectionResult.model_validate(data)
 
-
-class RemoteStore:
-    """The store's queries, answered by the engine service."""
-
-    def __init__(self, client: EngineClient) -> None:
-        self._client = client
+    # -- history ----------------------------------------------------------------------------
 
     async def _stats(
         self, station_id: str | None, since: datetime | None, until: datetime | None
     ) -> dict[str, Any]:
-        result: dict[str, Any] = await self._client.request(
+        result: dict[str, Any] = await self.client.request(
             "GET",
             "/api/stats",
             params={"station_id": station_id, "since": _iso(since), "until": _iso(until)},
@@ -226,7 +320,7 @@ class RemoteStore:
     async def rate_series(
         self, *, station_id: str | None, since: datetime, until: datetime, bucket: float
     ) -> list[RateBucket]:
-        data = await self._client.request(
+        data = await self.client.request(
             "GET",
             "/api/stats/series",
             params={
@@ -255,7 +349,7 @@ class RemoteStore:
         limit: int = 50,
         offset: int = 0,
     ) -> list[Incident]:
-        data = await self._client.request(
+        data = await self.client.request(
             "GET",
             "/api/incidents",
             params={
@@ -263,19 +357,15 @@ class RemoteStore:
                 "since": _iso(since),
                 "until": _iso(until),
                 "limit": max(1, min(limit, 500)),
-                "offset": offset,
+                "offset": max(0, offset),
             },
         )
         return [Incident.model_validate(i) for i in data["incidents"]]
 
     async def incident(self, incident_id: str) -> Incident | None:
         try:
-            data = await self._client.request(
-                "GET", f"/api/incidents/{quote(incident_id, safe='')}"
-            )
-        except EngineUnreachableError:
-            raise
-        except EdgeInspectorError:
+            data = await self.client.request("GET", f"/api/incidents/{quote(incident_id, safe='')}")
+        except IncidentNotFoundError:
             return None
         return Incident.model_validate(data)
 
@@ -285,151 +375,29 @@ class RemoteStore:
 
     async def inspection(self, inspection_id: str) -> InspectionResult | None:
         try:
-            data = await self._client.request(
+            data = await self.client.request(
                 "GET", f"/api/inspections/{quote(inspection_id, safe='')}"
             )
-        except EngineUnreachableError:
-            raise
-        except EdgeInspectorError:
+        except NotFoundError:
             return None
         return InspectionResult.model_validate(data)
 
-
-class RemoteEngine:
-    """The engine service, used like the in-process `Engine`."""
-
-    remote = True
-
-    def __init__(
-        self,
-        url: str,
-        token: str | None,
-        *,
-        session: aiohttp.ClientSession,
-        sinks: Iterable[EventSink] = (),
-        reconnect_max: float = 30.0,
-    ) -> None:
-        self.client = EngineClient(url, token, session)
-        self.store = RemoteStore(self.client)
-        self.sinks = SinkFanout(sinks)
-        self.stations: dict[str, RemoteStation] = {}
-        self.failed: dict[str, StationState] = {}
-        self.enricher: RemoteVlm | None = None
-        self.manuals: bool | None = None
-        self.connected = asyncio.Event()
-        self.last_error: str | None = None
-        self.on_connection: Callable[[bool], Awaitable[None] | None] | None = None
-        # Carries out the engine's `service` actions (Home Assistant): action, arguments,
-        # context -> what was done; raises to refuse.
-        self.action_handler: (
-            Callable[[ActionConfig, dict[str, Any], dict[str, Any]], Awaitable[str]] | None
-        ) = None
-        self._action_tasks: set[asyncio.Task[None]] = set()
-        self._reconnect_max = reconnect_max
-        self._task: asyncio.Task[None] | None = None
-        self._seen: deque[str] = deque(maxlen=2000)
-        self._since = datetime.now(UTC)
-
-    @property
-    def url(self) -> str:
-        return self.client.url
-
-    async def start(self) -> None:
-        """Read the stations (raises EngineUnreachableError when the engine does not answer),
-        then follow its events."""
-        await self._refresh()
-        self._task = asyncio.create_task(self._follow(), name="edge_inspector remote events")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        self.connected.clear()
-
-    async def _refresh(self) -> None:
-        states = await self.client.stations()
-        health = await self.client.health()
-        vlm = health.get("vlm")
-        self.enricher = None if vlm is None else RemoteVlm(None if vlm == "ok" else "VLM degraded")
-        for state in states:
-            self._apply_state(state)
-        current = {s.station_id for s in states}
-        for gone in [sid for sid in self.stations if sid not in current]:
-            del self.stations[gone]  # removed from the engine's configuration
-        for gone in [sid for sid in self.failed if sid not in current]:
-            del self.failed[gone]
-
-    def _apply_state(self, state: StationState) -> None:
-        if (
-            state.error
-            and not state.available
-            and state.frames == 0
-            and (state.station_id not in self.stations)
-        ):
-            self.failed[state.station_id] = state
-            return
-        self.failed.pop(state.station_id, None)
-        station = self.stations.get(state.station_id)
-        if station is None:
-            self.stations[state.station_id] = RemoteStation(self, state)
-        else:
-            station.update(state)
-
-    def station(self, station_id: str) -> RemoteStation:
-        try:
-            return self.stations[station_id]
-        except KeyError:
-            if station_id in self.failed:
-                raise EdgeInspectorError(
-                    f"station {station_id} is not running: {self.failed[station_id].error}"
-                ) from None
-            raise StationNotFoundError(f"no station {station_id!r}") from None
-
-    def states(self) -> list[StationState]:
-        return [s.state() for s in self.stations.values()] + list(self.failed.values())
-
-    # -- commands ----------------------------------------------------------------------------
-
-    async def set_enabled(self, station_id: str, enabled: bool) -> None:
-        data = await self.client.request(
-            "POST",
-            f"/api/stations/{quote(station_id, safe='')}/enabled",
-            json_body={"enabled": enabled},
+    async def incident_image(self, incident_id: str, kind: ImageKind = "frame") -> bytes:
+        body: bytes = await self.client.request(
+            "GET", f"/api/incidents/{quote(incident_id, safe='')}/images/{kind}", raw=True
         )
-        self._apply_state(StationState.model_validate(data))
+        return body
 
-    async def set_threshold(
-        self, station_id: str, class_name: str | None, confidence: float
-    ) -> None:
-        data = await self.client.request(
-            "POST",
-            f"/api/stations/{quote(station_id, safe='')}/thresholds",
-            json_body={"class": class_name, "confidence": confidence},
-        )
-        self._apply_state(StationState.model_validate(data))
-
-    async def inspect_now(
-        self, station_id: str, *, part_id: str | None = None, lot_id: str | None = None
-    ) -> InspectionResult:
-        return await self.station(station_id).inspect_now(part_id=part_id, lot_id=lot_id)
+    # -- people's verdicts and decisions ----------------------------------------------------
 
     async def set_verdict(
         self, incident_id: str, state: IncidentState, *, by: str, note: str | None = None
-    ) -> Incident | None:
-        try:
-            data = await self.client.request(
-                "POST",
-                f"/api/incidents/{quote(incident_id, safe='')}/verdict",
-                json_body={"state": str(state), "by": by, "note": note},
-            )
-        except EngineUnreachableError:
-            raise
-        except EdgeInspectorError as exc:
-            if "(404 " in str(exc):
-                return None
-            raise
+    ) -> Incident:
+        data = await self.client.request(
+            "POST",
+            f"/api/incidents/{quote(incident_id, safe='')}/verdict",
+            json_body={"state": str(state), "by": by, "note": note},
+        )
         return Incident.model_validate(data)  # the update arrives from the websocket too
 
     async def resolve_action(
@@ -466,13 +434,16 @@ class RemoteEngine:
         )
         return Incident.model_validate(data)
 
-    async def search_manuals(self, query: str, *, limit: int = 3) -> list[Any]:
+    # -- manuals and the VLM ----------------------------------------------------------------
+
+    async def search_manuals(self, query: str, *, limit: int = 3) -> list[ManualHit]:
         from ..manuals.index import ManualHit
 
         data = await self.client.request(
             "GET", "/api/manuals/search", params={"q": query, "limit": limit}
         )
-        self.manuals = bool(data["indexed"])
+        if not data["indexed"]:
+            raise ManualsNotIndexedError("the engine has no equipment manuals indexed")
         return [
             ManualHit(
                 file=h["file"],
@@ -484,34 +455,37 @@ class RemoteEngine:
             for h in data["results"]
         ]
 
-    async def incident_image(self, incident_id: str, kind: str = "frame") -> bytes | None:
-        try:
-            body: bytes = await self.client.request(
-                "GET", f"/api/incidents/{quote(incident_id, safe='')}/images/{kind}", raw=True
-            )
-        except EngineUnreachableError:
-            raise
-        except EdgeInspectorError:
+    async def vlm_status(self) -> VlmStatus | None:
+        health = await self.client.health()
+        detail = health.get("vlm_detail")
+        if health.get("vlm") is None:
             return None
-        return body
+        if not isinstance(detail, dict):  # an engine from before the detail
+            degraded = health.get("vlm") != "ok"
+            return VlmStatus(error="VLM degraded" if degraded else None)
+        breaker: Literal["closed", "open", "half_open"] | None = detail.get("breaker")
+        return VlmStatus(
+            error=detail.get("error"),
+            model_missing=bool(detail.get("model_missing")),
+            breaker=breaker,
+            queue_depth=detail.get("queue_depth"),
+            enriched=detail.get("enriched"),
+        )
 
     # -- events ------------------------------------------------------------------------------
 
     async def _set_connected(self, up: bool, error: str | None = None) -> None:
-        if up == self.connected.is_set():
+        if up == self._connected.is_set():
             return
         if up:
-            self.connected.set()
-            self.last_error = None
+            self._connected.set()
+            self.connection_error = None
             _LOGGER.info("engine at %s reachable again", self.url)
         else:
-            self.connected.clear()
-            self.last_error = error
+            self._connected.clear()
+            self.connection_error = error
             _LOGGER.warning("engine at %s unreachable: %s", self.url, error)
-        if self.on_connection is not None:
-            result = self.on_connection(up)
-            if result is not None:
-                await result
+        await self.sinks.on_connection(up)
 
     async def _follow(self) -> None:
         delay = 1.0
@@ -534,7 +508,7 @@ class RemoteEngine:
     async def _session(self) -> None:
         url = f"{self.client.url}/api/ws"
         params = {"since": _iso(self._since) or ""}
-        if self.action_handler is not None and self.client.token:
+        if self._service_port is not None and self.client.token:
             # the engine lets only a client with its token carry out its actions
             params["actions"] = "1"
         # The engine pings every 30 s (the server's heartbeat) and the client answers by
@@ -564,11 +538,19 @@ class RemoteEngine:
     async def _act(self, ws: aiohttp.ClientWebSocketResponse, call: dict[str, Any]) -> None:
         reply: dict[str, Any] = {"type": "action_result", "call_id": call.get("call_id")}
         try:
-            if self.action_handler is None:
-                raise EdgeInspectorError("this client does not carry out actions")
+            if self._service_port is None:
+                raise RefusedError("this client does not carry out actions")
             action = ActionConfig.model_validate(call["action"])
-            result = await self.action_handler(
-                action, dict(call.get("arguments") or {}), dict(call.get("context") or {})
+            context = dict(call.get("context") or {})
+            result = await self._service_port.execute(
+                action,
+                dict(call.get("arguments") or {}),
+                ActionContext(
+                    station_id=str(context.get("station_id", "")),
+                    incident_id=str(context.get("incident_id", "")),
+                    defect_class=str(context.get("defect_class", "")),
+                    severity=context.get("severity"),
+                ),
             )
             reply |= {"ok": True, "result": result}
         except Exception as exc:  # every failure goes back to the engine, as the action's error
@@ -591,7 +573,7 @@ class RemoteEngine:
             await self._set_connected(True)
         elif kind == "station_state":
             state = StationState.model_validate(data)
-            self._apply_state(state)
+            self._states[state.station_id] = state
             await self.sinks.on_station_state(state)
         elif kind == "inspection":
             await self.sinks.on_inspection(InspectionResult.model_validate(data))
@@ -607,3 +589,10 @@ class RemoteEngine:
                 await self.sinks.on_missed_defect(incident)
         elif kind == "alert":
             await self.sinks.on_alert(OperatorAlert.model_validate(data))
+
+
+if TYPE_CHECKING:
+    from ..contract import InspectionEngine
+
+    def _keeps_the_contract(engine: RemoteEngine) -> InspectionEngine:
+        return engine  # checked by mypy: the service's client is an InspectionEngine

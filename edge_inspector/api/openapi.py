@@ -180,6 +180,20 @@ def build() -> dict[str, Any]:
             "uptime_s": {"type": "number"},
             "stations": {"type": "object", "additionalProperties": {"type": "string"}},
             "vlm": {"enum": ["ok", "degraded", None]},
+            "vlm_detail": {
+                "description": "The VLM stage (null: none configured).",
+                "type": ["object", "null"],
+                "properties": {
+                    "error": {"type": ["string", "null"]},
+                    "model_missing": {
+                        "type": "boolean",
+                        "description": "The Ollama server lacks the configured model.",
+                    },
+                    "breaker": {"enum": ["closed", "open", "half_open", None]},
+                    "queue_depth": {"type": ["integer", "null"]},
+                    "enriched": {"type": ["integer", "null"]},
+                },
+            },
             "mqtt": {"enum": ["connected", "disconnected", None]},
         },
     }

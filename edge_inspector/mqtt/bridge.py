@@ -66,9 +66,11 @@ _COMMANDS = ("set", "inspect", "confirm")
 class StationControl(Protocol):
     """What MQTT commands may do to the engine."""
 
-    def set_enabled(self, station_id: str, enabled: bool) -> None: ...
+    async def set_enabled(self, station_id: str, enabled: bool) -> StationState: ...
 
-    def set_threshold(self, station_id: str, class_name: str | None, confidence: float) -> None: ...
+    async def set_threshold(
+        self, station_id: str, class_name: str | None, confidence: float
+    ) -> StationState: ...
 
     async def inspect_now(
         self, station_id: str, *, part_id: str | None = None, lot_id: str | None = None
@@ -423,11 +425,11 @@ class MqttBridge(EventSink):
         if unknown:  # refused before anything changes
             raise EdgeInspectorError(f"not a defect class of {station}: {', '.join(unknown)}")
         if command.threshold is not None:
-            self._control.set_threshold(station, None, command.threshold)
+            await self._control.set_threshold(station, None, command.threshold)
         for name, value in (command.thresholds or {}).items():
-            self._control.set_threshold(station, name, value)
+            await self._control.set_threshold(station, name, value)
         if command.enabled is not None:
-            self._control.set_enabled(station, command.enabled)
+            await self._control.set_enabled(station, command.enabled)
 
     # -- events ------------------------------------------------------------------------------
 

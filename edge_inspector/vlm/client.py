@@ -41,6 +41,10 @@ class VlmUnavailableError(EdgeInspectorError):
     """Ollama cannot serve the request now (down, hanging, 5xx, model missing)."""
 
 
+class VlmModelMissingError(VlmUnavailableError):
+    """The Ollama server answers but does not have the configured model."""
+
+
 class VlmInvalidAnswerError(EdgeInspectorError):
     """The model answered with something that does not fit what was asked."""
 
@@ -153,7 +157,7 @@ class OllamaVlm:
                 wanted = {self.model, f"{self.model}:latest"}
                 if not names & wanted:
                     have = ", ".join(sorted(names)) or "no models"
-                    raise VlmUnavailableError(
+                    raise VlmModelMissingError(
                         f"model {self.model!r} is not on the Ollama server at {self.host} "
                         f"(it has: {have}); run `ollama pull {self.model}` there"
                     )

@@ -31,7 +31,7 @@ from ..store import Store
 from ..tools.actions import ActionContext
 from . import prompts
 from .agent import VlmAgent
-from .client import VlmUnavailableError
+from .client import VlmModelMissingError, VlmUnavailableError
 
 __all__ = ["CircuitBreaker", "IncidentEnricher", "pending_result"]
 
@@ -142,6 +142,7 @@ class IncidentEnricher(EventSink):
         self.enriched = 0
         self.unavailable = 0
         self.last_error: str | None = None
+        self.model_missing = False  # the last failure: the server lacks the model
         self.idle = asyncio.Event()
 
     @property
@@ -227,6 +228,7 @@ class IncidentEnricher(EventSink):
 
     def _failed(self, exc: EdgeInspectorError) -> None:
         message = str(exc)
+        self.model_missing = isinstance(exc, VlmModelMissingError)
         opened = self.breaker.failure()
         if message != self.last_error or opened:
             _LOGGER.error("VLM unavailable: %s", message)
@@ -236,6 +238,7 @@ class IncidentEnricher(EventSink):
         if self.breaker.success() or self.last_error is not None:
             _LOGGER.info("VLM available again at %s", self.agent.vlm.host)
         self.last_error = None
+        self.model_missing = False
 
     # -- work -----------------------------------------------------------------------------
 

@@ -380,9 +380,9 @@ async def test_the_detectors_floor_follows_the_thresholds_back_up(
     async with Engine(config, sinks=[Recorder()]) as engine:
         station = engine.stations["pushed"]
         before = await station.inspect_image(picture)
-        engine.set_threshold("pushed", None, 0.01)  # the lowest a threshold may be
+        await engine.set_threshold("pushed", None, 0.01)  # the lowest a threshold may be
         low = await station.inspect_image(picture)
-        engine.set_threshold("pushed", None, 0.45)
+        await engine.set_threshold("pushed", None, 0.45)
         after = await station.inspect_image(picture)
     # the tiny threshold made the detector report far more boxes; restoring it ends that
     assert len(low.detections) > len(before.detections)

@@ -206,7 +206,7 @@ async def test_commands_are_applied_or_refused_with_a_reason(
                 ["scratch", "dent", "crack", "spot"], 0.8
             )
             # A change made elsewhere (an HA service, the API) shows in the MQTT state too.
-            engine.set_threshold("gate", "dent", 0.55)
+            await engine.set_threshold("gate", "dent", 0.55)
             await asyncio.to_thread(
                 watcher.wait,
                 lambda: any(

@@ -24,8 +24,8 @@ from edge_inspector.plc.config import ResultCode, StateCode
 from edge_inspector.plc.link import PlcError, PlcLink
 from tests.camera_server import CameraServer, camera
 from tests.conftest import ALL_DEFECTS, camera_station, jpeg
-from tests.plc_servers import ModbusPlc, OpcuaPlc, until_async
-from tests.waiting import until
+from tests.plc_servers import ModbusPlc, OpcuaPlc
+from tests.waiting import until, until_async
 
 # the Modbus map of these tests
 TRIGGER, PART, LOT = 0, 10, 20
@@ -127,7 +127,7 @@ async def test_modbus_trigger_to_verdict_and_the_handshake(
             assert await plc.registers(SEQUENCE) == [2]
             assert await _inspections(engine) == 2
             # disabled: the state says so, and a trigger is answered "no verdict"
-            engine.set_enabled("gate", False)
+            await engine.set_enabled("gate", False)
             await until_async(lambda: _is(plc, STATE, StateCode.DISABLED), "disabled")
             await plc.set_coil(TRIGGER, False)
             await until(lambda: not link.driver.trigger_high, "the engine sees it low")

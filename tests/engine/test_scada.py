@@ -25,8 +25,8 @@ from edge_inspector.plc.config import ResultCode, StateCode
 from edge_inspector.plc.scada import OpcuaScadaServer
 from tests.camera_server import CameraServer, camera
 from tests.conftest import ALL_DEFECTS, camera_station, jpeg
-from tests.plc_servers import free_port, until_async
-from tests.waiting import until
+from tests.plc_servers import free_port
+from tests.waiting import until, until_async
 
 NAMESPACE = "urn:edge-inspector"
 
@@ -177,7 +177,7 @@ async def test_a_scada_reads_the_stations_and_follows_a_verdict(
                 assert await pushed["Sequence"].read_value() == 0  # another station's verdict
 
                 # paused: the state says so
-                engine.set_enabled("gate", False)
+                await engine.set_enabled("gate", False)
 
                 async def disabled() -> bool:
                     return bool(await gate["State"].read_value() == StateCode.DISABLED)

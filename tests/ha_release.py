@@ -31,8 +31,12 @@ DEPRECATED_USE = re.compile(
     r"|The deprecated .+ was \w+ from edge_inspector\b"
 )
 
+# homeassistant/util/loop.py: I/O or an import in the event loop, traced to our code
+BLOCKING_CALL = re.compile(r"Detected blocking call .+ by custom integration 'edge_inspector'")
+
 __all__ = [
     "AREA_IN_ENTITY_IDS",
+    "BLOCKING_CALL",
     "DEPRECATED_USE",
     "HA_RELEASE",
     "mqtt_entry_id",

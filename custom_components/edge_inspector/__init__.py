@@ -8,12 +8,17 @@ from pathlib import Path
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant
-from homeassistant.exceptions import ConfigEntryError, ConfigEntryNotReady
+from homeassistant.exceptions import (
+    ConfigEntryAuthFailed,
+    ConfigEntryError,
+    ConfigEntryNotReady,
+)
 from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers.typing import ConfigType
 
 from .const import DOMAIN
-from .hub import EdgeInspectorHub, EngineNotInstalledError
+from .entry_config import EngineNotInstalledError, async_create_engine
+from .hub import EdgeInspectorHub
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -69,19 +74,39 @@ async def _async_register_card(hass: HomeAssistant) -> None:
 
 async def async_setup_entry(hass: HomeAssistant, entry: EdgeInspectorConfigEntry) -> bool:
     """Start the engine with the entry's stations."""
-    from edge_inspector.errors import ConfigError, EdgeInspectorError
+    from edge_inspector.errors import ConfigError, EdgeInspectorError, EngineAuthError
 
     try:
-        hub = EdgeInspectorHub(hass, entry)
+        engine, config = await async_create_engine(hass, entry)
     except EngineNotInstalledError as exc:
-        raise ConfigEntryError(str(exc)) from exc
+        raise ConfigEntryError(
+            translation_domain=DOMAIN,
+            translation_key="engine_not_installed",
+            translation_placeholders={"error": str(exc)},
+        ) from exc
     except (ConfigError, ValueError) as exc:
-        raise ConfigEntryError(f"invalid station configuration: {exc}") from exc
+        raise ConfigEntryError(
+            translation_domain=DOMAIN,
+            translation_key="invalid_configuration",
+            translation_placeholders={"error": str(exc)},
+        ) from exc
+    hub = EdgeInspectorHub(hass, entry, engine, config)
     try:
         await hub.async_start()
+    except EngineAuthError as exc:  # a new token is needed: Home Assistant asks for it
+        await hub.async_stop()
+        raise ConfigEntryAuthFailed(
+            translation_domain=DOMAIN,
+            translation_key="engine_token_refused",
+            translation_placeholders={"error": str(exc)},
+        ) from exc
     except EdgeInspectorError as exc:
         await hub.async_stop()
-        raise ConfigEntryNotReady(str(exc)) from exc
+        raise ConfigEntryNotReady(
+            translation_domain=DOMAIN,
+            translation_key="engine_not_ready",
+            translation_placeholders={"error": str(exc)},
+        ) from exc
     entry.runtime_data = hub
     from .intents import async_register_sentences
 

@@ -19,6 +19,7 @@ from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import device_registry as dr
 from homeassistant.util import dt as dt_util
 
+from edge_inspector.errors import ManualsNotIndexedError
 from edge_inspector.events import Incident
 
 from .const import CONF_SHIFTS, DEFAULT_SHIFTS, DOMAIN
@@ -272,7 +273,7 @@ async def defect_count(
     overall: dict[str, int] = {}
     total = 0
     for ref in stations:
-        store = ref.hub.engine.store
+        store = ref.hub.engine
         counts = await store.counts_by_class(
             station_id=ref.station_id, since=span.since, until=span.until
         )
@@ -363,7 +364,7 @@ async def station_status(hass: HomeAssistant, *, station: str | None = None) -> 
     rows = []
     for ref in stations:
         row = _status_row(ref)
-        store = ref.hub.engine.store
+        store = ref.hub.engine
         counts = await store.inspection_counts(station_id=ref.station_id, since=today)
         incidents = await store.counts_by_class(station_id=ref.station_id, since=today)
         row["inspections_today"] = counts.inspections
@@ -400,7 +401,7 @@ async def _latest(
 ) -> list[Incident]:
     found: list[Incident] = []
     for ref in stations:
-        found += await ref.hub.engine.store.incidents(
+        found += await ref.hub.engine.incidents(
             station_id=ref.station_id,
             since=span.since if span else None,
             until=span.until if span else None,
@@ -438,7 +439,7 @@ async def incident_report(
     incident: Incident | None = None
     if incident_id:
         for hub in hubs(hass):
-            if (incident := await hub.engine.store.incident(incident_id)) is not None:
+            if (incident := await hub.engine.incident(incident_id)) is not None:
                 break
         if incident is None:
             raise AnswerError(f"there is no incident {incident_id!r}")
@@ -483,9 +484,14 @@ async def manual_search(hass: HomeAssistant, *, query: str, limit: int = 3) -> d
     if not query:
         raise AnswerError("say what to look for in the manuals")
     hits: list[Any] = []
+    indexed = False
     for hub in hubs(hass):
-        hits += await hub.engine.search_manuals(query, limit=limit)
-    if not any(hub.engine.manuals for hub in hubs(hass)):
+        try:
+            hits += await hub.engine.search_manuals(query, limit=limit)
+        except ManualsNotIndexedError:
+            continue
+        indexed = True
+    if not indexed:
         raise AnswerError(
             "no equipment manuals are indexed: put them in the `manuals` folder of the "
             "Edge Inspector storage directory and reload the integration"
@@ -549,7 +555,7 @@ async def station_overview(
     """What the dashboard card shows for one station."""
     now = dt_util.utcnow()
     row = _status_row(ref)
-    store = ref.hub.engine.store
+    store = ref.hub.engine
     today = dt_util.start_of_local_day()
     counts = await store.inspection_counts(station_id=ref.station_id, since=today)
     by_class = await store.counts_by_class(station_id=ref.station_id, since=today)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ from .const import (
     DOMAIN,
     SUBENTRY_STATION,
 )
-from .hub import model_path, parse_cameras
+from .entry_config import model_path, parse_cameras
 from .validation import vol
 
 _LOGGER = logging.getLogger(__name__)
@@ -91,14 +92,16 @@ def engine_installed() -> bool:
 
 async def check_engine(hass: HomeAssistant, url: str, token: str | None) -> str | None:
     """None when an engine service answers at `url` and takes the token, else the error key."""
-    from edge_inspector.api.client import EngineClient, EngineUnreachableError
-    from edge_inspector.errors import EdgeInspectorError
+    from edge_inspector.api.client import EngineClient
+    from edge_inspector.errors import EdgeInspectorError, EngineAuthError, EngineUnreachableError
 
     client = EngineClient(url, token, async_get_clientsession(hass), timeout=10)
     try:
         await client.stations()  # needs the token, unlike the health check
-    except EngineUnreachableError as exc:
-        return "invalid_auth" if "refused the token" in str(exc) else "engine_unreachable"
+    except EngineAuthError:
+        return "invalid_auth"
+    except EngineUnreachableError:
+        return "engine_unreachable"
     except (EdgeInspectorError, ValueError, KeyError):
         return "not_an_engine"
     return None
@@ -189,6 +192,37 @@ class EdgeInspectorConfigFlow(ConfigFlow, domain=DOMAIN):
             return self.async_update_and_abort(entry, data=result)
         return result  # type: ignore[return-value]
 
+    async def async_step_reauth(self, entry_data: Mapping[str, Any]) -> ConfigFlowResult:
+        """The engine service refused the token: ask for the one it has now."""
+        return await self.async_step_reauth_confirm()
+
+    async def async_step_reauth_confirm(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        entry = self._get_reauth_entry()
+        url = str(entry.data.get(CONF_ENGINE_URL) or "")
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            token = (user_input.get(CONF_ENGINE_TOKEN) or "").strip()
+            error = await check_engine(self.hass, url, token or None)
+            if error is None:
+                return self.async_update_reload_and_abort(
+                    entry, data_updates={CONF_ENGINE_TOKEN: token}
+                )
+            errors["base"] = error
+        return self.async_show_form(
+            step_id="reauth_confirm",
+            data_schema=vol.Schema(
+                {
+                    vol.Required(CONF_ENGINE_TOKEN): TextSelector(
+                        TextSelectorConfig(type=TextSelectorType.PASSWORD)
+                    )
+                }
+            ),
+            errors=errors,
+            description_placeholders={"url": url},
+        )
+
     @staticmethod
     @callback
     def async_get_options_flow(config_entry: ConfigEntry) -> OptionsFlow:
@@ -277,7 +311,7 @@ def check_actions(text: str) -> None:
 
     from edge_inspector.config import VlmConfig
 
-    from .hub import parse_actions
+    from .entry_config import parse_actions
 
     try:
         VlmConfig.model_validate({"actions": parse_actions(text)})

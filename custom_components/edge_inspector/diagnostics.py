@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from homeassistant.components.diagnostics import async_redact_data
 from homeassistant.core import HomeAssistant
 
-from edge_inspector.api.client import RemoteVlm
+from edge_inspector.errors import EngineConnectionError
 
 from .const import CONF_CAMERA, CONF_ENGINE_TOKEN, CONF_ENGINE_URL, CONF_OLLAMA_URL, CONF_STORAGE
 
@@ -48,17 +48,22 @@ async def async_get_config_entry_diagnostics(
             "camera_error": runtime.camera_error is not None,
             "last_incident": last.model_dump(mode="json", exclude={"detections"}) if last else None,
         }
-    enricher = hub.engine.enricher
+    vlm_error: str | None = None
+    try:
+        status = await hub.engine.vlm_status()
+    except EngineConnectionError as exc:
+        status, vlm_error = None, str(exc)
     vlm: dict[str, Any] | None = None
-    if enricher is not None and not isinstance(enricher, RemoteVlm):
+    if status is not None:
         vlm = {
-            "breaker": enricher.breaker.state,
-            "queue_depth": enricher.queue_depth,
-            "enriched": enricher.enriched,
-            "last_error": enricher.last_error,
+            "breaker": status.breaker,
+            "queue_depth": status.queue_depth,
+            "enriched": status.enriched,
+            "last_error": status.error,
+            "model_missing": status.model_missing,
         }
-    elif enricher is not None:  # an engine service's VLM, as its health says
-        vlm = {"last_error": enricher.last_error}
+    elif vlm_error is not None:
+        vlm = {"last_error": vlm_error}
     engine: dict[str, Any] = {"mode": "remote" if hub.remote else "in-process"}
     if hub.remote:
         engine["connected"] = hub.is_connected

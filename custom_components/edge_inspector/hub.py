@@ -14,25 +14,27 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from homeassistant.components import camera
-from homeassistant.config_entries import ConfigEntry, ConfigSubentry
+from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import Event, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import issue_registry as ir
-from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.dispatcher import async_dispatcher_send
 from homeassistant.helpers.event import async_track_time_interval
 from homeassistant.util import dt as dt_util
 
-from edge_inspector.api.client import RemoteEngine
 from edge_inspector.config import ActionConfig, EngineConfig, ServiceActionTarget
-from edge_inspector.demo import DEMO_MODEL
-from edge_inspector.errors import EdgeInspectorError, ImageDecodeError, ModelError
+from edge_inspector.errors import (
+    EdgeInspectorError,
+    EngineConnectionError,
+    ImageDecodeError,
+    IncidentNotFoundError,
+    ModelError,
+    NotFoundError,
+)
 from edge_inspector.events import (
     Incident,
     IncidentState,
@@ -46,26 +48,16 @@ from edge_inspector.tools.actions import ActionContext, ActionError
 
 from .const import (
     ACTION_PREFIX,
-    CONF_ACTIONS,
     CONF_CAMERA,
     CONF_CAMERAS,
     CONF_DEFECTS,
-    CONF_ENGINE_TOKEN,
-    CONF_ENGINE_URL,
-    CONF_IMGSZ,
     CONF_INTERVAL,
     CONF_LINE,
     CONF_MODEL_PATH,
     CONF_MQTT_BASE_TOPIC,
     CONF_MQTT_PUBLISH,
     CONF_NOTIFY,
-    CONF_OLLAMA_MODEL,
-    CONF_OLLAMA_URL,
-    CONF_PRODUCT,
-    CONF_STORAGE,
-    DEFAULT_IMGSZ,
     DEFAULT_INTERVAL,
-    DEFAULT_OLLAMA_MODEL,
     DOMAIN,
     EVENT_DEFECT,
     EVENT_INCIDENT,
@@ -75,98 +67,23 @@ from .const import (
     SUBENTRY_STATION,
 )
 from .devices import station_device
+from .entry_config import model_path, parse_cameras, station_id
 from .spc import BASELINE, SUBGROUP, PChart, p_chart
 from .validation import vol
 
 if TYPE_CHECKING:
-    from edge_inspector.engine import Engine
+    from edge_inspector.contract import InspectionEngine
 
 _LOGGER = logging.getLogger(__name__)
 
 
-def station_id(subentry: ConfigSubentry) -> str:
-    """The engine's id of a station: stable for the subentry's life."""
-    return f"s_{subentry.subentry_id.lower()}"
-
-
-def model_path(value: str | None) -> Path:
-    """A station's model file; `demo` (or nothing) is the bundled demo defect model."""
-    if not value or value == "demo":
-        return DEMO_MODEL
-    return Path(value)
-
-
-def parse_actions(text: str) -> list[Any]:
-    """The mapped actions from the options: a YAML list, as `vlm.actions` in the engine's file."""
-    if not text or not text.strip():
-        return []
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"actions: not valid YAML: {exc}") from None
-    if not isinstance(data, list):
-        raise ValueError("actions: expected a list of actions")
-    return data
-
-
-def parse_cameras(text: str) -> dict[str, str]:
-    """Remote mode's camera map from the options: YAML `station_id: camera.entity_id`."""
-    if not text or not text.strip():
-        return {}
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"cameras: not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and v.startswith("camera.")
-        for k, v in data.items()
-    ):
-        raise ValueError("cameras: expected lines of `station_id: camera.entity_id`")
-    return dict(data)
-
-
-def engine_config(hass: HomeAssistant, entry: ConfigEntry) -> EngineConfig:
-    """The engine configuration of a hub entry and its station subentries."""
-    storage = entry.data.get(CONF_STORAGE) or hass.config.path(DOMAIN)
-    stations = []
-    for subentry in entry.subentries.values():
-        if subentry.subentry_type != SUBENTRY_STATION:
-            continue
-        data = subentry.data
-        stations.append(
-            {
-                "id": station_id(subentry),
-                "name": subentry.title,
-                "source": {"type": "push"},
-                "mode": data.get("mode", "continuous"),
-                "fps": None,
-                "model": {
-                    "path": str(model_path(data.get(CONF_MODEL_PATH))),
-                    "imgsz": int(data.get(CONF_IMGSZ, DEFAULT_IMGSZ)),
-                },
-                "defects": {k: float(v) for k, v in data[CONF_DEFECTS].items()},
-                "product": data.get(CONF_PRODUCT) or None,
-                "line": data.get(CONF_LINE) or None,
-            }
-        )
-    config: dict[str, Any] = {"stations": stations, "store": {"path": storage}}
-    manuals = Path(storage) / "manuals"
-    if manuals.is_dir():  # equipment manuals for the VLM and for Assist's manual search
-        config["manuals"] = {"dir": str(manuals)}
-    vlm: dict[str, Any] = {"actions": parse_actions(entry.options.get(CONF_ACTIONS, ""))}
-    if entry.data.get(CONF_OLLAMA_URL):
-        vlm["host"] = entry.data[CONF_OLLAMA_URL]
-        vlm["model"] = entry.data.get(CONF_OLLAMA_MODEL) or DEFAULT_OLLAMA_MODEL
-    for key in ("request_timeout", "retry_interval", "deadline"):
-        if key in entry.options:
-            vlm[key] = entry.options[key]
-    config["vlm"] = vlm
-    # A hub without stations yet is fine: they are added as subentries.
-    return EngineConfig.model_validate(config, context={"allow_no_stations": True})
-
-
-class EngineNotInstalledError(Exception):
-    """In-process mode where the model runtime cannot be installed (Home Assistant OS)."""
+def _station_error(station: str, exc: Exception) -> HomeAssistantError:
+    """What a station's command or inspection failed with, for the person who asked."""
+    return HomeAssistantError(
+        translation_domain=DOMAIN,
+        translation_key="station_error",
+        translation_placeholders={"station": station, "error": str(exc)},
+    )
 
 
 @dataclass
@@ -222,43 +139,29 @@ class HaServicePort:
 class EdgeInspectorHub(EventSink):
     """The entry's runtime data: the engine and its stations."""
 
-    def __init__(self, hass: HomeAssistant, entry: ConfigEntry) -> None:
+    def __init__(
+        self,
+        hass: HomeAssistant,
+        entry: ConfigEntry,
+        engine: InspectionEngine,
+        config: EngineConfig | None = None,
+    ) -> None:
+        """`engine`: in this process (with `config`, the entry's translation) or a service."""
         self.hass = hass
         self.entry = entry
-        self.remote = bool(entry.data.get(CONF_ENGINE_URL))
-        # `service` action targets: run by the in-process engine, or asked by the service
-        self._services = HaServicePort(hass)
-        self.engine: Engine | RemoteEngine
-        if self.remote:
-            # The engine runs as a service elsewhere; its stations come from it.
-            self.config = EngineConfig.model_validate(
-                {"stations": []}, context={"allow_no_stations": True}
-            )
-            self.engine = RemoteEngine(
-                entry.data[CONF_ENGINE_URL],
-                entry.data.get(CONF_ENGINE_TOKEN),
-                session=async_get_clientsession(hass),
-                sinks=[self],
-            )
-            self.engine.on_connection = self._connection_changed
-            self.engine.action_handler = self._remote_action
-        else:
-            self.config = engine_config(hass, entry)
-            try:  # the model runtime: in-process mode only
-                from edge_inspector.engine import Engine
-            except ImportError as exc:
-                raise EngineNotInstalledError(
-                    f"the in-process engine needs PyTorch and Ultralytics ({exc}): install "
-                    "edge-inspector[engine] into Home Assistant's environment, or run the engine "
-                    "as a service and give its URL"
-                ) from exc
-
-            self.engine = Engine(self.config, sinks=[self], session=async_get_clientsession(hass))
-            self.engine.action_ports["service"] = self._services
+        self.remote = config is None
+        # the engine's configuration in process; a service's stations come from it
+        self.config = config or EngineConfig.model_validate(
+            {"stations": []}, context={"allow_no_stations": True}
+        )
+        self.engine = engine
+        # `service` action targets: run here, for the engine in process or the service
+        engine.set_service_port(HaServicePort(hass))
+        engine.add_sink(self)
         if entry.options.get(CONF_MQTT_PUBLISH):
             from .mqtt_publish import HaMqttPublisher
 
-            self.engine.sinks.add(
+            engine.add_sink(
                 HaMqttPublisher(
                     hass,
                     entry.options.get(CONF_MQTT_BASE_TOPIC) or DOMAIN,
@@ -304,21 +207,6 @@ class EdgeInspectorHub(EventSink):
                 remote=True,
             )
 
-    async def _remote_action(
-        self, action: ActionConfig, arguments: dict[str, Any], context: dict[str, Any]
-    ) -> str:
-        """A `service` action the engine service's VLM took: run here, as in-process."""
-        return await self._services.execute(
-            action,
-            arguments,
-            ActionContext(
-                station_id=str(context.get("station_id", "")),
-                incident_id=str(context.get("incident_id", "")),
-                defect_class=str(context.get("defect_class", "")),
-                severity=context.get("severity"),
-            ),
-        )
-
     def _stations_changed(self, why: str) -> None:
         """The engine's stations are not the ones we show: reload (once) to follow them."""
         if self._reloading:
@@ -337,10 +225,11 @@ class EdgeInspectorHub(EventSink):
                 _LOGGER.info("station %s is gone from the engine: removing it", device.name)
                 registry.async_remove_device(device.id)
 
-    async def _connection_changed(self, up: bool) -> None:
+    async def on_connection(self, connected: bool) -> None:
+        """The engine service went away or came back (EventSink)."""
         for runtime in self.stations.values():
             self._signal_state(runtime)
-        if up:
+        if connected:
             engine_ids = {s.station_id for s in self.engine.states()}
             if engine_ids != set(self.stations):
                 self._stations_changed("the engine's stations changed")
@@ -352,10 +241,11 @@ class EdgeInspectorHub(EventSink):
         if self.remote:
             self._remote_stations()
             self._remove_stale_devices()
+        states = {state.station_id: state for state in self.engine.states()}
         for sid, runtime in self.stations.items():
             issue = f"model_missing_{runtime.subentry_id}"
-            if sid in self.engine.failed:
-                runtime.state = self.engine.failed[sid]
+            runtime.state = states.get(sid)
+            if not self.engine.is_running(sid):
                 ir.async_create_issue(
                     self.hass,
                     DOMAIN,
@@ -365,17 +255,20 @@ class EdgeInspectorHub(EventSink):
                     translation_key="station_failed",
                     translation_placeholders={
                         "station": runtime.name,
-                        "error": runtime.state.error or "unknown error",
+                        "error": (runtime.state and runtime.state.error) or "unknown error",
                     },
                 )
                 continue
             ir.async_delete_issue(self.hass, DOMAIN, issue)
-            runtime.state = self.engine.stations[sid].state()
-            if self.remote:
-                continuous = bool(runtime.camera_entity_id) and runtime.state.push
-            else:
-                continuous = self.config.station(sid).mode == "continuous"
-            if continuous:
+            # fed from its camera entity on an interval: a continuous station inspecting the
+            # pictures sent to it (every station in process; a service's `push` ones)
+            state = runtime.state
+            if (
+                state is not None
+                and state.push
+                and state.mode == "continuous"
+                and runtime.camera_entity_id
+            ):
                 self._unsubs.append(
                     async_track_time_interval(
                         self.hass,
@@ -386,12 +279,12 @@ class EdgeInspectorHub(EventSink):
                     )
                 )
         for sid, runtime in self.stations.items():
-            counts = await self.engine.store.counts_by_class(station_id=sid)
+            counts = await self.engine.counts_by_class(station_id=sid)
             runtime.class_counts = {c: 0 for c in runtime.defects} | {
                 c.defect_class: c.count for c in counts
             }
         await self.async_update_charts()
-        self._start_checks()
+        await self._start_checks()
 
         async def _on_action(event: Event) -> None:
             action = str(event.data.get("action", ""))
@@ -406,14 +299,14 @@ class EdgeInspectorHub(EventSink):
     async def async_update_charts(self, _now: Any = None) -> None:
         """Recompute each station's p-chart from the store."""
         now = dt_util.utcnow()
-        store = self.engine.store
+        engine = self.engine
         for sid, runtime in self.stations.items():
             try:
-                base = await store.inspection_counts(
+                base = await engine.inspection_counts(
                     station_id=sid, since=now - BASELINE, until=now - SUBGROUP
                 )
-                current = await store.inspection_counts(station_id=sid, since=now - SUBGROUP)
-                runtime.feedback = await store.feedback_counts(station_id=sid)
+                current = await engine.inspection_counts(station_id=sid, since=now - SUBGROUP)
+                runtime.feedback = await engine.feedback_counts(station_id=sid)
             except EdgeInspectorError as exc:  # the engine is stopping (unload, reload)
                 _LOGGER.debug("control charts not updated: %s", exc)
                 return
@@ -422,7 +315,7 @@ class EdgeInspectorHub(EventSink):
             )
             self._signal_state(runtime)
 
-    def _start_checks(self) -> None:
+    async def _start_checks(self) -> None:
         self._unsubs.append(
             async_track_time_interval(
                 self.hass,
@@ -432,7 +325,7 @@ class EdgeInspectorHub(EventSink):
                 cancel_on_shutdown=True,
             )
         )
-        if self.engine.enricher is not None:
+        if await self.engine.vlm_status() is not None:
             self._unsubs.append(
                 async_track_time_interval(
                     self.hass,
@@ -449,12 +342,13 @@ class EdgeInspectorHub(EventSink):
         self._unsubs.clear()
         await self.engine.stop()
 
-    @callback
-    def _check_vlm(self, _now: Any = None) -> None:
+    async def _check_vlm(self, _now: Any = None) -> None:
         """A repair issue while Ollama lacks the configured model; gone once it has it."""
-        enricher = self.engine.enricher
-        error = enricher.last_error if enricher is not None else None
-        if error and "is not on the Ollama server" in error:
+        try:
+            status = await self.engine.vlm_status()
+        except EngineConnectionError:
+            return  # the engine service is away: its connection says so
+        if status is not None and status.model_missing:
             ir.async_create_issue(
                 self.hass,
                 DOMAIN,
@@ -462,7 +356,7 @@ class EdgeInspectorHub(EventSink):
                 is_fixable=False,
                 severity=ir.IssueSeverity.WARNING,
                 translation_key="ollama_model_missing",
-                translation_placeholders={"error": error},
+                translation_placeholders={"error": status.error or ""},
             )
         else:
             ir.async_delete_issue(self.hass, DOMAIN, "ollama_model_missing")
@@ -493,19 +387,10 @@ class EdgeInspectorHub(EventSink):
         store's images): read from the store, or from the engine service; None when gone."""
         if path is None:
             return None
-        engine = self.engine
-        if isinstance(engine, RemoteEngine):
-            try:
-                return await engine.incident_image(incident_id)
-            except EdgeInspectorError:
-                return None
-        found = engine.store.image_file(path)
-        if found is None:
-            return None  # removed by retention
         try:
-            return await self.hass.async_add_executor_job(found.read_bytes)
-        except OSError:
-            return None
+            return await self.engine.incident_image(incident_id)
+        except (NotFoundError, EngineConnectionError):
+            return None  # removed by retention, or the engine service is away
 
     # -- inspection ---------------------------------------------------------------------
 
@@ -519,28 +404,35 @@ class EdgeInspectorHub(EventSink):
             try:
                 return await self.engine.inspect_now(sid, part_id=part_id, lot_id=lot_id)
             except EdgeInspectorError as exc:
-                raise HomeAssistantError(f"{runtime.name}: {exc}") from exc
+                raise _station_error(runtime.name, exc) from exc
         try:
             image = await camera.async_get_image(self.hass, runtime.camera_entity_id, timeout=10)
         except HomeAssistantError as exc:
             self._camera_failed(runtime, str(exc) or type(exc).__name__)
             raise HomeAssistantError(
-                f"{runtime.name}: camera {runtime.camera_entity_id} gave no image: {exc}"
+                translation_domain=DOMAIN,
+                translation_key="camera_no_image",
+                translation_placeholders={
+                    "station": runtime.name,
+                    "camera": runtime.camera_entity_id,
+                    "error": str(exc),
+                },
             ) from exc
         try:
-            station = self.engine.station(sid)
-            result = await station.inspect_image(image.content, part_id=part_id, lot_id=lot_id)
+            result = await self.engine.inspect_image(
+                sid, image.content, part_id=part_id, lot_id=lot_id
+            )
         except ImageDecodeError as exc:  # the camera sent something that is not a picture
             self._camera_failed(runtime, str(exc))
-            raise HomeAssistantError(f"{runtime.name}: {exc}") from exc
+            raise _station_error(runtime.name, exc) from exc
         except ModelError as exc:  # the engine could not run the model
             if runtime.engine_error is None:
                 _LOGGER.error("%s unavailable: the engine failed: %s", runtime.name, exc)
             runtime.engine_error = str(exc)
             self._signal_state(runtime)
-            raise HomeAssistantError(f"{runtime.name}: {exc}") from exc
+            raise _station_error(runtime.name, exc) from exc
         except EdgeInspectorError as exc:
-            raise HomeAssistantError(f"{runtime.name}: {exc}") from exc
+            raise _station_error(runtime.name, exc) from exc
         self._camera_ok(runtime)
         if runtime.engine_error is not None:
             _LOGGER.info("%s available again: the engine runs", runtime.name)
@@ -563,17 +455,14 @@ class EdgeInspectorHub(EventSink):
             self._signal_state(runtime)
 
     async def _station_command(
-        self, sid: str, command: Callable[[], Awaitable[None] | None]
+        self, sid: str, command: Callable[[], Awaitable[StationState]]
     ) -> None:
-        """A command to a station's engine (in-process it answers at once, a service over
-        HTTP); the station's entities then show its new state."""
+        """A command to a station; its entities then show the state the engine answers."""
         try:
-            pending = command()
-            if pending is not None:
-                await pending
+            state = await command()
         except EdgeInspectorError as exc:
-            raise HomeAssistantError(f"{self.stations[sid].name}: {exc}") from exc
-        self.stations[sid].state = self.engine.stations[sid].state()
+            raise _station_error(self.stations[sid].name, exc) from exc
+        self.stations[sid].state = state
         self._signal_state(self.stations[sid])
 
     async def async_set_enabled(self, sid: str, enabled: bool) -> None:
@@ -587,7 +476,7 @@ class EdgeInspectorHub(EventSink):
     @property
     def is_connected(self) -> bool:
         """False while an engine service does not answer (always True in-process)."""
-        return not isinstance(self.engine, RemoteEngine) or self.engine.connected.is_set()
+        return self.engine.connected
 
     def is_available(self, sid: str) -> bool:
         runtime = self.stations[sid]
@@ -598,7 +487,7 @@ class EdgeInspectorHub(EventSink):
             and runtime.engine_error is None
             and runtime.state is not None
             and runtime.state.error is None
-            and sid in self.engine.stations
+            and self.engine.is_running(sid)
         )
 
     def _signal_state(self, runtime: StationRuntime) -> None:
@@ -635,9 +524,11 @@ class EdgeInspectorHub(EventSink):
     ) -> Incident | None:
         """An operator's verdict on an incident, kept in its audit trail (`extra.feedback`);
         None when this hub has no such incident."""
-        updated = await self.engine.set_verdict(incident_id, state, by=by, note=note)
-        if updated is not None:
-            await self.async_update_charts()
+        try:
+            updated = await self.engine.set_verdict(incident_id, state, by=by, note=note)
+        except IncidentNotFoundError:
+            return None
+        await self.async_update_charts()
         return updated
 
     async def async_notification_action(self, action: str, user: str) -> None:

@@ -32,7 +32,7 @@ class DefectImage(StationEntity, ImageEntity):
 
     async def async_added_to_hass(self) -> None:
         await super().async_added_to_hass()
-        last = await self.hub.engine.store.last_incident(self.station_id)
+        last = await self.hub.engine.last_incident(self.station_id)
         if last is not None:
             self._show(last)
         self.async_on_remove(

@@ -180,7 +180,7 @@ async def _get_incidents(call: ServiceCall) -> ServiceResponse:
         pairs = [(hub, None) for hub in _hubs(call.hass)]
     found: list[Incident] = []
     for hub, sid in pairs:
-        found += await hub.engine.store.incidents(
+        found += await hub.engine.incidents(
             station_id=sid, since=since, limit=call.data[ATTR_LIMIT]
         )
     found.sort(key=lambda i: i.created_at, reverse=True)
@@ -249,7 +249,7 @@ async def _report(call: ServiceCall) -> ServiceResponse:
     lines = [f"Inspection report, {period.replace('_', ' ')} (since {since:%Y-%m-%d %H:%M})"]
     for hub, sid in pairs:
         runtime = hub.stations[sid]
-        store = hub.engine.store
+        store = hub.engine
         counts = await store.inspection_counts(station_id=sid, since=since)
         by_class = await store.counts_by_class(station_id=sid, since=since)
         rate = counts.defect_rate

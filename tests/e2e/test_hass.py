@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from tests.ha_release import DEPRECATED_USE, station_object_id
+from tests.ha_release import BLOCKING_CALL, DEPRECATED_USE, station_object_id
 from tests.hass_script import run_hass_script
 
 ROOT = Path(__file__).parents[2]
@@ -27,6 +27,8 @@ def test_a_real_home_assistant_shows_the_station(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr + log[-3000:]
     # nothing of ours that this release deprecates ("Detected that custom integration ...")
     assert not DEPRECATED_USE.search(log), log
+    # nothing blocking in the event loop: the engine's imports, files and models off it
+    assert not BLOCKING_CALL.search(log), "\n".join(BLOCKING_CALL.findall(log))
     lines = dict(line.split(None, 1) for line in proc.stdout.splitlines() if line.startswith("  "))
     press = station_object_id("Press", area="Line 2")
     assert lines[f"binary_sensor.{press}_defect"].strip() == "on"

@@ -146,7 +146,7 @@ async def test_a_missing_ollama_model_raises_a_repair_issue_until_it_is_pulled(
     hub = entry.runtime_data
     assert hub.engine.enricher is not None
     await _until(hass, lambda: hub.engine.enricher.last_error)
-    hub._check_vlm()
+    await hub._check_vlm()
     issue = ir.async_get(hass).async_get_issue(DOMAIN, "ollama_model_missing")
     assert (
         issue is not None and "ollama pull qwen2.5vl:7b" in issue.translation_placeholders["error"]
@@ -154,7 +154,7 @@ async def test_a_missing_ollama_model_raises_a_repair_issue_until_it_is_pulled(
     ollama.models = {"qwen2.5vl:7b": ["completion", "vision", "tools"]}
     hub.engine.enricher.retry_now()
     await _until(hass, lambda: hub.engine.enricher.last_error is None)
-    hub._check_vlm()
+    await hub._check_vlm()
     assert ir.async_get(hass).async_get_issue(DOMAIN, "ollama_model_missing") is None
     assert await hass.config_entries.async_unload(entry.entry_id)
     await hass.async_block_till_done()

@@ -565,7 +565,7 @@ async def test_a_broken_station_configuration_fails_the_entry_clearly(
     entry.add_to_hass(hass)
     assert not await hass.config_entries.async_setup(entry.entry_id)
     assert entry.state is ConfigEntryState.SETUP_ERROR
-    assert "invalid station configuration" in (entry.reason or "")
+    assert "Invalid station configuration" in (entry.reason or "")
 
 
 def _shape(value: Any) -> Any:

@@ -43,7 +43,9 @@ def service(tmp_path: Path, socket_enabled: None) -> Iterator[Service]:
         yield svc
 
 
-async def _remote_entry(hass: HomeAssistant, service: Service, **options: Any) -> MockConfigEntry:
+async def _remote_entry(
+    hass: HomeAssistant, service: Service, token: str = TOKEN, **options: Any
+) -> MockConfigEntry:
     entry = MockConfigEntry(
         domain=DOMAIN,
         title="Edge Inspector",
@@ -52,13 +54,13 @@ async def _remote_entry(hass: HomeAssistant, service: Service, **options: Any) -
             "ollama_model": "qwen2.5vl:7b",
             "storage": "",
             "engine_url": service.url,
-            "engine_token": TOKEN,
+            "engine_token": token,
         },
         options=options,
         unique_id=DOMAIN,
     )
     entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(entry.entry_id)
+    assert await hass.config_entries.async_setup(entry.entry_id) is (token == TOKEN)
     await hass.async_block_till_done()
     return entry
 
@@ -101,6 +103,31 @@ async def test_the_config_flow_tests_the_engine_before_creating_the_entry(
         (entry.entry_id, "station"), context={"source": "user"}
     )
     assert flow["type"] is FlowResultType.ABORT and flow["reason"] == "remote_engine"
+    assert await hass.config_entries.async_unload(entry.entry_id)
+
+
+async def test_a_refused_token_asks_for_a_new_one_and_the_hub_loads_with_it(
+    hass: HomeAssistant, service: Service
+) -> None:
+    entry = await _remote_entry(hass, service, token="an-old-token")
+    # not retried for ever: Home Assistant asks for a new token (a repair to fix)
+    assert entry.state is ConfigEntryState.SETUP_ERROR
+    assert "refused the token" in (entry.reason or "")
+    flows = [
+        f for f in hass.config_entries.flow.async_progress() if f["context"]["source"] == "reauth"
+    ]
+    assert len(flows) == 1
+    flow_id = flows[0]["flow_id"]
+    result = await hass.config_entries.flow.async_configure(flow_id, {"engine_token": "a-guess"})
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {"base": "invalid_auth"}
+    result = await hass.config_entries.flow.async_configure(flow_id, {"engine_token": TOKEN})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "reauth_successful"
+    await hass.async_block_till_done()
+    assert entry.data["engine_token"] == TOKEN
+    assert entry.state is ConfigEntryState.LOADED
+    await _until(hass, lambda: hass.states.get(f"sensor.{DOCK}_inspections") is not None)
     assert await hass.config_entries.async_unload(entry.entry_id)
 
 

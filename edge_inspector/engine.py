@@ -91,7 +91,6 @@ class Engine:
         self.stations: dict[str, Station] = {}
         self.failed: dict[str, StationState] = {}  # stations that could not start, and why
         self._retention_task: asyncio.Task[None] | None = None
-        self._started = False
         # Where mapped actions go, by target type; attach_mqtt adds `mqtt`, the HA adapter
         # `service`.
         plc_port = PlcActionPort()
@@ -150,7 +149,6 @@ class Engine:
         self._retention_task = asyncio.create_task(
             self._retention(), name="edge_inspector retention"
         )
-        self._started = True
 
     async def _start_plc(self) -> None:
         """A PLC link for each running station that has one (it connects in the background:
@@ -315,7 +313,6 @@ class Engine:
             self._session = None
         await self.store.close()
         self._executor.shutdown(wait=True)
-        self._started = False
 
     async def stop_stations(self) -> None:
         """Stop every station (no new frames, what was detected is recorded); the VLM, the

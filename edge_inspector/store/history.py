@@ -275,10 +275,6 @@ class Store:
 
         await self._run(_add)
 
-    async def update_incident(self, incident: Incident) -> None:
-        """Store a changed incident (new state, enrichment)."""
-        await self.add_incident(incident)
-
     async def set_incident_state(self, incident_id: str, state: IncidentState) -> Incident | None:
         return await self.modify_incident(
             incident_id, lambda current: current.model_copy(update={"state": state})

@@ -5,11 +5,11 @@
 
 `edge-inspector run` as its own process with a triggered station on the bundled model (its
 camera a picture on disk: `raw`, an uncompressed frame as a machine-vision camera hands it
-over, or `jpeg`, an IP camera's picture to decode); this process is the PLC: a real pymodbus Modbus TCP server
-(or asyncua OPC UA server) on loopback. For each part the PLC writes the part id and raises
-the trigger; the verdict is there when the sequence counter's write reaches the PLC (the
-server's write hook: a scanning loop here would take the CPU the model needs). Printed, p50
-and p99:
+over, or `jpeg`, an IP camera's picture to decode); this process is the PLC: a real pymodbus
+Modbus TCP server (or asyncua OPC UA server) on loopback. For each part the PLC writes the part
+id and raises the trigger; the verdict is there when the sequence counter's write reaches the
+PLC (the server's write hook: a scanning loop here would take the CPU the model needs).
+Printed, p50 and p99:
 
 - edge to verdict, as the PLC sees it;
 - the model's own time for the same inspections (preprocess, inference, postprocess: from

@@ -76,6 +76,18 @@ EVENT_TYPES = (
     "station_state",
     "alert",
 )
+# The engine's errors as answers (status, code), the first that fits; a client raises the same
+# type again from the code (api/client.py).
+_ERROR_ANSWERS: dict[type[EdgeInspectorError], tuple[int, str]] = {
+    StationNotFoundError: (404, "station_not_found"),
+    IncidentNotFoundError: (404, "incident_not_found"),
+    ImageNotFoundError: (404, "image_not_found"),
+    NotFoundError: (404, "not_found"),
+    ModelError: (409, "model_error"),
+    ImageDecodeError: (422, "bad_image"),
+    SourceError: (422, "source"),
+    EdgeInspectorError: (409, "refused"),  # a command the engine will not carry out now
+}
 _SHUTDOWN_TIMEOUT_S = 5.0  # what a stop waits for the requests and websockets still open
 _OPEN_PATHS = frozenset({"/api/health", "/api/openapi.json"})
 _CLIENT_QUEUE = 1000
@@ -448,33 +460,17 @@ class ApiServer(EventSink):
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except ApiError as exc:
-            return _error(exc.status, exc.code, exc.message)
-        except InputError as exc:
+        except (ApiError, InputError) as exc:  # the request's fault: its status and code
             return _error(exc.status, exc.code, str(exc))
         except web.HTTPException as exc:
             if exc.status >= 400:
                 return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
             raise
-        except NotFoundError as exc:
-            code = (
-                "station_not_found"
-                if isinstance(exc, StationNotFoundError)
-                else "incident_not_found"
-                if isinstance(exc, IncidentNotFoundError)
-                else "image_not_found"
-                if isinstance(exc, ImageNotFoundError)
-                else "not_found"
-            )
-            return _error(404, code, str(exc))
-        except ModelError as exc:
-            return _error(409, "model_error", str(exc))
-        except (ImageDecodeError, SourceError) as exc:
-            return _error(
-                422, "bad_image" if isinstance(exc, ImageDecodeError) else "source", str(exc)
-            )
         except EdgeInspectorError as exc:
-            return _error(409, "refused", str(exc))
+            status, code = next(
+                answer for kind, answer in _ERROR_ANSWERS.items() if isinstance(exc, kind)
+            )
+            return _error(status, code, str(exc))
         except TimeoutError:
             return _error(504, "timeout", "the station did not answer in time")
         except (ConnectionResetError, asyncio.CancelledError):
@@ -832,49 +828,8 @@ class ApiServer(EventSink):
         client = _Client(events, executes_actions=executes_actions)
         self.clients.add(client)  # before the replay: nothing falls between the two
         try:
-            for state in self.engine.states():
-                await ws.send_str(
-                    json.dumps({"type": "station_state", "data": state.model_dump(mode="json")})
-                )
-            if since is not None:
-                offset = 0
-                while True:
-                    page = await self.engine.store.incidents(since=since, limit=200, offset=offset)
-                    for incident in reversed(page):
-                        await ws.send_str(
-                            json.dumps(
-                                {
-                                    "type": "missed_defect"
-                                    if incident.extra.get("missed")
-                                    else "incident",
-                                    "replay": True,
-                                    "data": incident.model_dump(mode="json"),
-                                }
-                            )
-                        )
-                    if len(page) < 200:
-                        break
-                    offset += 200
-            await ws.send_str(json.dumps({"type": "ready"}))
-            reader = asyncio.create_task(self._read_client(ws, client))
-            try:
-                while True:
-                    getter = asyncio.create_task(client.queue.get())
-                    done, _ = await asyncio.wait(
-                        {getter, reader}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if getter not in done:
-                        getter.cancel()
-                        break
-                    message = getter.result()
-                    if message is None and not client.overflowed:
-                        break  # the server is stopping
-                    if message is None or not await self._send(ws, message):
-                        client.overflowed = True
-                        await self._close_slow(ws, request)
-                        break
-            finally:
-                reader.cancel()
+            await self._greet(ws, since)
+            await self._pump(ws, client, request)
         except (ConnectionResetError, ConnectionError):
             pass
         finally:
@@ -882,6 +837,46 @@ class ApiServer(EventSink):
             if not ws.closed:
                 await ws.close()
         return ws
+
+    async def _greet(self, ws: web.WebSocketResponse, since: datetime | None) -> None:
+        """A new client's first messages: every station's state, the incidents stored since
+        `since` (oldest first, `replay: true`), then `ready`."""
+        for state in self.engine.states():
+            await ws.send_str(
+                json.dumps({"type": "station_state", "data": state.model_dump(mode="json")})
+            )
+        offset = 0
+        while since is not None:
+            page = await self.engine.store.incidents(since=since, limit=200, offset=offset)
+            for incident in reversed(page):
+                kind = "missed_defect" if incident.extra.get("missed") else "incident"
+                data = incident.model_dump(mode="json")
+                await ws.send_str(json.dumps({"type": kind, "replay": True, "data": data}))
+            if len(page) < 200:
+                break
+            offset += 200
+        await ws.send_str(json.dumps({"type": "ready"}))
+
+    async def _pump(self, ws: web.WebSocketResponse, client: _Client, request: web.Request) -> None:
+        """The live events to a client until it goes, the server stops, or it falls behind
+        (closed with 1013)."""
+        reader = asyncio.create_task(self._read_client(ws, client))
+        try:
+            while True:
+                getter = asyncio.create_task(client.queue.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    return
+                message = getter.result()
+                if message is None and not client.overflowed:
+                    return  # the server is stopping
+                if message is None or not await self._send(ws, message):
+                    client.overflowed = True
+                    await self._close_slow(ws, request)
+                    return
+        finally:
+            reader.cancel()
 
     async def _send(self, ws: web.WebSocketResponse, message: str) -> bool:
         """Send, unless the client has not taken what was sent before within `send_timeout_s`

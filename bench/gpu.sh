@@ -5,7 +5,7 @@
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
 #     ultralytics==8.4.190 ultralytics-thop ultralytics-platform lap pydantic pydantic_core \
 #     annotated-types typing-inspection ollama==0.5.1 httpx httpcore h11 anyio sniffio idna \
-#     certifi pypdf
+#     certifi pypdf prometheus-client
 # (add polars and polars-runtime-32 for "train": they are large, and only training needs them)
 # Optional first argument "train": retrain the demo model on the GPU first and bench that one;
 # "service": only the service-versus-in-process latency bench.

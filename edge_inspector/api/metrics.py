@@ -1,14 +1,26 @@
-"""Prometheus metrics in the text exposition format (written here: no client library needed).
+"""Prometheus metrics in the text exposition format, written by `prometheus_client`.
 
 Counters come from the engine's events since the service started (and the stations' own frame
-counters); gauges are read when scraped.
+counters); gauges are read when scraped. Each `Metrics` has its own registry (never the library's
+global one) holding one collector that builds every family from the engine's state at scrape time.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from .. import __version__
 from ..events import Incident, InspectionResult
@@ -19,19 +31,12 @@ if TYPE_CHECKING:
 
 # Seconds; the frame-to-event goal is 50 ms on an edge GPU.
 BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(**labels: str) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
+_LE = (*(repr(bound) for bound in BUCKETS), "+Inf")  # the `le` labels: "0.005" … "10.0", "+Inf"
 
 
 class Histogram:
+    """One latency series: counts per bucket (not cumulative), their sum and count."""
+
     def __init__(self) -> None:
         self.counts = [0] * (len(BUCKETS) + 1)
         self.sum = 0.0
@@ -42,16 +47,157 @@ class Histogram:
         self.sum += seconds
         self.count += 1
 
-    def lines(self, name: str, **labels: str) -> list[str]:
-        out = []
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative, as the exposition has them; the last (+Inf) is the count."""
+        out: list[tuple[str, float]] = []
         running = 0
-        for bound, n in zip((*BUCKETS, float("inf")), self.counts, strict=True):
+        for le, n in zip(_LE, self.counts, strict=True):
             running += n
-            le = "+Inf" if bound == float("inf") else repr(bound)
-            out.append(f"{name}_bucket{_labels(**labels, le=le)} {running}")
-        out.append(f"{name}_sum{_labels(**labels)} {self.sum:.6f}")
-        out.append(f"{name}_count{_labels(**labels)} {self.count}")
+            out.append((le, running))
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Scrape:
+    engine: Engine
+    bridge: MqttBridge | None
+    websocket_clients: int
+
+
+class _EngineCollector(Collector):
+    """Every family, in a fixed order, from the scrape in progress (none outside `render`)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.scrape: _Scrape | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        scrape = self.scrape
+        if scrape is None:
+            return
+        yield from self._stations(scrape.engine)
+        yield from self._plc(scrape.engine)
+        yield from self._services(scrape)
+
+    def _stations(self, engine: Engine) -> Iterator[Metric]:
+        m = self.metrics
+        info = GaugeMetricFamily("edge_inspector_info", "The engine's version.", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+        stations = engine.stations
+        station_up = GaugeMetricFamily(
+            "edge_inspector_station_up",
+            "1 while a station runs and is enabled.",
+            labels=["station"],
+        )
+        for state in engine.states():
+            up = int(state.available and state.enabled and not state.error)
+            station_up.add_metric([state.station_id], up)
+        yield station_up
+        frames = CounterMetricFamily(
+            "edge_inspector_frames_total", "Frames read by each station.", labels=["station"]
+        )
+        for sid, station in stations.items():
+            frames.add_metric([sid], station.frames)
+        yield frames
+        frame_errors = CounterMetricFamily(
+            "edge_inspector_frame_errors_total",
+            "Frames that could not be read.",
+            labels=["station"],
+        )
+        for sid, station in stations.items():
+            frame_errors.add_metric([sid], station.frame_errors)
+        yield frame_errors
+        inspections = CounterMetricFamily(
+            "edge_inspector_inspections_total",
+            "Inspections by verdict.",
+            labels=["station", "verdict"],
+        )
+        for (sid, verdict), n in sorted(m.inspections.items()):
+            inspections.add_metric([sid, verdict], n)
+        yield inspections
+        defects = CounterMetricFamily(
+            "edge_inspector_defects_total",
+            "Defect incidents by class.",
+            labels=["station", "defect_class"],
+        )
+        for (sid, cls), n in sorted(m.defects.items()):
+            defects.add_metric([sid, cls], n)
+        yield defects
+        latency = HistogramMetricFamily(
+            "edge_inspector_latency_seconds",
+            "Frame to result (stage total) and model inference (stage inference).",
+            labels=["station", "stage"],
+        )
+        for (sid, stage), histogram in sorted(m.latency.items()):
+            # the sum to the microsecond, as the exposition has always had it
+            latency.add_metric([sid, stage], histogram.buckets(), round(histogram.sum, 6))
+        yield latency
+
+    @staticmethod
+    def _plc(engine: Engine) -> Iterator[Metric]:
+        if engine.plc:
+            links = sorted(engine.plc.items())
+            plc_up = GaugeMetricFamily(
+                "edge_inspector_plc_up", "1 while a station's PLC is connected.", labels=["station"]
+            )
+            for sid, link in links:
+                plc_up.add_metric([sid], int(link.connected.is_set()))
+            yield plc_up
+            plc_pending = GaugeMetricFamily(
+                "edge_inspector_plc_pending", "Verdicts waiting for the PLC.", labels=["station"]
+            )
+            for sid, link in links:
+                plc_pending.add_metric([sid], link.pending)
+            yield plc_pending
+            triggers = CounterMetricFamily(
+                "edge_inspector_plc_triggers_total",
+                "PLC trigger edges, by outcome.",
+                labels=["station", "outcome"],
+            )
+            for sid, link in links:
+                taken = link.edges - link.refused_edges
+                for outcome, n in (("taken", taken), ("refused", link.refused_edges)):
+                    triggers.add_metric([sid, outcome], n)
+            yield triggers
+
+    @staticmethod
+    def _services(scrape: _Scrape) -> Iterator[Metric]:
+        engine, bridge = scrape.engine, scrape.bridge
+        stations = engine.stations
+        # Its samples have different label sets (`station` only on the outputs queues), which
+        # add_metric (one label list per family) cannot write: each sample is added whole.
+        queue_depth = GaugeMetricFamily("edge_inspector_queue_depth", "Work waiting, by queue.")
+        queue_depth.add_sample(queue_depth.name, {"queue": "inference"}, engine.inference_depth)
+        for sid, station in stations.items():
+            queue_depth.add_sample(
+                queue_depth.name, {"queue": "outputs", "station": sid}, station.pending_outputs
+            )
+        enricher = engine.enricher
+        if enricher is not None:
+            queue_depth.add_sample(queue_depth.name, {"queue": "vlm"}, enricher.queued)
+        if bridge is not None:
+            queue_depth.add_sample(queue_depth.name, {"queue": "mqtt"}, bridge.queued)
+        yield queue_depth
+
+        vlm_up = GaugeMetricFamily(
+            "edge_inspector_vlm_up", "1 while the VLM answers (absent: VLM off)."
+        )
+        if enricher is not None:
+            vlm_up.add_metric([], int(enricher.last_error is None))
+        yield vlm_up
+        mqtt = GaugeMetricFamily(
+            "edge_inspector_mqtt_connected", "1 while connected to the broker."
+        )
+        if bridge is not None:
+            mqtt.add_metric([], int(bridge.connected.is_set()))
+        yield mqtt
+        clients = GaugeMetricFamily(
+            "edge_inspector_websocket_clients", "Clients of the push channel."
+        )
+        clients.add_metric([], scrape.websocket_clients)
+        yield clients
 
 
 class Metrics:
@@ -59,6 +205,9 @@ class Metrics:
         self.inspections: dict[tuple[str, str], int] = defaultdict(int)
         self.defects: dict[tuple[str, str], int] = defaultdict(int)
         self.latency: dict[tuple[str, str], Histogram] = defaultdict(Histogram)
+        self.registry = CollectorRegistry()  # this object's own, never prometheus_client.REGISTRY
+        self._collector = _EngineCollector(self)
+        self.registry.register(self._collector)
 
     def inspection(self, result: InspectionResult) -> None:
         self.inspections[(result.station_id, str(result.verdict))] += 1
@@ -70,78 +219,9 @@ class Metrics:
         self.defects[(incident.station_id, incident.defect_class)] += 1
 
     def render(self, engine: Engine, bridge: MqttBridge | None, websocket_clients: int) -> str:
-        out: list[str] = []
-
-        def family(name: str, kind: str, help_text: str) -> None:
-            out.append(f"# HELP {name} {help_text}")
-            out.append(f"# TYPE {name} {kind}")
-
-        family("edge_inspector_info", "gauge", "The engine's version.")
-        out.append(f"edge_inspector_info{_labels(version=__version__)} 1")
-
-        stations = engine.stations
-        family("edge_inspector_station_up", "gauge", "1 while a station runs and is enabled.")
-        for state in engine.states():
-            up = int(state.available and state.enabled and not state.error)
-            out.append(f"edge_inspector_station_up{_labels(station=state.station_id)} {up}")
-        family("edge_inspector_frames_total", "counter", "Frames read by each station.")
-        for sid, station in stations.items():
-            out.append(f"edge_inspector_frames_total{_labels(station=sid)} {station.frames}")
-        family("edge_inspector_frame_errors_total", "counter", "Frames that could not be read.")
-        for sid, station in stations.items():
-            out.append(
-                f"edge_inspector_frame_errors_total{_labels(station=sid)} {station.frame_errors}"
-            )
-        family("edge_inspector_inspections_total", "counter", "Inspections by verdict.")
-        for (sid, verdict), n in sorted(self.inspections.items()):
-            out.append(
-                f"edge_inspector_inspections_total{_labels(station=sid, verdict=verdict)} {n}"
-            )
-        family("edge_inspector_defects_total", "counter", "Defect incidents by class.")
-        for (sid, cls), n in sorted(self.defects.items()):
-            out.append(f"edge_inspector_defects_total{_labels(station=sid, defect_class=cls)} {n}")
-        family(
-            "edge_inspector_latency_seconds",
-            "histogram",
-            "Frame to result (stage total) and model inference (stage inference).",
-        )
-        for (sid, stage), histogram in sorted(self.latency.items()):
-            out += histogram.lines("edge_inspector_latency_seconds", station=sid, stage=stage)
-
-        if engine.plc:
-            links = sorted(engine.plc.items())
-            family("edge_inspector_plc_up", "gauge", "1 while a station's PLC is connected.")
-            for sid, link in links:
-                up = int(link.connected.is_set())
-                out.append(f"edge_inspector_plc_up{_labels(station=sid)} {up}")
-            family("edge_inspector_plc_pending", "gauge", "Verdicts waiting for the PLC.")
-            for sid, link in links:
-                out.append(f"edge_inspector_plc_pending{_labels(station=sid)} {link.pending}")
-            family("edge_inspector_plc_triggers_total", "counter", "PLC trigger edges, by outcome.")
-            for sid, link in links:
-                taken = link.edges - link.refused_edges
-                for outcome, n in (("taken", taken), ("refused", link.refused_edges)):
-                    labels = _labels(station=sid, outcome=outcome)
-                    out.append(f"edge_inspector_plc_triggers_total{labels} {n}")
-        family("edge_inspector_queue_depth", "gauge", "Work waiting, by queue.")
-        inference = engine.inference_depth
-        out.append(f"edge_inspector_queue_depth{_labels(queue='inference')} {inference}")
-        for sid, station in stations.items():
-            depth = station.pending_outputs
-            out.append(f"edge_inspector_queue_depth{_labels(queue='outputs', station=sid)} {depth}")
-        enricher = engine.enricher
-        if enricher is not None:
-            vlm_depth = enricher.queued
-            out.append(f"edge_inspector_queue_depth{_labels(queue='vlm')} {vlm_depth}")
-        if bridge is not None:
-            out.append(f"edge_inspector_queue_depth{_labels(queue='mqtt')} {bridge.queued}")
-
-        family("edge_inspector_vlm_up", "gauge", "1 while the VLM answers (absent: VLM off).")
-        if enricher is not None:
-            out.append(f"edge_inspector_vlm_up {int(enricher.last_error is None)}")
-        family("edge_inspector_mqtt_connected", "gauge", "1 while connected to the broker.")
-        if bridge is not None:
-            out.append(f"edge_inspector_mqtt_connected {int(bridge.connected.is_set())}")
-        family("edge_inspector_websocket_clients", "gauge", "Clients of the push channel.")
-        out.append(f"edge_inspector_websocket_clients {websocket_clients}")
-        return "\n".join(out) + "\n"
+        """The Prometheus text exposition of the engine as it is now."""
+        self._collector.scrape = _Scrape(engine, bridge, websocket_clients)
+        try:
+            return generate_latest(self.registry).decode()
+        finally:
+            self._collector.scrape = None

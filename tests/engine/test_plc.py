@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_inspector.api.metrics import Metrics
 from edge_inspector.config import EngineConfig
@@ -70,8 +71,14 @@ async def _engine(
         yield engine, link
 
 
-def _metrics(engine: Engine) -> str:
-    return Metrics().render(engine, None, 0)
+def _metrics(engine: Engine) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics as prometheus_client's parser reads it: (name, sorted labels) -> value."""
+    text = Metrics().render(engine, None, 0)
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
 
 
 async def _stored(engine: Engine, count: int = 1) -> list[dict[str, object]]:
@@ -97,7 +104,12 @@ async def test_modbus_trigger_to_verdict_and_the_handshake(
         plc_yaml = MODBUS_PLC.format(port=plc.port)
         async with _engine(make_config, cam, plc_yaml) as (engine, link):
             assert engine.stations["gate"].state().plc == "connected"
-            assert 'edge_inspector_plc_up{station="gate"} 1' in _metrics(engine)
+            metrics = _metrics(engine)
+            assert metrics[("edge_inspector_plc_up", (("station", "gate"),))] == 1
+            assert ("edge_inspector_plc_pending", (("station", "gate"),)) in metrics
+            for outcome in ("taken", "refused"):
+                labels = (("outcome", outcome), ("station", "gate"))
+                assert ("edge_inspector_plc_triggers_total", labels) in metrics
             await until_async(lambda: _is(plc, STATE, StateCode.RUNNING), "the state says running")
             # the PLC: a part arrives, its id in the registers, the trigger goes up
             await plc.set_text(PART, "P-0042", 8)
@@ -201,7 +213,7 @@ async def test_a_burst_of_edges_with_the_plc_restarted_midway_loses_no_verdict(
             await plc.stop()  # the PLC restarts while the verdicts are still being made
             await until(lambda: not link.connected.is_set(), "the link sees it go")
             assert engine.stations["gate"].state().plc == "unavailable"
-            assert 'edge_inspector_plc_up{station="gate"} 0' in _metrics(engine)
+            assert _metrics(engine)[("edge_inspector_plc_up", (("station", "gate"),))] == 0
             cam.hold.set()
             # the verdicts made meanwhile wait, in order
             await until(lambda: link.pending >= 10, "ten verdicts waiting")

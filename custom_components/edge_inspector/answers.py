@@ -116,44 +116,61 @@ def parse_period(
     now = now or dt_util.now()
     today = dt_util.start_of_local_day(now)
     phrase = " ".join((text or "").lower().replace("_", " ").split())
-    if not phrase or phrase in ("today", "so far today", "for today"):
-        return Period("today", today)
-    if phrase in ("yesterday",):
-        return Period("yesterday", today - timedelta(days=1), today)
-    if phrase in ("this week", "the week", "week"):
-        return Period("this week", today - timedelta(days=today.weekday()))
+    if (day := _named_day(phrase, today)) is not None:
+        return day
     if "shift" in phrase:
         back = 1 if re.search(r"\b(last|previous)\b", phrase) else 0
         start, end = _shift(now, shifts or [time(6), time(14), time(22)], back)
         label = "the last shift" if back else "this shift"
         return Period(label, start, end if back else None)
     if match := _LAST_N.search(phrase):
-        count_text, unit = match.groups()
-        count = _WORD_NUMBERS[count_text] if count_text in _WORD_NUMBERS else int(count_text or 1)
-        if unit.startswith("h"):
-            delta, name = timedelta(hours=count), "hour"
-        elif unit.startswith("d"):
-            delta, name = timedelta(days=count), "day"
-        else:
-            delta, name = timedelta(minutes=count), "minute"
-        label = f"the last {name}" if count == 1 else f"the last {count} {name}s"
-        return Period(label, now - delta)
+        return _last_n(match, now)
     if match := _SINCE.search(phrase):
-        hour, minute, suffix = int(match[1]), int(match[2] or 0), (match[3] or "").replace(".", "")
-        if suffix == "pm" and hour < 12:
-            hour += 12
-        elif suffix == "am" and hour == 12:
-            hour = 0
-        if hour > 23 or minute > 59:
-            raise AnswerError(f"{match[0]!r} is not a time of day")
-        since = datetime.combine(now.date(), time(hour, minute), tzinfo=now.tzinfo)
-        if since > now:  # "since 22:00" said at 02:00 means last night
-            since -= timedelta(days=1)
-        return Period(f"since {since:%H:%M}", since)
+        return _since_time(match, now)
     if parsed := dt_util.parse_datetime(phrase.replace(" ", "T", 1) if "-" in phrase else ""):
         since = parsed if parsed.tzinfo else parsed.replace(tzinfo=now.tzinfo)
         return Period(f"since {dt_util.as_local(since):%Y-%m-%d %H:%M}", since)
     raise AnswerError(f"I do not understand the time range {text!r}; say {PERIOD_HELP}")
+
+
+def _named_day(phrase: str, today: datetime) -> Period | None:
+    """ "today" (or nothing), "yesterday", "this week"."""
+    if not phrase or phrase in ("today", "so far today", "for today"):
+        return Period("today", today)
+    if phrase == "yesterday":
+        return Period("yesterday", today - timedelta(days=1), today)
+    if phrase in ("this week", "the week", "week"):
+        return Period("this week", today - timedelta(days=today.weekday()))
+    return None
+
+
+def _last_n(match: re.Match[str], now: datetime) -> Period:
+    """ "the last 2 hours", "last minute", "past three days"."""
+    count_text, unit = match.groups()
+    count = _WORD_NUMBERS[count_text] if count_text in _WORD_NUMBERS else int(count_text or 1)
+    if unit.startswith("h"):
+        delta, name = timedelta(hours=count), "hour"
+    elif unit.startswith("d"):
+        delta, name = timedelta(days=count), "day"
+    else:
+        delta, name = timedelta(minutes=count), "minute"
+    label = f"the last {name}" if count == 1 else f"the last {count} {name}s"
+    return Period(label, now - delta)
+
+
+def _since_time(match: re.Match[str], now: datetime) -> Period:
+    """ "since 6am", "since 14:30": the last time the clock showed it."""
+    hour, minute, suffix = int(match[1]), int(match[2] or 0), (match[3] or "").replace(".", "")
+    if suffix == "pm" and hour < 12:
+        hour += 12
+    elif suffix == "am" and hour == 12:
+        hour = 0
+    if hour > 23 or minute > 59:
+        raise AnswerError(f"{match[0]!r} is not a time of day")
+    since = datetime.combine(now.date(), time(hour, minute), tzinfo=now.tzinfo)
+    if since > now:  # "since 22:00" said at 02:00 means last night
+        since -= timedelta(days=1)
+    return Period(f"since {since:%H:%M}", since)
 
 
 def _norm(text: str) -> str:

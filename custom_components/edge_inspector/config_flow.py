@@ -247,32 +247,48 @@ class ActionsOptionsFlow(OptionsFlow):
         errors: dict[str, str] = {}
         placeholders = {"error": ""}
         if user_input is not None:
-            text = user_input.get(CONF_ACTIONS, "")
-            topic = user_input.get(CONF_MQTT_BASE_TOPIC, DOMAIN)
-            try:
-                check_actions(text)
-            except ValueError as exc:
-                errors[CONF_ACTIONS] = "invalid_actions"
-                placeholders["error"] = str(exc)[:300]
-            notify = (user_input.get(CONF_NOTIFY) or "").strip()
-            domain, _, service = notify.partition(".")
-            if notify and not self.hass.services.has_service(domain, service):
-                errors[CONF_NOTIFY] = "unknown_service"
-            if not re.fullmatch(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*", topic or ""):
-                errors[CONF_MQTT_BASE_TOPIC] = "invalid_topic"
-            elif user_input.get(CONF_MQTT_PUBLISH) and "mqtt" not in self.hass.config.components:
-                errors[CONF_MQTT_PUBLISH] = "mqtt_not_set_up"
-            if not SHIFTS.fullmatch(user_input.get(CONF_SHIFTS, DEFAULT_SHIFTS)):
-                errors[CONF_SHIFTS] = "invalid_shifts"
-            try:
-                cameras = parse_cameras(user_input.get(CONF_CAMERAS, ""))
-            except ValueError:
-                errors[CONF_CAMERAS] = "invalid_cameras"
-            else:
-                if any(self.hass.states.get(c) is None for c in cameras.values()):
-                    errors[CONF_CAMERAS] = "invalid_cameras"
+            errors, placeholders["error"] = self._check(user_input)
             if not errors:
                 return self.async_create_entry(data={**self.config_entry.options, **user_input})
+        return self.async_show_form(
+            step_id="init",
+            data_schema=self.add_suggested_values_to_schema(
+                self._schema(), user_input or self.config_entry.options
+            ),
+            errors=errors,
+            description_placeholders=placeholders,
+        )
+
+    def _check(self, user_input: dict[str, Any]) -> tuple[dict[str, str], str]:
+        """The form's errors by field, and the actions' parse error to show."""
+        errors: dict[str, str] = {}
+        detail = ""
+        try:
+            check_actions(user_input.get(CONF_ACTIONS, ""))
+        except ValueError as exc:
+            errors[CONF_ACTIONS] = "invalid_actions"
+            detail = str(exc)[:300]
+        notify = (user_input.get(CONF_NOTIFY) or "").strip()
+        domain, _, service = notify.partition(".")
+        if notify and not self.hass.services.has_service(domain, service):
+            errors[CONF_NOTIFY] = "unknown_service"
+        topic = user_input.get(CONF_MQTT_BASE_TOPIC, DOMAIN)
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*", topic or ""):
+            errors[CONF_MQTT_BASE_TOPIC] = "invalid_topic"
+        elif user_input.get(CONF_MQTT_PUBLISH) and "mqtt" not in self.hass.config.components:
+            errors[CONF_MQTT_PUBLISH] = "mqtt_not_set_up"
+        if not SHIFTS.fullmatch(user_input.get(CONF_SHIFTS, DEFAULT_SHIFTS)):
+            errors[CONF_SHIFTS] = "invalid_shifts"
+        try:
+            cameras = parse_cameras(user_input.get(CONF_CAMERAS, ""))
+        except ValueError:
+            errors[CONF_CAMERAS] = "invalid_cameras"
+        else:
+            if any(self.hass.states.get(c) is None for c in cameras.values()):
+                errors[CONF_CAMERAS] = "invalid_cameras"
+        return errors, detail
+
+    def _schema(self) -> vol.Schema:
         schema = vol.Schema(
             {
                 vol.Optional(CONF_ACTIONS, default=""): TextSelector(
@@ -284,7 +300,7 @@ class ActionsOptionsFlow(OptionsFlow):
                 vol.Optional(CONF_SHIFTS, default=DEFAULT_SHIFTS): str,
             }
         )
-        if self.config_entry.data.get(CONF_ENGINE_URL):
+        if self.config_entry.data.get(CONF_ENGINE_URL):  # remote mode: cameras feed its stations
             schema = schema.extend(
                 {
                     vol.Optional(CONF_CAMERAS, default=""): TextSelector(
@@ -295,14 +311,7 @@ class ActionsOptionsFlow(OptionsFlow):
                     ),
                 }
             )
-        return self.async_show_form(
-            step_id="init",
-            data_schema=self.add_suggested_values_to_schema(
-                schema, user_input or self.config_entry.options
-            ),
-            errors=errors,
-            description_placeholders=placeholders,
-        )
+        return schema
 
 
 def check_actions(text: str) -> None:

@@ -19,54 +19,22 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from ..errors import EdgeInspectorError
 from ..events import InspectionResult, StationState, Verdict
 from ..sinks import EventSink
 from ..sources.base import Backoff
 from .config import ModbusPlcConfig, OpcuaPlcConfig, ResultCode, StateCode
+from .driver import Ids, PlcDriver, PlcError, Values
 
 if TYPE_CHECKING:
     from ..station import Station
 
-__all__ = ["PlcDriver", "PlcError", "PlcLink", "make_driver"]
+__all__ = ["PlcDriver", "PlcError", "PlcLink", "make_driver"]  # PlcDriver, PlcError: driver.py
 
 _LOGGER = logging.getLogger(__name__)
 _PENDING_MAX = 10_000  # verdicts kept while the PLC is away (then the oldest are dropped, logged)
-
-type Values = dict[str, int | bool]
-type Ids = tuple[str | None, str | None]  # the part id and the lot id
-type EdgeCallback = Callable[[asyncio.Future[Ids]], None]
-
-
-class PlcError(EdgeInspectorError):
-    """The PLC could not be reached, or refused a read or a write."""
-
-
-class PlcDriver(Protocol):
-    """One protocol's side of the link (Modbus TCP, OPC UA)."""
-
-    trigger_high: bool  # the trigger as last read (or notified)
-
-    def describe(self) -> str: ...
-
-    async def connect(self) -> None:
-        """Connect and check every configured point (PlcError naming the one that fails)."""
-
-    async def close(self) -> None: ...
-
-    async def watch_trigger(self, edge: EdgeCallback) -> None:
-        """Call `edge(ids)` for each rising edge, at once, with the reading of the part and
-        lot id under way (the camera need not wait for it), until the connection fails
-        (PlcError). A trigger already high when this starts counts as an edge."""
-
-    async def write(self, values: Values) -> None:
-        """Write the configured outputs among `values`, in `OUTPUTS` order."""
-
-    async def read_sequence(self) -> int | None:
-        """The sequence counter's value in the PLC (None: not configured)."""
 
 
 def make_driver(config: ModbusPlcConfig | OpcuaPlcConfig) -> PlcDriver:

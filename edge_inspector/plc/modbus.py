@@ -11,7 +11,7 @@ from pymodbus import ModbusException
 from pymodbus.client import AsyncModbusTcpClient
 
 from .config import OUTPUTS, ModbusPlcConfig, ModbusPoint, ModbusText
-from .link import EdgeCallback, Ids, PlcError, Values
+from .driver import EdgeCallback, Ids, PlcError, Values
 
 __all__ = ["ModbusDriver"]
 

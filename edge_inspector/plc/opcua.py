@@ -15,7 +15,7 @@ from asyncua.common.subscription import Subscription
 from asyncua.ua.uaerrors import UaError
 
 from .config import OUTPUTS, OpcuaPlcConfig
-from .link import EdgeCallback, Ids, PlcError, Values
+from .driver import EdgeCallback, Ids, PlcError, Values
 
 __all__ = ["OpcuaDriver"]
 

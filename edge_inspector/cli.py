@@ -18,11 +18,9 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import EngineConfig, StationConfig, load_config
@@ -30,10 +28,6 @@ from .errors import ConfigError, EdgeInspectorError, ImageDecodeError
 from .events import Incident
 from .redact import RedactingFilter
 from .sinks import EventSink
-
-if TYPE_CHECKING:
-    from .engine import Engine
-    from .plc.scada import OpcuaScadaServer
 
 __all__ = ["main"]
 
@@ -152,92 +146,28 @@ class _LogSink(EventSink):
         )
 
 
-def _scada(engine: Engine) -> OpcuaScadaServer | None:
-    """The OPC UA server for SCADA, when the configuration asks for one."""
-    settings = engine.config.opcua_server
-    if settings is None:
-        return None
-    try:
-        from .plc.scada import OpcuaScadaServer
-    except ImportError as exc:
-        raise EdgeInspectorError(
-            f"opcua_server needs {exc.name}: pip install 'edge-inspector[plc]'"
-        ) from exc
-    server = OpcuaScadaServer(engine, settings.endpoint, namespace=settings.namespace)
-    engine.sinks.add(server)
-    return server
-
-
 async def _run(config: EngineConfig, mqtt_url: str | None) -> None:
-    from .api.server import ApiServer
-    from .engine import Engine
-    from .mqtt import attach_mqtt
+    from .app import Application, stop_signals
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    engine = Engine(config, sinks=[_LogSink()])
-    bridge = attach_mqtt(engine, mqtt_url)
-    api = ApiServer(engine, config.http, bridge=bridge) if config.http.enabled else None
-    if api is not None:
-        engine.sinks.add(api)
-    scada = _scada(engine)
-    await engine.start()
-    try:
-        if scada is not None:
-            await scada.start()
-        if api is not None:
-            await api.start()
-        if bridge is not None:
-            await bridge.start()
-        _LOGGER.info("running %d station(s); Ctrl-C stops", len(engine.stations))
-        # Runs until stopped; with folders or video files only, until they are read. (Stations
-        # that only take pushed pictures or triggers never finish: a service waits for them.)
-        finished = (
-            asyncio.create_task(engine.wait_finished()) if engine.has_finite_sources else None
-        )
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait(
-            [t for t in (finished, stopper) if t], return_when=asyncio.FIRST_COMPLETED
-        )
-        for task in (finished, stopper):
-            if task is not None:
+    with stop_signals() as stop:
+        async with Application(config, sinks=[_LogSink()], mqtt_url=mqtt_url) as app:
+            engine = app.engine
+            _LOGGER.info("running %d station(s); Ctrl-C stops", len(engine.stations))
+            # Runs until stopped; with folders or video files only, until they are read.
+            # (Stations that only take pushed pictures or triggers never finish: a service
+            # waits for them.)
+            waits: list[asyncio.Task[object]] = [asyncio.create_task(stop.wait())]
+            if engine.has_finite_sources:
+                waits.append(asyncio.create_task(engine.wait_finished()))
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in waits:
                 task.cancel()
-        _LOGGER.info("stopping")
-    finally:
-        if api is not None:
-            await api.stop()
-        if scada is not None:
-            await scada.stop()
-        await engine.stop()  # the last incidents reach the outbox before MQTT stops
-        if bridge is not None:
-            await bridge.stop()
-
-
-def with_ollama(config: EngineConfig, host: str | None, model: str | None = None) -> EngineConfig:
-    """The configuration with the VLM pointed at `host` and `model` (--ollama, --vlm-model)."""
-    if not host and not model:
-        return config
-    from .config import VlmConfig
-
-    changes = {k: v for k, v in (("host", host), ("model", model)) if v}
-    try:
-        vlm = VlmConfig.model_validate({**config.vlm.model_dump(), **changes})
-    except ValueError as exc:
-        raise ConfigError(f"--ollama {host}: not a valid Ollama URL ({exc})") from None
-    return config.model_copy(update={"vlm": vlm})
-
-
-def with_http(config: EngineConfig, port: int | None) -> EngineConfig:
-    """The configuration with the HTTP API on `port` (--http; 0 picks a free port)."""
-    if port is None:
-        return config
-    http = config.http.model_copy(update={"enabled": True, "port": port})
-    return config.model_copy(update={"http": http})
+            _LOGGER.info("stopping")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .app import with_http, with_ollama
+
     config = with_ollama(load_config(args.config), args.ollama, args.vlm_model)
     config = with_http(config, args.http)
     asyncio.run(_run(config, args.mqtt))

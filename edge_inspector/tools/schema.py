@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ["SchemaError", "check_schema", "validate_arguments"]
@@ -87,40 +87,53 @@ def check_schema(schema: Any) -> dict[str, Any]:
     }
 
 
-def _value_errors(path: str, spec: Mapping[str, Any], value: Any) -> list[str]:
-    kind = spec["type"]
-    if kind == "boolean":
-        return [] if isinstance(value, bool) else [f"{path}: expected true or false"]
-    if kind in ("number", "integer"):
-        numeric = isinstance(value, int | float) and not isinstance(value, bool)
-        if kind == "integer" and numeric and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not numeric or (kind == "integer" and not isinstance(value, int)):
-            return [f"{path}: expected {'an integer' if kind == 'integer' else 'a number'}"]
-        if not math.isfinite(value):
-            return [f"{path}: expected a finite number"]
-        errors = []
-        if "minimum" in spec and value < spec["minimum"]:
-            errors.append(f"{path}: must be at least {spec['minimum']}")
-        if "maximum" in spec and value > spec["maximum"]:
-            errors.append(f"{path}: must be at most {spec['maximum']}")
-        if "enum" in spec and value not in spec["enum"]:
-            errors.append(f"{path}: must be one of {spec['enum']}")
-        return errors
-    if kind == "string":
-        if not isinstance(value, str):
-            return [f"{path}: expected a string"]
-        errors = []
-        if "enum" in spec and value not in spec["enum"]:
-            errors.append(f"{path}: must be one of {', '.join(map(str, spec['enum']))}")
-        if len(value) < spec.get("minLength", 0):
-            errors.append(f"{path}: shorter than {spec['minLength']} characters")
-        if len(value) > spec.get("maxLength", 2000):
-            errors.append(f"{path}: longer than {spec.get('maxLength', 2000)} characters")
-        if "pattern" in spec and not re.search(spec["pattern"], value):
-            errors.append(f"{path}: does not match {spec['pattern']}")
-        return errors
-    # array
+def _boolean_errors(path: str, spec: Mapping[str, Any], value: Any) -> list[str]:
+    return [] if isinstance(value, bool) else [f"{path}: expected true or false"]
+
+
+def _number_type_error(path: str, kind: str, value: Any) -> str | None:
+    """Why `value` is not a finite number of `kind` (an integral float counts as an integer)."""
+    # bool is a subclass of int, but true is not 1 to the author of a schema.
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "integer" and numeric and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not numeric or (kind == "integer" and not isinstance(value, int)):
+        return f"{path}: expected {'an integer' if kind == 'integer' else 'a number'}"
+    if not math.isfinite(value):
+        return f"{path}: expected a finite number"
+    return None
+
+
+def _number_errors(path: str, spec: Mapping[str, Any], value: Any) -> list[str]:
+    wrong_type = _number_type_error(path, spec["type"], value)
+    if wrong_type is not None:
+        return [wrong_type]
+    errors = []
+    if "minimum" in spec and value < spec["minimum"]:
+        errors.append(f"{path}: must be at least {spec['minimum']}")
+    if "maximum" in spec and value > spec["maximum"]:
+        errors.append(f"{path}: must be at most {spec['maximum']}")
+    if "enum" in spec and value not in spec["enum"]:
+        errors.append(f"{path}: must be one of {spec['enum']}")
+    return errors
+
+
+def _string_errors(path: str, spec: Mapping[str, Any], value: Any) -> list[str]:
+    if not isinstance(value, str):
+        return [f"{path}: expected a string"]
+    errors = []
+    if "enum" in spec and value not in spec["enum"]:
+        errors.append(f"{path}: must be one of {', '.join(map(str, spec['enum']))}")
+    if len(value) < spec.get("minLength", 0):
+        errors.append(f"{path}: shorter than {spec['minLength']} characters")
+    if len(value) > spec.get("maxLength", 2000):
+        errors.append(f"{path}: longer than {spec.get('maxLength', 2000)} characters")
+    if "pattern" in spec and not re.search(spec["pattern"], value):
+        errors.append(f"{path}: does not match {spec['pattern']}")
+    return errors
+
+
+def _array_errors(path: str, spec: Mapping[str, Any], value: Any) -> list[str]:
     if not isinstance(value, list):
         return [f"{path}: expected a list"]
     errors = []
@@ -131,6 +144,21 @@ def _value_errors(path: str, spec: Mapping[str, Any], value: Any) -> list[str]:
     for i, item in enumerate(value[:100]):
         errors.extend(_value_errors(f"{path}[{i}]", spec["items"], item))
     return errors
+
+
+_CHECKERS: dict[str, Callable[[str, Mapping[str, Any], Any], list[str]]] = {
+    "boolean": _boolean_errors,
+    "number": _number_errors,
+    "integer": _number_errors,
+    "string": _string_errors,
+    "array": _array_errors,
+}
+
+
+def _value_errors(path: str, spec: Mapping[str, Any], value: Any) -> list[str]:
+    # The schema was checked, so its type is one of the table's; anything else counts as an
+    # array, as it always has.
+    return _CHECKERS.get(spec["type"], _array_errors)(path, spec, value)
 
 
 def validate_arguments(schema: Mapping[str, Any], arguments: Any) -> list[str]:

@@ -197,15 +197,7 @@ class VlmAgent:
                 except VlmInvalidAnswerError as exc:
                     status, raw, run.error = VlmStatus.INVALID, exc.raw[:_RAW_LIMIT], str(exc)
                 if run.classification is not None:
-                    if run.mode == "tools":
-                        try:
-                            await self._tool_loop(run, images)
-                        except ToolsUnsupportedError as exc:
-                            _LOGGER.warning("%s; falling back to the JSON-only flow", exc)
-                            self.profile = ModelProfile(self.vlm.model, ("completion",))
-                            run.mode = "json"
-                    if run.mode == "json":
-                        await self._json_flow(run)
+                    await self._act(run, images)
         except TimeoutError:
             if run.classification is None:
                 raise VlmUnavailableError(
@@ -281,6 +273,18 @@ class VlmAgent:
 
     # -- the tool loop --------------------------------------------------------------------
 
+    async def _act(self, run: _Run, images: Sequence[bytes]) -> None:
+        """The tool loop, or the JSON-only flow for a model without tools (or that refuses them)."""
+        if run.mode == "tools":
+            try:
+                await self._tool_loop(run, images)
+            except ToolsUnsupportedError as exc:
+                _LOGGER.warning("%s; falling back to the JSON-only flow", exc)
+                self.profile = ModelProfile(self.vlm.model, ("completion",))
+                run.mode = "json"
+        if run.mode == "json":
+            await self._json_flow(run)
+
     def _tools(self, run: _Run) -> list[dict[str, Any]]:
         specs = [tool_spec(n, d, p) for n, (d, p) in BUILTIN_SPECS.items()]
         for action in self.guard.offered(run.station):
@@ -334,29 +338,7 @@ class VlmAgent:
     async def _dispatch(self, run: _Run, call: ToolCall) -> str:
         """Run one tool call; the text returned is what the model reads."""
         if call.name in BUILTIN_SPECS:
-            errors = validate_arguments(BUILTIN_SPECS[call.name][1], call.arguments)
-            if errors:
-                _LOGGER.warning(
-                    "incident %s: %s refused: %s",
-                    run.incident.incident_id,
-                    call.name,
-                    "; ".join(errors),
-                )
-                return f"error: bad arguments for {call.name}: {'; '.join(errors)}"
-            args: dict[str, Any] = dict(call.arguments)
-            if call.name == "search_manual":
-                hits = await self._search(str(args["query"]))
-                self._keep_refs(run, hits)
-                return _hits_text(hits)
-            if call.name == "write_incident_report":
-                run.report = IncidentReport(
-                    summary=args["summary"],
-                    probable_cause=args["probable_cause"],
-                    fix_steps=tuple(args["fix_steps"]),
-                    manual_refs=tuple(run.refs),
-                )
-                return "report saved"
-            return self._alert(run, args["message"], Severity(args["severity"]), by="model")
+            return await self._builtin(run, call)
         record = await self.guard.call(
             call.name, call.arguments, run.context, run.offered, by="model"
         )
@@ -367,6 +349,32 @@ class VlmAgent:
         if record.status == ActionStatus.EXECUTED:
             return f"{call.name}: done ({record.detail})"
         return f"error: {call.name} {record.status}: {record.detail}"
+
+    async def _builtin(self, run: _Run, call: ToolCall) -> str:
+        """Run one of `BUILTIN_SPECS`; they skip the guard, so their arguments are checked here."""
+        errors = validate_arguments(BUILTIN_SPECS[call.name][1], call.arguments)
+        if errors:
+            _LOGGER.warning(
+                "incident %s: %s refused: %s",
+                run.incident.incident_id,
+                call.name,
+                "; ".join(errors),
+            )
+            return f"error: bad arguments for {call.name}: {'; '.join(errors)}"
+        args: dict[str, Any] = dict(call.arguments)
+        if call.name == "search_manual":
+            hits = await self._search(str(args["query"]))
+            self._keep_refs(run, hits)
+            return _hits_text(hits)
+        if call.name == "write_incident_report":
+            run.report = IncidentReport(
+                summary=args["summary"],
+                probable_cause=args["probable_cause"],
+                fix_steps=tuple(args["fix_steps"]),
+                manual_refs=tuple(run.refs),
+            )
+            return "report saved"
+        return self._alert(run, args["message"], Severity(args["severity"]), by="model")
 
     def _alert(self, run: _Run, message: str, severity: Severity, *, by: str) -> str:
         now = datetime.now(UTC)

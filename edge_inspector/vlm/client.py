@@ -148,6 +148,14 @@ class OllamaVlm:
             return VlmUnavailableError(f"Ollama at {self.host} did not answer in time")
         return VlmUnavailableError(f"Ollama at {self.host} is not reachable: {_describe(exc)}")
 
+    def _chat_error(self, exc: ollama.ResponseError) -> EdgeInspectorError:
+        """What an error answer to a chat means: tools refused, a broken stream, or down."""
+        if exc.status_code == 400 and "does not support tools" in str(exc.error):
+            return ToolsUnsupportedError(str(exc.error))
+        if exc.status_code == -1:  # an error line in the middle of the stream
+            return VlmUnavailableError(f"Ollama at {self.host} failed mid-answer: {exc.error}")
+        return self._unavailable(exc)
+
     async def check(self) -> ModelProfile:
         """The server answers and has the model; what the model can do."""
         try:
@@ -224,13 +232,7 @@ class OllamaVlm:
                     if part.done:
                         turn.done_reason = part.done_reason
         except ollama.ResponseError as exc:
-            if exc.status_code == 400 and "does not support tools" in str(exc.error):
-                raise ToolsUnsupportedError(str(exc.error)) from None
-            if exc.status_code == -1:  # an error line in the middle of the stream
-                raise VlmUnavailableError(
-                    f"Ollama at {self.host} failed mid-answer: {exc.error}"
-                ) from None
-            raise self._unavailable(exc) from None
+            raise self._chat_error(exc) from None
         except (httpx.HTTPError, ConnectionError, TimeoutError) as exc:
             raise self._unavailable(exc) from None
         except (json.JSONDecodeError, ValueError, TypeError) as exc:

@@ -394,7 +394,8 @@ def cmd_dataset_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+# A declarative table of the commands and their options, one statement each: long on purpose.
+def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915
     parser = argparse.ArgumentParser(
         prog="edge-inspector", description="Local AI visual inspection."
     )

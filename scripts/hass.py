@@ -256,7 +256,7 @@ def _entity(
     return next((s for s in states if pattern.fullmatch(s["entity_id"])), None)
 
 
-def main() -> int:
+def _arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -273,7 +273,45 @@ def main() -> int:
     parser.add_argument("--engine", help="remote mode: the engine service's URL")
     parser.add_argument("--engine-token", default="", help="remote mode: its API token")
     parser.add_argument("--station", default="press", help="the station's id part to wait for")
-    args = parser.parse_args()
+    return parser
+
+
+def _wait_for_hass(base: str, proc: subprocess.Popen[bytes], config: Path, deadline: float) -> None:
+    """Until `hass` answers HTTP (SystemExit if it ends or the deadline passes)."""
+    while True:
+        try:
+            _request(f"{base}/api/onboarding")
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except (urllib.error.URLError, ConnectionError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log_file = config / "hass-run.log"
+                raise SystemExit(f"Home Assistant did not start; see {log_file}") from None
+            time.sleep(1)
+
+
+def _wait_for_station(
+    base: str, token: str, station: str, mode: str, deadline: float
+) -> list[dict[str, Any]]:
+    """Our entities once the station has inspected (pressing "inspect now" for a triggered
+    one); SystemExit at the deadline."""
+    while True:
+        ours = [s for s in our_states(base, token) if not s["entity_id"].startswith("camera.")]
+        inspected = _entity(ours, "sensor", station, "inspections")
+        button = _entity(ours, "button", station, "inspect_now")
+        if mode == "triggered" and button and inspected and inspected["state"] == "0":
+            # a triggered station inspects on request: one now, so there is a defect
+            _request(f"{base}/api/services/button/press", {"entity_id": button["entity_id"]}, token)
+        if inspected and inspected["state"] not in ("unknown", "unavailable", "0"):
+            return ours
+        if time.monotonic() > deadline:
+            raise SystemExit("the station's entities did not get states in time")
+        time.sleep(1)
+
+
+def main() -> int:
+    args = _arguments().parse_args()
     config = args.config.resolve()
     prepare(config, args.port, args.frontend, args.integration_zip)
     base = f"http://127.0.0.1:{args.port}"
@@ -304,34 +342,11 @@ def main() -> int:
 
     try:
         deadline = time.monotonic() + args.timeout
-        while True:
-            try:
-                _request(f"{base}/api/onboarding")
-                break
-            except urllib.error.HTTPError:
-                break  # it answers
-            except (urllib.error.URLError, ConnectionError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log_file = config / "hass-run.log"
-                    raise SystemExit(f"Home Assistant did not start; see {log_file}") from None
-                time.sleep(1)
+        _wait_for_hass(base, proc, config, deadline)
         token = login(base)
         engine = (args.engine, args.engine_token) if args.engine else None
         set_up(base, token, config, ollama=args.ollama, mode=args.mode, engine=engine)
-        while True:
-            ours = [s for s in our_states(base, token) if not s["entity_id"].startswith("camera.")]
-            inspected = _entity(ours, "sensor", args.station, "inspections")
-            button = _entity(ours, "button", args.station, "inspect_now")
-            if args.mode == "triggered" and button and inspected and inspected["state"] == "0":
-                # a triggered station inspects on request: one now, so there is a defect
-                _request(
-                    f"{base}/api/services/button/press", {"entity_id": button["entity_id"]}, token
-                )
-            if inspected and inspected["state"] not in ("unknown", "unavailable", "0"):
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit("the station's entities did not get states in time")
-            time.sleep(1)
+        ours = _wait_for_station(base, token, args.station, args.mode, deadline)
         print(f"Home Assistant at {base} (user {USER}, password {PASSWORD}); config {config}")
         for state in sorted(ours, key=lambda s: s["entity_id"]):
             unit = state["attributes"].get("unit_of_measurement", "")

@@ -224,7 +224,7 @@ class FakeOllama:
             }
         )
 
-    def _check_chat(self, body: dict[str, Any]) -> str | None:
+    def _check_chat(self, body: dict[str, Any]) -> str | None:  # noqa: PLR0911 (a list of checks)
         """What the real server would refuse in a chat request."""
         messages = body.get("messages", [])
         if not isinstance(messages, list):
@@ -252,20 +252,15 @@ class FakeOllama:
             return "invalid format"
         return None
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def _chat(self, request: web.Request) -> web.StreamResponse:  # noqa: PLR0911 (each of the server's answers)
         if (gated := await self._gate(request)) is not None:
             return gated
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
-        model = body.get("model")
-        if model not in self.models:
-            return self._error(404, f'model "{model}" not found, try pulling it first')
-        if (problem := self._check_chat(body)) is not None:
-            return self._error(400, problem)
-        if body.get("tools") and "tools" not in self.models[model]:
-            return self._error(400, f"registry.ollama.ai/library/{model} does not support tools")
-        stream = body.get("stream", True)
+        model = str(body.get("model"))
+        if (refused := self._refuse_chat(model, body)) is not None:
+            return refused
         if not body.get("messages"):  # an empty chat loads the model
             done = {
                 "model": model,
@@ -276,12 +271,7 @@ class FakeOllama:
             }
             return web.json_response(done)
         self.requests.append(body)
-        if self.replies:
-            reply = self.replies.popleft()
-        elif self.script is not None:
-            reply = self.script(body)
-        else:
-            reply = Reply(content="")
+        reply = self._next_reply(body)
         if reply.hang:
             await asyncio.sleep(3600)
         if reply.delay:
@@ -300,8 +290,36 @@ class FakeOllama:
             "done_reason": "stop",
             **_STATS,
         }
-        if not stream:
+        if not body.get("stream", True):
             return web.json_response({**final, "message": message})
+        return await self._stream(request, model, reply, message, final)
+
+    def _refuse_chat(self, model: str, body: dict[str, Any]) -> web.Response | None:
+        """The error the real server answers a chat request with, if any."""
+        if model not in self.models:
+            return self._error(404, f'model "{model}" not found, try pulling it first')
+        if (problem := self._check_chat(body)) is not None:
+            return self._error(400, problem)
+        if body.get("tools") and "tools" not in self.models[model]:
+            return self._error(400, f"registry.ollama.ai/library/{model} does not support tools")
+        return None
+
+    def _next_reply(self, body: dict[str, Any]) -> Reply:
+        if self.replies:
+            return self.replies.popleft()
+        if self.script is not None:
+            return self.script(body)
+        return Reply(content="")
+
+    async def _stream(
+        self,
+        request: web.Request,
+        model: str,
+        reply: Reply,
+        message: dict[str, Any],
+        final: dict[str, Any],
+    ) -> web.StreamResponse:
+        """The answer as Ollama streams it: the content in pieces, the tool calls, the end."""
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         try:
             await response.prepare(request)

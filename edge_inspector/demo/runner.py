@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import TextIO
 
 from ..api.server import ApiServer
-from ..cli import with_http, with_ollama
-from ..config import load_config
+from ..app import Application, stop_signals, with_http, with_ollama
+from ..config import EngineConfig, load_config
 from ..engine import Engine
 from ..events import Incident, InspectionResult
-from ..mqtt import attach_mqtt
+from ..mqtt import MqttBridge
 from ..sinks import EventSink
 from . import DEMO_CONFIG
 
@@ -157,6 +156,76 @@ class DemoReporter(EventSink):
         ]
 
 
+def _demo_config(
+    config_path: Path,
+    *,
+    store: Path,
+    fps: float | None,
+    ollama: str | None,
+    vlm_model: str | None,
+    http: int | None,
+) -> EngineConfig:
+    """The demo configuration with the command line's overrides; one station."""
+    config = with_ollama(load_config(config_path), ollama, vlm_model)
+    if http is None:  # the demo serves HTTP only when asked to (--http)
+        config = config.model_copy(
+            update={"http": config.http.model_copy(update={"enabled": False})}
+        )
+    config = with_http(config, http)
+    station = config.stations[0]
+    if fps is not None:
+        station = station.model_copy(update={"fps": fps or None})
+    return config.model_copy(
+        update={
+            "stations": (station,),
+            "store": config.store.model_copy(update={"path": Path.cwd() / store}),
+        }
+    )
+
+
+def _say_outputs(
+    api: ApiServer | None, bridge: MqttBridge | None, station_id: str, out: TextIO
+) -> None:
+    """Where the HTTP API and the MQTT bridge (when there are) serve."""
+    if api is not None:
+        url = api.url
+        print(
+            f"HTTP API on {url} (live view: {url}/api/stations/{station_id}/stream.mjpeg)",
+            file=out,
+            flush=True,
+        )
+    if bridge is not None:
+        print(
+            f"publishing to {bridge.broker.redacted()} under {bridge.topics.base}/",
+            file=out,
+            flush=True,
+        )
+
+
+async def _wait_for_end(
+    engine: Engine,
+    reporter: DemoReporter,
+    stop: asyncio.Event,
+    *,
+    duration: float | None,
+    vlm_grace: float,
+    out: TextIO,
+) -> None:
+    """Wait for a signal, the frame count or the duration; then give the VLM its grace time."""
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(reporter.done.wait())]
+    await asyncio.wait(waits, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+    for task in waits:
+        task.cancel()
+    if stop.is_set():
+        print("\nstopping (signal received)...", file=out, flush=True)
+    elif engine.enricher is not None:
+        await engine.stop_stations()
+        reporter.stop_clock()
+        print("waiting for the VLM to answer the last incidents...", file=out, flush=True)
+        with contextlib.suppress(TimeoutError):
+            await engine.enricher.wait_idle(timeout=vlm_grace)
+
+
 async def run_demo(
     *,
     frames: int | None,
@@ -172,16 +241,10 @@ async def run_demo(
     http: int | None = None,
 ) -> DemoReporter:
     """Run the demo until `frames` or `duration` is reached, or until SIGINT/SIGTERM."""
-    config = with_http(with_ollama(load_config(config_path), ollama, vlm_model), http)
-    station = config.stations[0]
-    if fps is not None:
-        station = station.model_copy(update={"fps": fps or None})
-    config = config.model_copy(
-        update={
-            "stations": (station,),
-            "store": config.store.model_copy(update={"path": Path.cwd() / store}),
-        }
+    config = _demo_config(
+        config_path, store=store, fps=fps, ollama=ollama, vlm_model=vlm_model, http=http
     )
+    station = config.stations[0]
     reporter = DemoReporter(out, frames=frames)
     print(
         f"Edge Inspector demo: {station.name}, model {station.model.path.name}, "
@@ -190,55 +253,15 @@ async def run_demo(
         file=out,
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    engine = Engine(config, sinks=[reporter])
-    bridge = attach_mqtt(engine, mqtt)
-    api = ApiServer(engine, config.http, bridge=bridge) if http is not None else None
-    if api is not None:
-        engine.sinks.add(api)
-    try:
-        await engine.start()
-        if api is not None:
-            url = await api.start()
-            print(
-                f"HTTP API on {url} (live view: {url}/api/stations/{station.id}/stream.mjpeg)",
-                file=out,
-                flush=True,
+    with stop_signals() as stop:
+        async with Application(config, sinks=[reporter], mqtt_url=mqtt) as app:
+            _say_outputs(app.api, app.bridge, station.id, out)
+            reporter.start_clock()
+            if app.engine.failed:
+                error = next(iter(app.engine.failed.values())).error
+                raise SystemExit(f"demo station failed: {error}")
+            await _wait_for_end(
+                app.engine, reporter, stop, duration=duration, vlm_grace=vlm_grace, out=out
             )
-        if bridge is not None:
-            await bridge.start()
-            print(
-                f"publishing to {bridge.broker.redacted()} under {bridge.topics.base}/",
-                file=out,
-                flush=True,
-            )
-        reporter.start_clock()
-        if engine.failed:
-            raise SystemExit(f"demo station failed: {next(iter(engine.failed.values())).error}")
-        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(reporter.done.wait())]
-        await asyncio.wait(waits, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
-        for task in waits:
-            task.cancel()
-        if stop.is_set():
-            print("\nstopping (signal received)...", file=out, flush=True)
-        elif engine.enricher is not None:
-            await engine.stop_stations()
-            reporter.stop_clock()
-            print("waiting for the VLM to answer the last incidents...", file=out, flush=True)
-            with contextlib.suppress(TimeoutError):
-                await engine.enricher.wait_idle(timeout=vlm_grace)
-    finally:
-        if api is not None:
-            await api.stop()
-        await engine.stop()
-        if bridge is not None:
-            await bridge.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
     print(reporter.summary(config.store.path), file=out, flush=True)
     return reporter

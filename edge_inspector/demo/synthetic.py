@@ -164,7 +164,8 @@ _PAINTERS = {
 }
 
 
-def _render_part(rng: np.random.Generator, part_id: int, defect_rate: float) -> _Sprite:
+def _part_outline(rng: np.random.Generator) -> tuple[bool, npt.NDArray[np.float32]]:
+    """A disc or a rounded rectangle: whether it is a disc, and its alpha mask."""
     disc = rng.random() < 0.35
     if disc:
         radius = int(rng.integers(62, 86))
@@ -180,7 +181,11 @@ def _render_part(rng: np.random.Generator, part_id: int, defect_rate: float) -> 
         cv2.rectangle(alpha, (0, r), (w - 1, h - 1 - r), 1.0, -1)
         for x, y in ((r, r), (w - 1 - r, r), (r, h - 1 - r), (w - 1 - r, h - 1 - r)):
             cv2.circle(alpha, (x, y), r, 1.0, -1, cv2.LINE_AA)
-    # Brushed metal: a gradient, fine horizontal grain and a tint.
+    return disc, alpha
+
+
+def _brushed_metal(rng: np.random.Generator, w: int, h: int) -> Image:
+    """Brushed metal: a gradient, fine horizontal grain and a tint."""
     base = rng.uniform(150, 200)
     gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
     ang = rng.uniform(0, 2 * math.pi)
@@ -190,9 +195,18 @@ def _render_part(rng: np.random.Generator, part_id: int, defect_rate: float) -> 
     )
     lum = base + grad + grain
     tint = np.array([rng.uniform(0.95, 1.05), 1.0, rng.uniform(0.92, 1.03)], np.float32)
-    pixels = np.clip(lum[..., None] * tint, 0, 255).astype(np.uint8)
-    # Bolt holes: dark, round, and not defects (the model must learn to ignore them).
+    pixels: Image = np.clip(lum[..., None] * tint, 0, 255).astype(np.uint8)
+    return pixels
+
+
+def _bolt_holes(rng: np.random.Generator, pixels: Image, disc: bool) -> list[tuple[int, int, int]]:
+    """Draw the part's bolt holes (x, y, radius) and return them.
+
+    They are dark, round, and not defects: the model must learn to ignore them.
+    """
+    h, w = pixels.shape[:2]
     holes: list[tuple[int, int, int]] = []
+    # A disc always has its centre hole and draws no coin for it: keep the draws in this order.
     if not disc and rng.random() < 0.7:
         hr = int(rng.integers(6, 10))
         for hx, hy in ((hr + 12, hr + 12), (w - hr - 12, h - hr - 12)):
@@ -202,25 +216,46 @@ def _render_part(rng: np.random.Generator, part_id: int, defect_rate: float) -> 
     for hx, hy, hr in holes:
         cv2.circle(pixels, (hx, hy), hr, (40, 40, 42), -1, cv2.LINE_AA)
         cv2.circle(pixels, (hx, hy), hr, (215, 215, 215), 1, cv2.LINE_AA)
+    return holes
+
+
+def _defect_centre(
+    rng: np.random.Generator,
+    alpha: npt.NDArray[np.float32],
+    holes: list[tuple[int, int, int]],
+    defects: list[GroundTruth],
+) -> tuple[float, float] | None:
+    """A spot on the metal clear of holes and other defects, or None after 20 tries."""
+    h, w = alpha.shape
+    for _attempt in range(20):
+        cx, cy = rng.uniform(0.25, 0.75) * w, rng.uniform(0.25, 0.75) * h
+        if alpha[int(cy), int(cx)] < 1.0:
+            continue
+        if any(math.hypot(cx - hx, cy - hy) < hr + 30 for hx, hy, hr in holes):
+            continue
+        if any(
+            d.box[0] - 20 < cx < d.box[2] + 20 and d.box[1] - 20 < cy < d.box[3] + 20
+            for d in defects
+        ):
+            continue
+        return cx, cy
+    return None
+
+
+def _render_part(rng: np.random.Generator, part_id: int, defect_rate: float) -> _Sprite:
+    disc, alpha = _part_outline(rng)
+    h, w = alpha.shape
+    pixels = _brushed_metal(rng, w, h)
+    holes = _bolt_holes(rng, pixels, disc)
     defects: list[GroundTruth] = []
     if rng.random() < defect_rate:
         count = 1 if rng.random() < 0.75 else 2
         for _ in range(count):
             name = DEFECT_CLASSES[int(rng.integers(0, len(DEFECT_CLASSES)))]
-            for _attempt in range(20):
-                cx, cy = rng.uniform(0.25, 0.75) * w, rng.uniform(0.25, 0.75) * h
-                if alpha[int(cy), int(cx)] < 1.0:
-                    continue
-                if any(math.hypot(cx - hx, cy - hy) < hr + 30 for hx, hy, hr in holes):
-                    continue
-                if any(
-                    d.box[0] - 20 < cx < d.box[2] + 20 and d.box[1] - 20 < cy < d.box[3] + 20
-                    for d in defects
-                ):
-                    continue
-                box = _PAINTERS[name](pixels, rng, cx, cy)
+            centre = _defect_centre(rng, alpha, holes, defects)
+            if centre is not None:
+                box = _PAINTERS[name](pixels, rng, *centre)
                 defects.append(GroundTruth(name, _clip_box(box, w, h), f"{part_id}:{len(defects)}"))
-                break
     return _Sprite(part_id, pixels, alpha, tuple(defects))
 
 

@@ -196,39 +196,52 @@ class MultipartParser:
     def feed(self, chunk: bytes) -> list[bytes]:
         self._buf += chunk
         parts: list[bytes] = []
-        while True:
-            start = self._buf.find(self._marker)
-            if start < 0:
-                if len(self._buf) > self._max:
-                    raise SourceError("no multipart boundary within the size limit")
-                return parts
-            head_end = self._buf.find(b"\r\n\r\n", start)
-            sep = 4
-            if head_end < 0:
-                head_end = self._buf.find(b"\n\n", start)
-                sep = 2
-            if head_end < 0:
-                if len(self._buf) - start > 16 * 1024:
-                    raise SourceError("multipart headers too long")
-                return parts
-            headers = bytes(self._buf[start + len(self._marker) : head_end]).decode("latin-1")
-            body_start = head_end + sep
-            length = _content_length(headers)
-            if length is not None:
-                if length > self._max:
-                    raise SourceError(f"a part of {length} bytes is over the limit")
-                if len(self._buf) < body_start + length:
-                    return parts
-                parts.append(bytes(self._buf[body_start : body_start + length]))
-                del self._buf[: body_start + length]
-                continue
-            end = self._buf.find(self._marker, body_start)
-            if end < 0:
-                if len(self._buf) - body_start > self._max:
-                    raise SourceError("a part is over the size limit")
-                return parts
-            parts.append(bytes(self._buf[body_start:end]).rstrip(b"\r\n"))
-            del self._buf[:end]
+        while (part := self._next_part()) is not None:
+            parts.append(part)
+        return parts
+
+    def _find_head(self) -> tuple[int, int, int] | None:
+        """Where the next part's headers start and end and its body starts; None if incomplete."""
+        start = self._buf.find(self._marker)
+        if start < 0:
+            if len(self._buf) > self._max:
+                raise SourceError("no multipart boundary within the size limit")
+            return None
+        head_end = self._buf.find(b"\r\n\r\n", start)
+        sep = 4
+        if head_end < 0:
+            head_end = self._buf.find(b"\n\n", start)
+            sep = 2
+        if head_end < 0:
+            if len(self._buf) - start > 16 * 1024:
+                raise SourceError("multipart headers too long")
+            return None
+        return start, head_end, head_end + sep
+
+    def _next_part(self) -> bytes | None:
+        """Take the next complete part off the buffer; None until more bytes arrive."""
+        head = self._find_head()
+        if head is None:
+            return None
+        start, head_end, body_start = head
+        headers = bytes(self._buf[start + len(self._marker) : head_end]).decode("latin-1")
+        length = _content_length(headers)
+        if length is not None:
+            if length > self._max:
+                raise SourceError(f"a part of {length} bytes is over the limit")
+            if len(self._buf) < body_start + length:
+                return None
+            part = bytes(self._buf[body_start : body_start + length])
+            del self._buf[: body_start + length]
+            return part
+        end = self._buf.find(self._marker, body_start)
+        if end < 0:
+            if len(self._buf) - body_start > self._max:
+                raise SourceError("a part is over the size limit")
+            return None
+        part = bytes(self._buf[body_start:end]).rstrip(b"\r\n")
+        del self._buf[:end]
+        return part
 
 
 def _content_length(headers: str) -> int | None:

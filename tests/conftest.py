@@ -20,6 +20,9 @@ from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.demo.synthetic import ConveyorCamera, ConveyorFrame, random_scene
 from tests.mosquitto import Mosquitto
 
+# every process a test starts must be gone when the run ends (tests/leftovers.py)
+pytest_plugins = ["tests.leftovers"]
+
 # Hypothesis's files (when pytest is run by hand, not by scripts/test.sh) stay out of the checkout
 os.environ.setdefault(
     "HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "edge-inspector-hypothesis")

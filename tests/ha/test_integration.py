@@ -645,12 +645,12 @@ async def test_a_camera_sending_garbage_goes_unavailable_and_recovers_with_time_
     entry, _ = await set_up_station(hass, tmp_path, interval=600, mode="continuous")
     sensor = f"binary_sensor.{PRESS}_defect"
     now = dt_util.utcnow()
+    runtime = next(iter(entry.runtime_data.stations.values()))
 
     async def tick(minutes: int) -> None:
         async_fire_time_changed(hass, now + timedelta(minutes=minutes))
         await hass.async_block_till_done()
-        await asyncio.sleep(0.5)  # the grab runs YOLO on its thread
-        await hass.async_block_till_done()
+        await _until(hass, lambda: not runtime.grabbing)  # the grab (YOLO on its thread) ended
 
     await tick(11)
     await _until(hass, lambda: hass.states.get(sensor).state == "on")
@@ -682,11 +682,12 @@ async def test_an_engine_error_makes_the_station_unavailable_until_the_model_run
     sensor = f"sensor.{PRESS}_inspections"
     now = dt_util.utcnow()
 
+    runtime = next(iter(hub.stations.values()))
+
     async def tick(minutes: int) -> None:
         async_fire_time_changed(hass, now + timedelta(minutes=minutes))
         await hass.async_block_till_done()
-        await asyncio.sleep(0.5)
-        await hass.async_block_till_done()
+        await _until(hass, lambda: not runtime.grabbing)  # the grab (YOLO on its thread) ended
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")

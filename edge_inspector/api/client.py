@@ -175,6 +175,7 @@ class RemoteEngine:
         self._states: dict[str, StationState] = {}
         self._connected = asyncio.Event()
         self.connection_error: str | None = None
+        self.connection_attempts = 0  # websocket connections tried (reconnections with back-off)
         self._service_port: ActionPort | None = None
         self._action_tasks: set[asyncio.Task[None]] = set()
         self._reconnect_max = reconnect_max
@@ -490,6 +491,7 @@ class RemoteEngine:
     async def _follow(self) -> None:
         delay = 1.0
         while True:
+            self.connection_attempts += 1
             try:
                 await self._session()
                 delay = 1.0

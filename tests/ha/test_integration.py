@@ -198,11 +198,21 @@ async def test_a_camera_that_fails_makes_the_station_unavailable_until_it_is_bac
 ) -> None:
     sensor = f"binary_sensor.{PRESS}_defect"
     await _until(hass, lambda: hass.states.get(sensor).state == "on")
+    hub = loaded.runtime_data
+    grabs: list[str] = []
+    grab = hub._grab
+
+    async def counted(sid: str) -> None:
+        grabs.append(sid)
+        await grab(sid)
+
+    hub._grab = counted  # type: ignore[method-assign]
     moved = camera_file.with_suffix(".bak")
     camera_file.rename(moved)
     await _until(hass, lambda: hass.states.get(sensor).state == "unavailable")
-    await asyncio.sleep(1.0)  # several failed grabs: logged once
-    assert caplog.text.count("Press unavailable: camera camera.press_camera") == 1
+    failed = len(grabs)
+    await _until(hass, lambda: len(grabs) >= failed + 3)  # several failed grabs...
+    assert caplog.text.count("Press unavailable: camera camera.press_camera") == 1  # logged once
     moved.rename(camera_file)
     await _until(hass, lambda: hass.states.get(sensor).state == "on")
     assert "Press available again" in caplog.text

@@ -4,7 +4,6 @@ in-process; unavailability while the service is down and catch-up when it is bac
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -278,7 +277,9 @@ async def test_the_engine_going_away_makes_entities_unavailable_until_it_is_back
     assert service.stop() == 0
     await _until(hass, lambda: hass.states.get(f"sensor.{DOCK}_inspections").state == "unavailable")
     assert hass.states.get(f"switch.{LINE_A}_inspection").state == "unavailable"
-    await asyncio.sleep(3)  # it keeps retrying...
+    engine = entry.runtime_data.engine
+    tried = engine.connection_attempts
+    await _until(hass, lambda: engine.connection_attempts >= tried + 2)  # it keeps retrying...
     assert caplog.text.count("unreachable") == 1  # ...and says so once
 
     # the engine comes back and finds a defect before Home Assistant reconnects

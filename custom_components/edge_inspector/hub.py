@@ -537,7 +537,10 @@ class EdgeInspectorHub(EventSink):
 
         if kind in ("CONFIRM", "REJECT"):
             state = IncidentState.CONFIRMED if kind == "CONFIRM" else IncidentState.REJECTED
-            await self.async_set_verdict(ref, state, by=user, note="notification")
+            try:
+                await self.async_set_verdict(ref, state, by=user, note="notification")
+            except EdgeInspectorError as exc:  # the engine stopped meanwhile (an unload)
+                _LOGGER.warning("notification action %s not recorded: %s", action, exc)
         elif kind in ("APPROVE", "DECLINE"):
             incident_id, _, request_id = ref.partition("|")
             try:

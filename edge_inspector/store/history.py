@@ -159,7 +159,11 @@ class Store:
 
     async def _run[T](self, fn: Callable[[], T]) -> T:
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+            future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except RuntimeError as exc:  # its thread is shut down: a late caller (an unload's race)
+            raise StoreError(f"{self.root}: the store is closed") from exc
+        try:
+            return await future
         except sqlite3.Error as exc:
             raise StoreError(f"{self.root}: {exc}") from exc
         except OSError as exc:

@@ -206,3 +206,15 @@ async def test_rate_series_buckets_inspections_and_incidents_per_station(store: 
     )
     assert [(b.inspections, b.failed) for b in everywhere] == [(3, 2)]  # 06:14 is `until`
     assert await store.rate_series(station_id="s1", since=T0, until=T0, bucket=900) == []
+
+
+async def test_a_query_after_the_store_closed_is_a_store_error(tmp_path: Path) -> None:
+    """A late caller (a notification answered while the integration unloads) gets the engine's
+    own error, which its callers handle, not the executor's RuntimeError."""
+    from edge_inspector.errors import StoreError
+
+    store = Store(tmp_path / "store")
+    await store.open()
+    await store.close()
+    with pytest.raises(StoreError, match="closed"):
+        await store.inspection_counts(station_id="press")

@@ -411,13 +411,14 @@ class Engine:
         incident = await self.store.incident(incident_id)
         if incident is None:
             raise IncidentNotFoundError(f"no incident {incident_id!r}")
-        paths = {"frame": incident.frame_path, "crop": incident.crop_path, "raw": incident.raw_path}
-        if kind not in paths:
-            raise ImageNotFoundError("images are frame, crop or raw")
+        try:
+            stored = incident.image_path(kind)
+        except KeyError:
+            raise ImageNotFoundError("images are frame, crop or raw") from None
         loop = asyncio.get_running_loop()
 
         def read() -> bytes | None:
-            path = self.store.image_file(paths[kind])
+            path = self.store.image_file(stored)
             try:
                 return None if path is None else path.read_bytes()
             except OSError:

@@ -283,6 +283,11 @@ class Incident(_Event):
     )
     extra: dict[str, Any] = Field(default_factory=dict, description="Free-form additions.")
 
+    def image_path(self, kind: str) -> str | None:
+        """Where its `frame`, `crop` or `raw` picture is stored (None: not kept); KeyError for
+        another kind."""
+        return {"frame": self.frame_path, "crop": self.crop_path, "raw": self.raw_path}[kind]
+
 
 class StationState(_Event):
     """A station's live state: what dashboards and availability follow."""

@@ -781,10 +781,11 @@ class ApiServer(EventSink):
     async def incident_image(self, request: web.Request) -> web.StreamResponse:
         incident = await self._incident(request)
         kind = request.match_info["kind"]
-        paths = {"frame": incident.frame_path, "crop": incident.crop_path, "raw": incident.raw_path}
-        if kind not in paths:
-            raise ApiError(404, "unknown_image", "images are frame, crop or raw")
-        path = self.engine.store.image_file(paths[kind])
+        try:
+            stored = incident.image_path(kind)
+        except KeyError:
+            raise ApiError(404, "unknown_image", "images are frame, crop or raw") from None
+        path = self.engine.store.image_file(stored)
         if path is None:
             raise ApiError(404, "image_not_found", f"the incident has no {kind} image (kept)")
         return web.FileResponse(path, headers={"Content-Type": "image/jpeg"})

@@ -159,8 +159,6 @@ class EngineClient:
 class RemoteEngine:
     """The engine service, behind the same contract as the in-process `Engine`."""
 
-    remote = True
-
     def __init__(
         self,
         url: str,
@@ -373,15 +371,6 @@ class RemoteEngine:
     async def last_incident(self, station_id: str | None = None) -> Incident | None:
         found = await self.incidents(station_id=station_id, limit=1)
         return found[0] if found else None
-
-    async def inspection(self, inspection_id: str) -> InspectionResult | None:
-        try:
-            data = await self.client.request(
-                "GET", f"/api/inspections/{quote(inspection_id, safe='')}"
-            )
-        except NotFoundError:
-            return None
-        return InspectionResult.model_validate(data)
 
     async def incident_image(self, incident_id: str, kind: ImageKind = "frame") -> bytes:
         body: bytes = await self.client.request(

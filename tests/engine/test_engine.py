@@ -249,7 +249,12 @@ async def test_triggered_inspection_returns_the_verdict_with_the_part_id(
             pushed = await engine.stations["pushed"].inspect_image(
                 jpeg(defect_scenes[1].image), part_id="P-7"
             )
-            await asyncio.sleep(0.5)
+            # each station's output worker tells the sinks just after: an inspection's
+            # incidents first, then the inspection
+            await until(
+                lambda: {r.part_id for r in sink.inspections} >= {"P-100", "P-101", "P-7"},
+                "the sink heard of the three inspections",
+            )
             with pytest.raises(StationNotFoundError):
                 await engine.inspect_now("nope")
             engine.stations["gate"].set_enabled(False)
@@ -320,7 +325,6 @@ async def test_stopping_leaves_no_threads_or_tasks(
                 break
             await asyncio.sleep(0.1)
         assert engine.stations["belt"].inspections > 0
-    await asyncio.sleep(0.1)
     leftover = [
         t.name for t in threading.enumerate() if t.name not in before and "edge_inspector" in t.name
     ]

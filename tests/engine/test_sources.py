@@ -22,6 +22,7 @@ from edge_inspector.sources import (
 from edge_inspector.sources.http import MultipartParser, multipart_boundary, redact_url
 from tests.camera_server import camera, frame_number, numbered_frame
 from tests.conftest import jpeg
+from tests.waiting import until
 
 # -- files ------------------------------------------------------------------------------------
 
@@ -111,7 +112,9 @@ async def test_mjpeg_gives_the_newest_frame_not_a_backlog(content_length: bool) 
         await source.start()
         try:
             first = frame_number((await source.read()).image)
-            await asyncio.sleep(0.5)  # a slow detector: the camera sends ~50 frames meanwhile
+            # a slow detector: the source takes in 30 frames meanwhile
+            received = source.received
+            await until(lambda: source.received >= received + 30, "30 more frames came in")
             latest = frame_number((await source.read()).image)
             sent = cam.counter % 256
             assert latest > first + 20, "the source handed out an old, buffered frame"
@@ -236,7 +239,10 @@ async def test_video_as_a_live_camera_hands_out_the_newest_frame(
     await source.start()
     try:
         first = frame_number((await source.read()).image)
-        await asyncio.sleep(0.6)
+        # a slow detector: the source decodes 30 frames meanwhile (a source that queued its
+        # frames would wait for this one to take them instead)
+        decoded = source.decoded
+        await until(lambda: source.decoded >= decoded + 30, "30 more frames were decoded")
         latest = frame_number((await source.read()).image)
         assert latest - first >= 20, "frames were queued instead of replaced"
     finally:
@@ -266,6 +272,8 @@ async def test_push_source_hands_over_pushed_frames_with_part_ids() -> None:
     with pytest.raises(ImageDecodeError):
         await source.push(b"")
     reader = asyncio.create_task(source.read())
+    # A short look (50 ms) for an answer that should not come; the push below then shows
+    # the reader was waiting for it (a stale frame or an error would fail there too).
     await asyncio.sleep(0.05)
     assert not reader.done(), "an idle push source must wait, not fail"
     await source.push(np.zeros((10, 10, 3), np.uint8))

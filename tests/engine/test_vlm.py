@@ -535,11 +535,13 @@ async def test_a_500_opens_the_breaker_and_incidents_wait_then_recover(
             waiting = await sink.status(incident.incident_id, VlmStatus.UNAVAILABLE)
             assert waiting.vlm is not None and "HTTP 500" in (waiting.vlm.error or "")
         assert engine.enricher is not None
-        await asyncio.sleep(0.2)
-        assert engine.enricher.breaker.state in ("open", "half_open")
-        calls_while_open = len(ollama.calls)
-        await asyncio.sleep(0.3)
-        assert len(ollama.calls) - calls_while_open <= 2  # not hammered: at most one probe
+        breaker = engine.enricher.breaker
+        await until(lambda: breaker.state in ("open", "half_open"), "the breaker opened")
+        opened_at, calls_while_open = breaker._opened_at, len(ollama.calls)
+        # One turn of the breaker: after its cool-down one probe goes through, fails, and opens
+        # it again. Meanwhile the two waiting incidents are not retried: not hammered.
+        await until(lambda: breaker._opened_at != opened_at, "the breaker's probe failed", 10)
+        assert len(ollama.calls) - calls_while_open <= 2  # the probe (one request, or two)
         ollama.fail_all = None
         ollama.script = lambda body: (
             Reply(content="done") if body.get("tools") else classification()
@@ -702,10 +704,11 @@ async def test_an_acknowledgement_during_enrichment_is_kept(
     sink = Recorder()
     async with Engine(vlm_config(ollama.url), sinks=[sink]) as engine:
         incident = await _defect(engine, scenes[0])
-        await asyncio.sleep(0.3)  # the VLM is thinking
+        await until(lambda: ollama.requests, "the VLM was asked")  # it thinks for 0.8 s
         from edge_inspector.events import IncidentState
 
         await engine.store.set_incident_state(incident.incident_id, IncidentState.ACKNOWLEDGED)
+        assert len(ollama.requests) == 1, "the acknowledgement came after the enrichment"
         done = await sink.final(incident.incident_id)
     assert done.state == IncidentState.ACKNOWLEDGED
     assert done.vlm is not None and done.vlm.status == VlmStatus.DONE

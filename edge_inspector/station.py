@@ -48,6 +48,7 @@ from .frames import Frame, encode_jpeg
 from .sinks import EventSink
 from .sources import Backoff, FrameSource, PushSource
 from .store import Store
+from .tasks import cancel
 
 __all__ = ["Station"]
 
@@ -209,11 +210,7 @@ class Station:
         if self._state_timer is not None:
             self._state_timer.cancel()
             self._state_timer = None
-        for task in self._tasks[1:]:
-            task.cancel()
-        for task in self._tasks[1:]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(*self._tasks[1:])
         if self._tasks:
             output = self._tasks[0]
             self._outputs.append(None)

@@ -11,7 +11,6 @@ model frees up and the window costs nothing. A lone station never waits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ModelError
 from ..frames import Image
+from ..tasks import cancel
 from .detector import RawDetections, YoloDetector
 
 __all__ = ["BatchedResult", "InferenceQueue", "inference_thread"]
@@ -88,11 +88,8 @@ class InferenceQueue:
         )
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         for request in self._pending:
             if not request.future.done():
                 request.future.set_exception(ModelError("the detector was stopped"))

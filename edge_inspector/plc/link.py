@@ -25,6 +25,7 @@ from ..errors import EdgeInspectorError
 from ..events import InspectionResult, StationState, Verdict
 from ..sinks import EventSink
 from ..sources.base import Backoff
+from ..tasks import cancel
 from .config import ModbusPlcConfig, OpcuaPlcConfig, ResultCode, StateCode
 from .driver import Ids, PlcDriver, PlcError, Values
 
@@ -98,11 +99,7 @@ class PlcLink(EventSink):
                     while self._pending and self.connected.is_set():
                         self._wake.set()
                         await asyncio.sleep(0.01)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(*self._tasks)
         self._tasks = []
         await self.driver.close()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from base64 import b64encode
 from concurrent.futures import Executor
@@ -13,6 +12,7 @@ import aiohttp
 from ..errors import SourceError
 from ..frames import Frame, decode_image
 from ..redact import redact
+from ..tasks import cancel
 from .base import Backoff, Captured, FrameHandoff, FrameSource
 
 __all__ = ["MjpegSource", "MultipartParser", "SnapshotSource", "multipart_boundary", "redact_url"]
@@ -114,10 +114,7 @@ class MjpegSource(_HttpCamera):
     async def close(self) -> None:
         if self._handoff is not None:
             self._handoff.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
 
     @property
     def dropped(self) -> int:

@@ -28,6 +28,7 @@ from ..errors import EdgeInspectorError
 from ..events import ActionRecord, ActionStatus, Incident, VlmResult, VlmStatus
 from ..sinks import EventSink
 from ..store import Store
+from ..tasks import cancel
 from ..tools.actions import ActionContext
 from . import prompts
 from .agent import VlmAgent
@@ -162,11 +163,7 @@ class IncidentEnricher(EventSink):
         self._tasks.append(asyncio.create_task(self._sweeper(), name="edge_inspector vlm sweep"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(*self._tasks)
         self._tasks = []
         await self.agent.vlm.close()
 

@@ -562,6 +562,55 @@ class OpcuaServerConfig(_Model):
     namespace: Annotated[str, Field(min_length=1)] = "urn:edge-inspector"
 
 
+def _shift_start(value: str) -> str:
+    hour, sep, minute = value.partition(":")
+    if not (sep and hour.isdigit() and minute.isdigit() and len(minute) == 2):
+        raise ValueError("a shift starts at HH:MM")
+    if int(hour) > 23 or int(minute) > 59:
+        raise ValueError("not a time of day")
+    return f"{int(hour):02d}:{minute}"
+
+
+def _zone(value: str | None) -> str | None:
+    if value is not None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not an IANA time zone (like Europe/Berlin)") from None
+    return value
+
+
+class QualityConfig(_Model):
+    """Shifts, and the quality figures (KPIs) the engine publishes."""
+
+    shifts: Annotated[
+        tuple[Annotated[str, AfterValidator(_shift_start)], ...], Field(min_length=1)
+    ] = Field(default=("06:00", "14:00", "22:00"), description="When each shift starts (HH:MM).")
+    timezone: Annotated[str | None, AfterValidator(_zone)] = Field(
+        default=None, description="The plant's time zone (default: this machine's)."
+    )
+    period: Annotated[str, Field(min_length=1, max_length=100)] = Field(
+        default="this shift",
+        description="The range of the published KPIs (MQTT `kpi`, Home Assistant's sensors).",
+    )
+    refresh_s: Annotated[float, Field(ge=0.2, le=3600)] = Field(
+        default=5.0, description="How often the KPIs are recomputed while inspections come in."
+    )
+
+    @model_validator(mode="after")
+    def _period_parses(self) -> Self:
+        from .errors import InputError
+        from .quality import Shifts
+
+        try:
+            Shifts.from_config(self).period(self.period)
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
 class EngineConfig(_Model):
     """The whole configuration file."""
 
@@ -573,6 +622,7 @@ class EngineConfig(_Model):
     vlm: VlmConfig = VlmConfig()
     manuals: ManualsConfig = ManualsConfig()
     opcua_server: OpcuaServerConfig | None = None
+    quality: QualityConfig = QualityConfig()
 
     @model_validator(mode="after")
     def _station_actions(self) -> Self:

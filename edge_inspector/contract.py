@@ -21,10 +21,17 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
-    from .events import ActionRecord, Incident, IncidentState, InspectionResult, StationState
+    from .events import (
+        ActionRecord,
+        Incident,
+        IncidentState,
+        InspectionResult,
+        QualityReport,
+        StationState,
+    )
     from .manuals import ManualHit
     from .sinks import EventSink
-    from .store.history import ClassCount, FeedbackCounts, InspectionCounts, RateBucket
+    from .store.history import ClassCount, RateBucket
     from .tools.actions import ActionPort
 
 __all__ = ["ImageKind", "InspectionEngine", "VlmStatus"]
@@ -68,6 +75,11 @@ class InspectionEngine(Protocol):
     @property
     def connected(self) -> bool:
         """False while an engine service does not answer (always True in process)."""
+
+    @property
+    def token_refused(self) -> bool:
+        """The engine service refused the token when last asked (its token changed): ask
+        for the new one. Always False in process."""
 
     # -- stations ---------------------------------------------------------------------------
 
@@ -129,17 +141,15 @@ class InspectionEngine(Protocol):
         until: datetime | None = None,
     ) -> list[ClassCount]: ...
 
-    async def inspection_counts(
-        self,
-        *,
-        station_id: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> InspectionCounts: ...
+    async def quality(
+        self, *, period: str | None = None, station_id: str | None = None
+    ) -> QualityReport:
+        """The quality figures over a range said in words ("this shift", "last shift",
+        "today", "since 6am", "the last 2 hours"; default: the published range), of one
+        station or all. PeriodError (an InputError) for a range not understood."""
 
-    async def feedback_counts(
-        self, *, station_id: str | None = None, since: datetime | None = None
-    ) -> FeedbackCounts: ...
+    def latest_quality(self) -> QualityReport | None:
+        """The published figures as last computed (told to sinks by `on_quality`)."""
 
     async def rate_series(
         self, *, station_id: str | None, since: datetime, until: datetime, bucket: float

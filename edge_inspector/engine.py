@@ -32,14 +32,17 @@ from .events import (
     Incident,
     IncidentState,
     InspectionResult,
+    QualityReport,
     StationState,
     VlmResult,
 )
 from .plc.actions import PlcActionPort  # no protocol library until an action runs
+from .quality import QualityMonitor
 from .sinks import EventSink, SinkFanout
 from .sources import FrameSource, build_source
 from .station import Station
-from .store import ClassCount, FeedbackCounts, InspectionCounts, RateBucket, Store
+from .store import ClassCount, RateBucket, Store
+from .tasks import cancel
 from .tools.actions import ActionGuard, ActionPort, WebhookPort
 from .vlm.enricher import IncidentEnricher, pending_result
 
@@ -103,6 +106,9 @@ class Engine:
         self.enricher: IncidentEnricher | None = None
         self.manuals: ManualIndex | None = None
         self.plc: dict[str, PlcLink] = {}  # stations' PLC links, by station id
+        self.quality_monitor = QualityMonitor(
+            self.store, {s.id: s.name for s in config.stations}, config.quality, self.sinks
+        )
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -146,6 +152,8 @@ class Engine:
         for config in self.config.stations:
             await self._start_station(config, vlm_initial)
         await self._start_plc()
+        self.sinks.add(self.quality_monitor)
+        self.quality_monitor.start()
         self._retention_task = asyncio.create_task(
             self._retention(), name="edge_inspector retention"
         )
@@ -289,11 +297,11 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop every station, let them record what they detected, close everything."""
-        if self._retention_task is not None:
-            self._retention_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retention_task
-            self._retention_task = None
+        await cancel(self._retention_task)
+        self._retention_task = None
+        await self.quality_monitor.stop()
+        with contextlib.suppress(ValueError):  # not added: the engine did not start
+            self.sinks.remove(self.quality_monitor)
         for link in self.plc.values():
             await link.stop()
             self.sinks.remove(link)
@@ -345,6 +353,10 @@ class Engine:
     @property
     def connected(self) -> bool:
         return True  # in this process
+
+    @property
+    def token_refused(self) -> bool:
+        return False  # in this process
 
     def states(self) -> list[StationState]:
         running = [s.state() for s in self.stations.values()]
@@ -438,19 +450,13 @@ class Engine:
     ) -> list[ClassCount]:
         return await self.store.counts_by_class(station_id=station_id, since=since, until=until)
 
-    async def inspection_counts(
-        self,
-        *,
-        station_id: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> InspectionCounts:
-        return await self.store.inspection_counts(station_id=station_id, since=since, until=until)
+    async def quality(
+        self, *, period: str | None = None, station_id: str | None = None
+    ) -> QualityReport:
+        return await self.quality_monitor.report(period, station_id)
 
-    async def feedback_counts(
-        self, *, station_id: str | None = None, since: datetime | None = None
-    ) -> FeedbackCounts:
-        return await self.store.feedback_counts(station_id=station_id, since=since)
+    def latest_quality(self) -> QualityReport | None:
+        return self.quality_monitor.latest
 
     async def rate_series(
         self, *, station_id: str | None, since: datetime, until: datetime, bucket: float

@@ -31,7 +31,10 @@ __all__ = [
     "ManualReference",
     "ModelInfo",
     "OperatorAlert",
+    "PChart",
+    "QualityReport",
     "Severity",
+    "StationQuality",
     "StationState",
     "Verdict",
     "VlmResult",
@@ -328,11 +331,67 @@ class StationState(_Event):
     updated_at: datetime
 
 
+class PChart(_Event):
+    """A p-chart of the defect rate: the last hour's rate (the subgroup, `n` inspections)
+    against 3-sigma limits around the rate of the 7 days before (the centre line `p_bar`)."""
+
+    p_bar: float
+    ucl: float = Field(description="Upper control limit.")
+    lcl: float = Field(description="Lower control limit.")
+    rate: float = Field(description="The subgroup's defect rate (a fraction).")
+    n: int = Field(description="Inspections in the subgroup.")
+    out_of_control: bool = Field(description="The rate is above the upper control limit.")
+
+
+class StationQuality(_Event):
+    """The quality figures of one station (or of all, `station_id` None) over a time range.
+
+    Rates are percentages with two decimals, None when their denominator is zero:
+    defect rate = failed / inspections; yield = 100 - defect rate (first-pass yield);
+    false-reject rate = rejected / (confirmed + rejected) of the incidents operators judged;
+    false-accept rate = missed / (confirmed + missed), `missed` being defects people found on
+    parts a station passed."""
+
+    station_id: str | None = Field(description="None: every station together.")
+    name: str
+    inspections: int
+    failed: int = Field(description="Inspections with at least one defect.")
+    incidents: int = Field(description="Incidents (one per tracked defect) in the range.")
+    by_class: dict[str, int] = Field(
+        description="Incidents per defect class, most frequent first (a Pareto view)."
+    )
+    confirmed: int = Field(description="Incidents operators confirmed.")
+    rejected: int = Field(description="Incidents operators rejected (false alarms).")
+    missed: int = Field(description="Defects people found that a station passed.")
+    defect_rate_percent: float | None
+    yield_percent: float | None
+    false_reject_rate_percent: float | None
+    false_accept_rate_percent: float | None
+    p_chart: PChart | None = Field(
+        default=None, description="None: too few inspections for a verdict."
+    )
+
+
+class QualityReport(_Event):
+    """Every station's quality figures over one time range: what `GET /api/quality` answers,
+    what MQTT keeps retained for the current shift and publishes when a shift ends."""
+
+    schema_version: int = SCHEMA_VERSION
+    period: str = Field(description="The range as said: `this shift`, `today`, `since 06:00`.")
+    since: datetime
+    until: datetime = Field(description="The end of the range, or when it was computed.")
+    complete: bool = Field(description="The range has ended (a past shift, yesterday).")
+    stations: tuple[StationQuality, ...]
+    total: StationQuality
+    computed_at: datetime
+
+
 _SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "inspection": InspectionResult,
     "incident": Incident,
     "station_state": StationState,
     "alert": OperatorAlert,
+    "quality": QualityReport,
 }
 
 

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-from .events import Incident, InspectionResult, OperatorAlert, StationState
+from .events import Incident, InspectionResult, OperatorAlert, QualityReport, StationState
 
 __all__ = ["EventSink", "SinkFanout"]
 
@@ -43,6 +43,13 @@ class EventSink:
 
     async def on_alert(self, alert: OperatorAlert) -> None:
         """A message for the operator, or a request to confirm an action (from the VLM)."""
+
+    async def on_quality(self, report: QualityReport) -> None:
+        """The published quality figures, recomputed (every station's, over the configured
+        range: `quality.period`, this shift by default)."""
+
+    async def on_shift_report(self, report: QualityReport) -> None:
+        """A shift has ended: its figures."""
 
     async def on_connection(self, connected: bool) -> None:
         """An engine service went away (False) or is back (True): told by a client of one
@@ -101,6 +108,12 @@ class SinkFanout(EventSink):
 
     async def on_alert(self, alert: OperatorAlert) -> None:
         await self._each("on_alert", alert)
+
+    async def on_quality(self, report: QualityReport) -> None:
+        await self._each("on_quality", report)
+
+    async def on_shift_report(self, report: QualityReport) -> None:
+        await self._each("on_shift_report", report)
 
     async def on_connection(self, connected: bool) -> None:
         await self._each("on_connection", connected)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from homeassistant.config_entries import ConfigEntryState
@@ -19,17 +19,14 @@ from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import device_registry as dr
 from homeassistant.util import dt as dt_util
 
-from edge_inspector.errors import ManualsNotIndexedError
-from edge_inspector.events import Incident
+from edge_inspector.errors import InputError, ManualsNotIndexedError
+from edge_inspector.events import Incident, QualityReport
 
-from .const import CONF_SHIFTS, DEFAULT_SHIFTS, DOMAIN
+from .const import DOMAIN
+from .coordinator import StationSnapshot
 from .devices import station_device
-from .hub import EdgeInspectorHub, StationRuntime
-
-PERIOD_HELP = (
-    "today, yesterday, this shift, last shift, last hour, last N hours, last N minutes, "
-    "this week, since HH:MM (or since 6am), or an ISO 8601 date and time"
-)
+from .entry_config import StationInfo
+from .hub import EdgeInspectorHub
 
 
 class AnswerError(HomeAssistantError):
@@ -37,140 +34,27 @@ class AnswerError(HomeAssistantError):
 
 
 @dataclass(frozen=True, slots=True)
-class Period:
-    """A time range a question is about; `until` None means now."""
-
-    label: str
-    since: datetime
-    until: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class StationRef:
     hub: EdgeInspectorHub
-    runtime: StationRuntime
+    info: StationInfo
 
     @property
     def station_id(self) -> str:
-        return self.runtime.station_id
+        return self.info.station_id
+
+    @property
+    def snapshot(self) -> StationSnapshot:
+        """What the engine last said of the station."""
+        return self.hub.coordinators[self.station_id].data
 
 
-# -- parsing what people say -------------------------------------------------------------
-
-_WORD_NUMBERS = {
-    "a": 1,
-    "an": 1,
-    "one": 1,
-    "two": 2,
-    "three": 3,
-    "four": 4,
-    "five": 5,
-    "six": 6,
-    "seven": 7,
-    "eight": 8,
-    "nine": 9,
-    "ten": 10,
-    "twelve": 12,
-    "twenty four": 24,
-}
-_LAST_N = re.compile(
-    r"\b(?:last|past)\s+(?:(\d+|a|an|one|two|three|four|five|six|seven|eight|nine|ten|twelve|"
-    r"twenty four)\s+)?(hour|hours|minute|minutes|min|mins|day|days)\b"
-)
-_SINCE = re.compile(
-    r"\bsince\s+(\d{1,2})(?:[:.h](\d{2}))?\s*(am|pm|a\.m\.|p\.m\.|o'?clock)?(?=\s|$|[?.!,])"
-)
-
-
-def shift_starts(hub: EdgeInspectorHub | None) -> list[time]:
-    """The shifts' start times, from the hub's options (default 06:00, 14:00, 22:00)."""
-    text = str(hub.entry.options.get(CONF_SHIFTS, DEFAULT_SHIFTS)) if hub else DEFAULT_SHIFTS
-    starts = []
-    for part in re.split(r"[,\s]+", text.strip()):
-        if not part:
-            continue
-        hour, _, minute = part.partition(":")
-        try:
-            starts.append(time(int(hour), int(minute or 0)))
-        except ValueError as exc:
-            raise AnswerError(f"shift start {part!r} is not a time (HH:MM)") from exc
-    return sorted(starts) or [time(0)]
-
-
-def _shift(now: datetime, starts: list[time], back: int) -> tuple[datetime, datetime]:
-    """The shift `back` shifts before the current one: (start, end)."""
-    day = now.date()
-    moments = sorted(
-        datetime.combine(day + timedelta(days=d), s, tzinfo=now.tzinfo)
-        for d in (-2, -1, 0, 1)
-        for s in starts
-    )
-    current = max(i for i, m in enumerate(moments) if m <= now)
-    return moments[current - back], moments[current - back + 1]
-
-
-def parse_period(
-    text: str | None, *, now: datetime | None = None, shifts: list[time] | None = None
-) -> Period:
-    """The time range a phrase names; no phrase means today. Local time throughout."""
-    now = now or dt_util.now()
-    today = dt_util.start_of_local_day(now)
-    phrase = " ".join((text or "").lower().replace("_", " ").split())
-    if (day := _named_day(phrase, today)) is not None:
-        return day
-    if "shift" in phrase:
-        back = 1 if re.search(r"\b(last|previous)\b", phrase) else 0
-        start, end = _shift(now, shifts or [time(6), time(14), time(22)], back)
-        label = "the last shift" if back else "this shift"
-        return Period(label, start, end if back else None)
-    if match := _LAST_N.search(phrase):
-        return _last_n(match, now)
-    if match := _SINCE.search(phrase):
-        return _since_time(match, now)
-    if parsed := dt_util.parse_datetime(phrase.replace(" ", "T", 1) if "-" in phrase else ""):
-        since = parsed if parsed.tzinfo else parsed.replace(tzinfo=now.tzinfo)
-        return Period(f"since {dt_util.as_local(since):%Y-%m-%d %H:%M}", since)
-    raise AnswerError(f"I do not understand the time range {text!r}; say {PERIOD_HELP}")
-
-
-def _named_day(phrase: str, today: datetime) -> Period | None:
-    """ "today" (or nothing), "yesterday", "this week"."""
-    if not phrase or phrase in ("today", "so far today", "for today"):
-        return Period("today", today)
-    if phrase == "yesterday":
-        return Period("yesterday", today - timedelta(days=1), today)
-    if phrase in ("this week", "the week", "week"):
-        return Period("this week", today - timedelta(days=today.weekday()))
-    return None
-
-
-def _last_n(match: re.Match[str], now: datetime) -> Period:
-    """ "the last 2 hours", "last minute", "past three days"."""
-    count_text, unit = match.groups()
-    count = _WORD_NUMBERS[count_text] if count_text in _WORD_NUMBERS else int(count_text or 1)
-    if unit.startswith("h"):
-        delta, name = timedelta(hours=count), "hour"
-    elif unit.startswith("d"):
-        delta, name = timedelta(days=count), "day"
-    else:
-        delta, name = timedelta(minutes=count), "minute"
-    label = f"the last {name}" if count == 1 else f"the last {count} {name}s"
-    return Period(label, now - delta)
-
-
-def _since_time(match: re.Match[str], now: datetime) -> Period:
-    """ "since 6am", "since 14:30": the last time the clock showed it."""
-    hour, minute, suffix = int(match[1]), int(match[2] or 0), (match[3] or "").replace(".", "")
-    if suffix == "pm" and hour < 12:
-        hour += 12
-    elif suffix == "am" and hour == 12:
-        hour = 0
-    if hour > 23 or minute > 59:
-        raise AnswerError(f"{match[0]!r} is not a time of day")
-    since = datetime.combine(now.date(), time(hour, minute), tzinfo=now.tzinfo)
-    if since > now:  # "since 22:00" said at 02:00 means last night
-        since -= timedelta(days=1)
-    return Period(f"since {since:%H:%M}", since)
+async def quality(ref: StationRef, period: str | None) -> QualityReport:
+    """The engine's figures for one station over a range said in words (the engine knows the
+    plant's shifts and time zone). AnswerError for a range it does not understand."""
+    try:
+        return await ref.hub.engine.quality(period=period or "today", station_id=ref.station_id)
+    except InputError as exc:
+        raise AnswerError(str(exc)) from exc
 
 
 def _norm(text: str) -> str:
@@ -188,7 +72,7 @@ def hubs(hass: HomeAssistant) -> list[EdgeInspectorHub]:
 
 
 def all_stations(hass: HomeAssistant) -> list[StationRef]:
-    return [StationRef(hub, runtime) for hub in hubs(hass) for runtime in hub.stations.values()]
+    return [StationRef(hub, info) for hub in hubs(hass) for info in hub.stations.values()]
 
 
 def find_stations(hass: HomeAssistant, name: str | None) -> list[StationRef]:
@@ -203,14 +87,14 @@ def find_stations(hass: HomeAssistant, name: str | None) -> list[StationRef]:
     exact = [
         s
         for s in stations
-        if wanted in (_norm(s.runtime.name), _norm(s.station_id), _norm(s.runtime.line or ""))
+        if wanted in (_norm(s.info.name), _norm(s.station_id), _norm(s.info.line or ""))
     ]
     if exact:
         return exact
-    partial = [s for s in stations if wanted in _norm(s.runtime.name)]
+    partial = [s for s in stations if wanted in _norm(s.info.name)]
     if partial:
         return partial
-    known = ", ".join(sorted(s.runtime.name for s in stations))
+    known = ", ".join(sorted(s.info.name for s in stations))
     raise AnswerError(f"there is no station called {name!r} (stations: {known})")
 
 
@@ -219,7 +103,7 @@ def station_by_device(hass: HomeAssistant, device_id: str) -> StationRef:
     if device is not None:
         idents = {ident for domain, ident in device.identifiers if domain == DOMAIN}
         for ref in all_stations(hass):
-            if ref.runtime.subentry_id in idents:
+            if ref.info.subentry_id in idents:
                 return ref
     raise AnswerError(f"device {device_id} is not an Edge Inspector station")
 
@@ -236,7 +120,7 @@ def defect_classes(text: str | None, stations: list[StationRef]) -> set[str] | N
     wanted = _norm(text or "")
     if wanted in ("", "defect", "defects", "problem", "problems", "fault", "faults", "all"):
         return None
-    known = {c for s in stations for c in s.runtime.defects}
+    known = {c for s in stations for c in s.info.defects}
     for candidate in (wanted, wanted.removesuffix("es"), wanted.removesuffix("s")):
         for cls in known:
             if _norm(cls) == candidate or _norm(cls).replace("_", " ") == candidate:
@@ -268,7 +152,7 @@ def _join(names: list[str]) -> str:
 def _where(stations: list[StationRef], everything: bool) -> str:
     if everything:
         return "on all stations"
-    return "on " + _join([s.runtime.name for s in stations])
+    return "on " + _join([s.info.name for s in stations])
 
 
 # -- the answers -------------------------------------------------------------------------
@@ -285,49 +169,39 @@ async def defect_count(
     stations = find_stations(hass, station)
     everything = len(stations) == len(all_stations(hass)) and not station
     classes = defect_classes(defect_class, stations)
-    span = parse_period(period, shifts=shift_starts(stations[0].hub))
     rows: list[dict[str, Any]] = []
     overall: dict[str, int] = {}
     total = 0
     for ref in stations:
-        store = ref.hub.engine
-        counts = await store.counts_by_class(
-            station_id=ref.station_id, since=span.since, until=span.until
-        )
-        inspected = await store.inspection_counts(
-            station_id=ref.station_id, since=span.since, until=span.until
-        )
-        by_class = {
-            c.defect_class: c.count for c in counts if not classes or c.defect_class in classes
-        }
+        report = await quality(ref, period)
+        [figures] = report.stations
+        by_class = {c: n for c, n in figures.by_class.items() if not classes or c in classes}
         total += sum(by_class.values())
         for cls, n in by_class.items():
             overall[cls] = overall.get(cls, 0) + n
         rows.append(
             {
                 "station_id": ref.station_id,
-                "station": ref.runtime.name,
-                "line": ref.runtime.line,
-                "inspections": inspected.inspections,
-                "failed": inspected.failed,
-                "defect_rate_percent": round(100 * inspected.defect_rate, 2)
-                if inspected.inspections
-                else None,
+                "station": ref.info.name,
+                "line": ref.info.line,
+                "inspections": figures.inspections,
+                "failed": figures.failed,
+                "defect_rate_percent": figures.defect_rate_percent,
                 "defects": sum(by_class.values()),
                 "by_class": by_class,
             }
         )
     word = next(iter(classes)).replace("_", " ") if classes else "defect"
-    speech = f"{_count(total, word)} {_where(stations, everything)} {span.label}"
+    speech = f"{_count(total, word)} {_where(stations, everything)} {report.period}"
     if not classes and total:
         parts = [
             _count(n, c.replace("_", " ")) for c, n in sorted(overall.items(), key=lambda x: -x[1])
         ]
         speech += f": {_join(parts)}"
     return {
-        "period": span.label,
-        "since": span.since.isoformat(),
-        "until": span.until.isoformat() if span.until else None,
+        "period": report.period,
+        "since": report.since.isoformat(),
+        "until": report.until.isoformat() if report.complete else None,
         "defect_class": sorted(classes) if classes else None,
         "total": total,
         "stations": rows,
@@ -336,16 +210,16 @@ async def defect_count(
 
 
 def _status_row(ref: StationRef) -> dict[str, Any]:
-    runtime, hub = ref.runtime, ref.hub
-    state = runtime.state
+    info, hub, snapshot = ref.info, ref.hub, ref.snapshot
+    state = snapshot.state
     available = hub.is_available(ref.station_id)
     enabled = bool(state and state.enabled)
-    error = runtime.camera_error or runtime.engine_error or (state.error if state else None)
-    last = runtime.last_incident
+    error = hub.cameras.health[ref.station_id].error or (state.error if state else None)
+    last = snapshot.last_incident
     return {
         "station_id": ref.station_id,
-        "station": runtime.name,
-        "line": runtime.line,
+        "station": info.name,
+        "line": info.line,
         "running": available and enabled,
         "enabled": enabled,
         "available": available,
@@ -377,18 +251,13 @@ def _status_speech(row: dict[str, Any]) -> str:
 async def station_status(hass: HomeAssistant, *, station: str | None = None) -> dict[str, Any]:
     """Whether each station runs, why not, and today's inspections and defects."""
     stations = find_stations(hass, station)
-    today = dt_util.start_of_local_day()
     rows = []
     for ref in stations:
         row = _status_row(ref)
-        store = ref.hub.engine
-        counts = await store.inspection_counts(station_id=ref.station_id, since=today)
-        incidents = await store.counts_by_class(station_id=ref.station_id, since=today)
-        row["inspections_today"] = counts.inspections
-        row["defects_today"] = sum(c.count for c in incidents)
-        row["yield_today_percent"] = (
-            round(100 * (1 - counts.defect_rate), 2) if counts.inspections else None
-        )
+        [today] = (await quality(ref, "today")).stations
+        row["inspections_today"] = today.inspections
+        row["defects_today"] = today.incidents
+        row["yield_today_percent"] = today.yield_percent
         rows.append(row)
     speech = "; ".join(
         _status_speech(r) + f", {_count(r['defects_today'], 'defect')} today" for r in rows
@@ -414,14 +283,14 @@ def incident_summary(incident: Incident) -> dict[str, Any]:
 
 
 async def _latest(
-    hass: HomeAssistant, stations: list[StationRef], limit: int, span: Period | None
+    hass: HomeAssistant, stations: list[StationRef], limit: int, span: QualityReport | None
 ) -> list[Incident]:
     found: list[Incident] = []
     for ref in stations:
         found += await ref.hub.engine.incidents(
             station_id=ref.station_id,
             since=span.since if span else None,
-            until=span.until if span else None,
+            until=span.until if span and span.complete else None,
             limit=limit,
         )
     found.sort(key=lambda i: i.created_at, reverse=True)
@@ -432,10 +301,10 @@ async def latest_incidents(
     hass: HomeAssistant, *, station: str | None = None, limit: int = 5, period: str | None = None
 ) -> dict[str, Any]:
     stations = find_stations(hass, station)
-    span = parse_period(period, shifts=shift_starts(stations[0].hub)) if period else None
+    span = await quality(stations[0], period) if period else None
     found = await _latest(hass, stations, limit, span)
     if not found:
-        speech = "No defects recorded" + (f" {span.label}" if span else "") + "."
+        speech = "No defects recorded" + (f" {span.period}" if span else "") + "."
     else:
         last = found[0]
         speech = (
@@ -550,7 +419,7 @@ async def inspect_now(
         results.append(
             {
                 "station_id": ref.station_id,
-                "station": ref.runtime.name,
+                "station": ref.info.name,
                 "inspection_id": result.inspection_id,
                 "verdict": str(result.verdict),
                 "defects": defects,
@@ -562,7 +431,7 @@ async def inspect_now(
             if defects
             else "the part passed"
         )
-        lines.append(f"{ref.runtime.name}: {found}")
+        lines.append(f"{ref.info.name}: {found}")
     return {"inspections": results, "speech": "Inspected. " + "; ".join(lines) + "."}
 
 
@@ -573,9 +442,7 @@ async def station_overview(
     now = dt_util.utcnow()
     row = _status_row(ref)
     store = ref.hub.engine
-    today = dt_util.start_of_local_day()
-    counts = await store.inspection_counts(station_id=ref.station_id, since=today)
-    by_class = await store.counts_by_class(station_id=ref.station_id, since=today)
+    [today] = (await quality(ref, "today")).stations
     bucket = bucket_minutes * 60
     start = (now - timedelta(hours=hours)).timestamp() // bucket * bucket  # on the clock
     series = await store.rate_series(
@@ -584,21 +451,20 @@ async def station_overview(
         until=now,
         bucket=bucket,
     )
-    last = ref.runtime.last_incident or await store.last_incident(ref.station_id)
+    last = ref.snapshot.last_incident or await store.last_incident(ref.station_id)
     report = report_data(last) if last else None
     entities = station_entities(hass, ref)
     return {
         **row,
         "device_id": entities.pop("device_id", None),
         "entities": entities,
-        "defect_classes": list(ref.runtime.defects),
+        "defect_classes": list(ref.info.defects),
         "today": {
-            "inspections": counts.inspections,
-            "failed": counts.failed,
-            "defect_rate_percent": round(100 * counts.defect_rate, 2)
-            if counts.inspections
-            else None,
-            "by_class": {c.defect_class: c.count for c in by_class},
+            "inspections": today.inspections,
+            "failed": today.failed,
+            "defect_rate_percent": today.defect_rate_percent,
+            "yield_percent": today.yield_percent,
+            "by_class": today.by_class,
         },
         "series": {
             "bucket_minutes": bucket_minutes,
@@ -621,11 +487,11 @@ def station_entities(hass: HomeAssistant, ref: StationRef) -> dict[str, Any]:
     """The station's entity ids by role (translation key), and its device id."""
     from homeassistant.helpers import entity_registry as er
 
-    device = station_device(hass, ref.hub.entry.entry_id, ref.runtime.subentry_id)
+    device = station_device(hass, ref.hub.entry.entry_id, ref.info.subentry_id)
     out: dict[str, Any] = {"device_id": device.id if device else None}
     if device is None:
         return out
-    prefix = f"{ref.hub.entry.entry_id}_{ref.runtime.subentry_id}_"
+    prefix = f"{ref.hub.entry.entry_id}_{ref.info.subentry_id}_"
     for entry in er.async_entries_for_device(er.async_get(hass), device.id):
         if entry.platform == DOMAIN and entry.unique_id.startswith(prefix):
             out[f"{entry.domain}.{entry.unique_id.removeprefix(prefix)}"] = entry.entity_id

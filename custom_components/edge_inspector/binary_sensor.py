@@ -9,6 +9,7 @@ from homeassistant.const import EntityCategory
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
+from .coordinator import StationCoordinator
 from .entity import StationEntity, add_station_entities
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ class DefectBinarySensor(StationEntity, BinarySensorEntity):
 
     @property
     def is_on(self) -> bool | None:
-        state = self.runtime.state
+        state = self.snapshot.state
         return None if state is None else state.defect_present
 
 
@@ -33,19 +34,21 @@ class OutOfControlBinarySensor(StationEntity, BinarySensorEntity):
 
     @property
     def is_on(self) -> bool | None:
-        chart = self.runtime.chart
+        quality = self.snapshot.quality
+        chart = quality.p_chart if quality else None
         return None if chart is None else chart.out_of_control
 
     @property
     def extra_state_attributes(self) -> dict[str, float | int] | None:
-        chart = self.runtime.chart
+        quality = self.snapshot.quality
+        chart = quality.p_chart if quality else None
         if chart is None:
             return None
         return {
-            "center_line": round(chart.p_bar, 5),
-            "upper_control_limit": round(chart.ucl, 5),
-            "lower_control_limit": round(chart.lcl, 5),
-            "defect_rate": round(chart.rate, 5),
+            "center_line": chart.p_bar,
+            "upper_control_limit": chart.ucl,
+            "lower_control_limit": chart.lcl,
+            "defect_rate": chart.rate,
             "subgroup_size": chart.n,
         }
 
@@ -58,13 +61,18 @@ class PlcBinarySensor(StationEntity, BinarySensorEntity):
 
     @property
     def is_on(self) -> bool | None:
-        state = self.runtime.state
+        state = self.snapshot.state
         return None if state is None or state.plc is None else state.plc == "connected"
 
     @property
     def extra_state_attributes(self) -> dict[str, str] | None:
-        state = self.runtime.state
+        state = self.snapshot.state
         return {"error": state.plc_error} if state is not None and state.plc_error else None
+
+
+def _has_plc(coordinator: StationCoordinator) -> bool:
+    state = coordinator.data.state
+    return state is not None and bool(state.plc)
 
 
 async def async_setup_entry(
@@ -75,10 +83,10 @@ async def async_setup_entry(
     add_station_entities(
         entry,
         async_add_entities,
-        lambda hub, rt: [
-            DefectBinarySensor(hub, rt, "defect"),
-            OutOfControlBinarySensor(hub, rt, "out_of_control"),
+        lambda hub, coordinator: [
+            DefectBinarySensor(hub, coordinator, "defect"),
+            OutOfControlBinarySensor(hub, coordinator, "out_of_control"),
             # an engine station wired to a PLC (its state says so when Home Assistant connects)
-            *([PlcBinarySensor(hub, rt, "plc")] if rt.state and rt.state.plc else []),
+            *([PlcBinarySensor(hub, coordinator, "plc")] if _has_plc(coordinator) else []),
         ],
     )

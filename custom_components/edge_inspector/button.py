@@ -27,5 +27,7 @@ async def async_setup_entry(
     async_add_entities: AddConfigEntryEntitiesCallback,
 ) -> None:
     add_station_entities(
-        entry, async_add_entities, lambda hub, rt: [InspectNowButton(hub, rt, "inspect_now")]
+        entry,
+        async_add_entities,
+        lambda hub, coordinator: [InspectNowButton(hub, coordinator, "inspect_now")],
     )

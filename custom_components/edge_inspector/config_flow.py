@@ -7,7 +7,7 @@ import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from homeassistant.config_entries import (
     ConfigEntry,
@@ -187,10 +187,22 @@ class EdgeInspectorConfigFlow(ConfigFlow, domain=DOMAIN):
             # 2026.12 no longer lets a flow schedule a reload beside a listener). An entry that
             # failed to set up has no listener, and an unchanged reconfigure should reconnect
             # too, as a user who pressed submit expects: those are reloaded here.
-            if not entry.update_listeners or dict(entry.data) == result:
-                self.hass.config_entries.async_schedule_reload(entry.entry_id)
-            return self.async_update_and_abort(entry, data=result)
+            data = cast("dict[str, Any]", result)  # the form's data, not a flow result
+            return self._update_and_reload(entry, data, "reconfigure_successful")
         return result  # type: ignore[return-value]
+
+    def _update_and_reload(
+        self, entry: ConfigEntry, data: dict[str, Any], reason: str
+    ) -> ConfigFlowResult:
+        """Save the entry's new data, and have it set up again with it: a loaded entry's update
+        listener reloads it when the data changes (Home Assistant 2026.12 no longer lets a flow
+        schedule a reload beside a listener); an entry that failed to set up has no listener,
+        and unchanged data should reconnect too, as a user who pressed submit expects. The data
+        is saved first: a reload starts at once (eagerly) and reads it."""
+        changed = self.hass.config_entries.async_update_entry(entry, data=data)
+        if not entry.update_listeners or not changed:
+            self.hass.config_entries.async_schedule_reload(entry.entry_id)
+        return self.async_abort(reason=reason)
 
     async def async_step_reauth(self, entry_data: Mapping[str, Any]) -> ConfigFlowResult:
         """The engine service refused the token: ask for the one it has now."""
@@ -206,9 +218,8 @@ class EdgeInspectorConfigFlow(ConfigFlow, domain=DOMAIN):
             token = (user_input.get(CONF_ENGINE_TOKEN) or "").strip()
             error = await check_engine(self.hass, url, token or None)
             if error is None:
-                return self.async_update_reload_and_abort(
-                    entry, data_updates={CONF_ENGINE_TOKEN: token}
-                )
+                data = {**entry.data, CONF_ENGINE_TOKEN: token}
+                return self._update_and_reload(entry, data, "reauth_successful")
             errors["base"] = error
         return self.async_show_form(
             step_id="reauth_confirm",

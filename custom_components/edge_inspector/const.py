@@ -39,6 +39,6 @@ DEFAULT_IMGSZ: Final = 640
 EVENT_DEFECT: Final = "edge_inspector_defect"
 EVENT_INCIDENT: Final = "edge_inspector_incident"
 EVENT_MISSED_DEFECT: Final = "edge_inspector_missed_defect"
+EVENT_SHIFT_REPORT: Final = "edge_inspector_shift_report"
 
-SIGNAL_STATE: Final = "edge_inspector_state_{}"
 SIGNAL_INCIDENT: Final = "edge_inspector_incident_{}"

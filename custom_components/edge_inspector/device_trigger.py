@@ -36,9 +36,9 @@ def _classes(hass: HomeAssistant, device_id: str) -> tuple[str, ...]:
         subentries = {ident for domain, ident in device.identifiers if domain == DOMAIN}
         for entry in hass.config_entries.async_loaded_entries(DOMAIN):
             hub: EdgeInspectorHub = entry.runtime_data
-            for runtime in hub.stations.values():
-                if runtime.subentry_id in subentries:
-                    return runtime.defects
+            for info in hub.stations.values():
+                if info.subentry_id in subentries:
+                    return info.defects
     raise InvalidDeviceAutomationConfig(f"not an Edge Inspector station: {device_id}")
 
 

@@ -40,12 +40,13 @@ async def async_get_config_entry_diagnostics(
 ) -> dict[str, Any]:
     hub = entry.runtime_data
     stations = {}
-    for sid, runtime in hub.stations.items():
-        last = runtime.last_incident
-        stations[runtime.name] = {
-            "state": runtime.state.model_dump(mode="json") if runtime.state else None,
+    for sid, info in hub.stations.items():
+        snapshot = hub.coordinators[sid].data
+        last = snapshot.last_incident
+        stations[info.name] = {
+            "state": snapshot.state.model_dump(mode="json") if snapshot.state else None,
             "available": hub.is_available(sid),
-            "camera_error": runtime.camera_error is not None,
+            "camera_error": hub.cameras.health[sid].camera_error is not None,
             "last_incident": last.model_dump(mode="json", exclude={"detections"}) if last else None,
         }
     vlm_error: str | None = None

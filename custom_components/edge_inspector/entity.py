@@ -1,73 +1,76 @@
-"""The base of every station entity: one device per station, updates pushed by the engine."""
+"""The base of every station entity: one device per station, its state pushed by the engine
+through the station's coordinator (`coordinator.py`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from homeassistant.core import HomeAssistant, callback
+from homeassistant.core import HomeAssistant
 from homeassistant.helpers.device_registry import DeviceInfo
-from homeassistant.helpers.dispatcher import async_dispatcher_connect
 from homeassistant.helpers.entity import Entity
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
+from homeassistant.helpers.update_coordinator import CoordinatorEntity
 
-from .const import DOMAIN, SIGNAL_STATE
-from .hub import EdgeInspectorHub, StationRuntime
+from .const import DOMAIN
+from .coordinator import StationCoordinator, StationSnapshot
+from .entry_config import StationInfo
+from .hub import EdgeInspectorHub
 
 if TYPE_CHECKING:
     from . import EdgeInspectorConfigEntry
 
 
-class StationEntity(Entity):
+class StationEntity(CoordinatorEntity[StationCoordinator]):
     """An entity of one inspection station."""
 
     _attr_has_entity_name = True
-    _attr_should_poll = False
 
-    def __init__(self, hub: EdgeInspectorHub, runtime: StationRuntime, key: str) -> None:
+    def __init__(self, hub: EdgeInspectorHub, coordinator: StationCoordinator, key: str) -> None:
+        super().__init__(coordinator)
         self.hub = hub
-        self.runtime = runtime
+        info = coordinator.info
         self._attr_translation_key = key
-        self._attr_unique_id = f"{hub.entry.entry_id}_{runtime.subentry_id}_{key}"
+        self._attr_unique_id = f"{hub.entry.entry_id}_{info.subentry_id}_{key}"
         self._attr_device_info = DeviceInfo(
-            identifiers={(DOMAIN, runtime.subentry_id)},
-            name=runtime.name,
+            identifiers={(DOMAIN, info.subentry_id)},
+            name=info.name,
             manufacturer="Edge Inspector",
-            model=runtime.model_name,
-            suggested_area=runtime.line,
+            model=info.model_name,
+            suggested_area=info.line,
         )
+
+    @property
+    def info(self) -> StationInfo:
+        return self.coordinator.info
+
+    @property
+    def snapshot(self) -> StationSnapshot:
+        """What the engine last said of the station."""
+        return self.coordinator.data
 
     @property
     def station_id(self) -> str:
-        return self.runtime.station_id
+        return self.info.station_id
 
     @property
     def available(self) -> bool:
-        return self.hub.is_available(self.station_id)
-
-    async def async_added_to_hass(self) -> None:
-        self.async_on_remove(
-            async_dispatcher_connect(
-                self.hass, SIGNAL_STATE.format(self.station_id), self._handle_update
-            )
-        )
-
-    @callback
-    def _handle_update(self) -> None:
-        self.async_write_ha_state()
+        """The engine (service) answers, the station runs and its pictures get through."""
+        return super().available and self.hub.is_available(self.station_id)
 
 
 def add_station_entities(
     entry: EdgeInspectorConfigEntry,
     async_add_entities: AddConfigEntryEntitiesCallback,
-    make: Callable[[EdgeInspectorHub, StationRuntime], Iterable[Entity]],
+    make: Callable[[EdgeInspectorHub, StationCoordinator], Iterable[Entity]],
 ) -> None:
     """Add one platform's entities for every station, each under its own subentry."""
     hub = entry.runtime_data
-    for runtime in hub.stations.values():
+    for coordinator in hub.coordinators.values():
+        info = coordinator.info
         async_add_entities(
-            list(make(hub, runtime)),
-            config_subentry_id=None if runtime.remote else runtime.subentry_id,
+            list(make(hub, coordinator)),
+            config_subentry_id=None if info.remote else info.subentry_id,
         )
 
 

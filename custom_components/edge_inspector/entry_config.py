@@ -1,5 +1,6 @@
 """From a config entry to an engine: the entry's stations and options translated into the
-engine's configuration, and the engine built (in this process, or a client of the service).
+engine's configuration, and the engine built (in this process, or a client of the service);
+and the stations as Home Assistant shows them (`StationInfo`).
 
 Nothing here blocks Home Assistant's event loop: the in-process engine's modules (PyTorch,
 Ultralytics) are imported on the import executor, and files are looked at on the executor.
@@ -8,6 +9,8 @@ Ultralytics) are imported on the import executor, and files are looked at on the
 from __future__ import annotations
 
 import importlib
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,24 +24,31 @@ from edge_inspector.demo import DEMO_MODEL
 
 from .const import (
     CONF_ACTIONS,
+    CONF_CAMERA,
+    CONF_CAMERAS,
     CONF_DEFECTS,
     CONF_ENGINE_TOKEN,
     CONF_ENGINE_URL,
     CONF_IMGSZ,
+    CONF_INTERVAL,
     CONF_LINE,
     CONF_MODEL_PATH,
     CONF_OLLAMA_MODEL,
     CONF_OLLAMA_URL,
     CONF_PRODUCT,
+    CONF_SHIFTS,
     CONF_STORAGE,
     DEFAULT_IMGSZ,
+    DEFAULT_INTERVAL,
     DEFAULT_OLLAMA_MODEL,
+    DEFAULT_SHIFTS,
     DOMAIN,
     SUBENTRY_STATION,
 )
 
 if TYPE_CHECKING:
     from edge_inspector.contract import InspectionEngine
+    from edge_inspector.events import StationState
 
 
 def station_id(subentry: ConfigSubentry) -> str:
@@ -51,6 +61,62 @@ def model_path(value: str | None) -> Path:
     if not value or value == "demo":
         return DEMO_MODEL
     return Path(value)
+
+
+@dataclass(frozen=True, slots=True)
+class StationInfo:
+    """What a station is, as Home Assistant shows it: fixed while the entry is loaded (a change
+    reloads it). What it is doing lives with the job that follows it: its state and figures in
+    its coordinator (`coordinator.py`), its camera's health in `camera_feed.py`."""
+
+    station_id: str
+    subentry_id: str  # its device's identifier (a service's stations: entry id and station id)
+    name: str
+    camera_entity_id: str  # "" for a service's station that reads its own camera
+    interval: float  # seconds between pictures from the camera entity
+    defects: tuple[str, ...]
+    line: str | None = None
+    model_name: str | None = None
+    remote: bool = False  # a station of an engine service (no subentry; stations live there)
+
+
+def subentry_stations(entry: ConfigEntry) -> list[StationInfo]:
+    """The stations of an in-process hub: its station subentries."""
+    return [
+        StationInfo(
+            station_id=station_id(subentry),
+            subentry_id=subentry.subentry_id,
+            name=subentry.title,
+            camera_entity_id=subentry.data[CONF_CAMERA],
+            interval=float(subentry.data.get(CONF_INTERVAL, DEFAULT_INTERVAL)),
+            defects=tuple(sorted(subentry.data[CONF_DEFECTS])),
+            line=subentry.data.get(CONF_LINE) or None,
+            model_name=model_path(subentry.data.get(CONF_MODEL_PATH)).name,
+        )
+        for subentry in entry.subentries.values()
+        if subentry.subentry_type == SUBENTRY_STATION
+    ]
+
+
+def service_stations(entry: ConfigEntry, states: list[StationState]) -> list[StationInfo]:
+    """The stations of an engine service, as it reports them; the cameras mapped in the
+    options feed its `push` stations."""
+    cameras = parse_cameras(entry.options.get(CONF_CAMERAS, ""))
+    interval = float(entry.options.get(CONF_INTERVAL, DEFAULT_INTERVAL))
+    return [
+        StationInfo(
+            station_id=state.station_id,
+            subentry_id=f"{entry.entry_id}_{state.station_id}",
+            name=state.name,
+            camera_entity_id=cameras.get(state.station_id, ""),
+            interval=interval,
+            defects=tuple(sorted(state.thresholds)),
+            line=state.line,
+            model_name=state.model,
+            remote=True,
+        )
+        for state in states
+    ]
 
 
 def parse_actions(text: str) -> list[Any]:
@@ -80,6 +146,11 @@ def parse_cameras(text: str) -> dict[str, str]:
     ):
         raise ValueError("cameras: expected lines of `station_id: camera.entity_id`")
     return dict(data)
+
+
+def parse_shifts(text: str) -> list[str]:
+    """The shifts' start times from the options ("06:00, 14:00, 22:00")."""
+    return [part for part in re.split(r"[,\s]+", text.strip()) if part]
 
 
 def engine_config(hass: HomeAssistant, entry: ConfigEntry) -> EngineConfig:
@@ -119,6 +190,10 @@ def engine_config(hass: HomeAssistant, entry: ConfigEntry) -> EngineConfig:
         if key in entry.options:
             vlm[key] = entry.options[key]
     config["vlm"] = vlm
+    config["quality"] = {
+        "shifts": parse_shifts(entry.options.get(CONF_SHIFTS, DEFAULT_SHIFTS)),
+        "timezone": hass.config.time_zone,
+    }
     # A hub without stations yet is fine: they are added as subentries.
     return EngineConfig.model_validate(config, context={"allow_no_stations": True})
 

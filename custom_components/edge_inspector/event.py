@@ -12,8 +12,9 @@ from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from edge_inspector.events import Incident
 
 from .const import SIGNAL_INCIDENT
+from .coordinator import StationCoordinator
 from .entity import StationEntity, add_station_entities
-from .hub import EdgeInspectorHub, StationRuntime
+from .hub import EdgeInspectorHub
 
 if TYPE_CHECKING:
     from . import EdgeInspectorConfigEntry
@@ -22,9 +23,9 @@ PARALLEL_UPDATES = 0
 
 
 class DefectEvent(StationEntity, EventEntity):
-    def __init__(self, hub: EdgeInspectorHub, runtime: StationRuntime) -> None:
-        super().__init__(hub, runtime, "defect_event")
-        self._attr_event_types = list(runtime.defects)
+    def __init__(self, hub: EdgeInspectorHub, coordinator: StationCoordinator) -> None:
+        super().__init__(hub, coordinator, "defect_event")
+        self._attr_event_types = list(coordinator.info.defects)
         self._seen: set[str] = set()
 
     async def async_added_to_hass(self) -> None:
@@ -71,4 +72,6 @@ async def async_setup_entry(
     entry: EdgeInspectorConfigEntry,
     async_add_entities: AddConfigEntryEntitiesCallback,
 ) -> None:
-    add_station_entities(entry, async_add_entities, lambda hub, rt: [DefectEvent(hub, rt)])
+    add_station_entities(
+        entry, async_add_entities, lambda hub, coordinator: [DefectEvent(hub, coordinator)]
+    )

@@ -12,8 +12,9 @@ from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from edge_inspector.events import Incident
 
 from .const import SIGNAL_INCIDENT
+from .coordinator import StationCoordinator
 from .entity import StationEntity, add_station_entities
-from .hub import EdgeInspectorHub, StationRuntime
+from .hub import EdgeInspectorHub
 
 if TYPE_CHECKING:
     from . import EdgeInspectorConfigEntry
@@ -24,8 +25,8 @@ PARALLEL_UPDATES = 0
 class DefectImage(StationEntity, ImageEntity):
     _attr_content_type = "image/jpeg"
 
-    def __init__(self, hub: EdgeInspectorHub, runtime: StationRuntime) -> None:
-        StationEntity.__init__(self, hub, runtime, "last_defect_image")
+    def __init__(self, hub: EdgeInspectorHub, coordinator: StationCoordinator) -> None:
+        StationEntity.__init__(self, hub, coordinator, "last_defect_image")
         ImageEntity.__init__(self, hub.hass)
         self._path: str | None = None
         self._incident_id: str | None = None
@@ -67,4 +68,6 @@ async def async_setup_entry(
     entry: EdgeInspectorConfigEntry,
     async_add_entities: AddConfigEntryEntitiesCallback,
 ) -> None:
-    add_station_entities(entry, async_add_entities, lambda hub, rt: [DefectImage(hub, rt)])
+    add_station_entities(
+        entry, async_add_entities, lambda hub, coordinator: [DefectImage(hub, coordinator)]
+    )

@@ -80,10 +80,10 @@ def vocabulary(
     stations: dict[str, str] = {}
     classes: dict[str, str] = {}
     for ref in answers.all_stations(hass) if refs is None else refs:
-        for name in (ref.runtime.name, ref.station_id, ref.runtime.line or ""):
+        for name in (ref.info.name, ref.station_id, ref.info.line or ""):
             if words := _words(name):
-                stations.setdefault(words, ref.runtime.line if name == ref.runtime.line else name)
-        for cls in ref.runtime.defects:
+                stations.setdefault(words, ref.info.line if name == ref.info.line else name)
+        for cls in ref.info.defects:
             words = _words(cls)
             classes[words] = classes[answers.plural(words)] = cls
     return stations, classes
@@ -289,7 +289,7 @@ def async_register_sentences(hass: HomeAssistant, hub: EdgeInspectorHub) -> Call
     removers = [
         _register_trigger(hass, templates, _trigger(hass, intent_type))
         for intent_type, templates in sentences(
-            hass, [answers.StationRef(hub, runtime) for runtime in hub.stations.values()]
+            hass, [answers.StationRef(hub, info) for info in hub.stations.values()]
         ).items()
     ]
 

@@ -15,6 +15,8 @@ from homeassistant.helpers import llm
 from homeassistant.util import dt as dt_util
 from homeassistant.util.json import JsonObjectType
 
+from edge_inspector.quality import PERIOD_HELP
+
 from . import answers
 from .const import DOMAIN
 from .validation import vol
@@ -22,7 +24,7 @@ from .validation import vol
 API_NAME = "Edge Inspector"
 
 STATION = "Station name, station id or production line (e.g. 'Press' or 'line 2'); omit for all."
-PERIOD = f"Time range: {answers.PERIOD_HELP}. Default: today."
+PERIOD = f"Time range: {PERIOD_HELP}. Default: today."
 
 type Answer = Callable[..., Awaitable[dict[str, Any]]]
 
@@ -160,9 +162,9 @@ class EdgeInspectorAPI(llm.API):
             "Stations:",
         ]
         for ref in stations:
-            line = f" on {ref.runtime.line}" if ref.runtime.line else ""
-            classes = ", ".join(ref.runtime.defects)
-            lines.append(f"- {ref.runtime.name} (id {ref.station_id}{line}): finds {classes}")
+            line = f" on {ref.info.line}" if ref.info.line else ""
+            classes = ", ".join(ref.info.defects)
+            lines.append(f"- {ref.info.name} (id {ref.station_id}{line}): finds {classes}")
         if not stations:
             lines.append("- none set up yet")
         return llm.APIInstance(

@@ -26,7 +26,7 @@ class ThresholdNumber(StationEntity, NumberEntity):
 
     @property
     def native_value(self) -> float | None:
-        state = self.runtime.state
+        state = self.snapshot.state
         if state is None or not state.thresholds:
             return None
         return min(state.thresholds.values())
@@ -43,5 +43,5 @@ async def async_setup_entry(
     add_station_entities(
         entry,
         async_add_entities,
-        lambda hub, rt: [ThresholdNumber(hub, rt, "confidence_threshold")],
+        lambda hub, coordinator: [ThresholdNumber(hub, coordinator, "confidence_threshold")],
     )

@@ -17,8 +17,11 @@ from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from homeassistant.helpers.typing import StateType
 
+from edge_inspector.events import StationQuality
+
+from .coordinator import StationCoordinator, StationSnapshot
 from .entity import StationEntity, add_station_entities
-from .hub import EdgeInspectorHub, StationRuntime
+from .hub import EdgeInspectorHub
 
 if TYPE_CHECKING:
     from . import EdgeInspectorConfigEntry
@@ -28,23 +31,14 @@ PARALLEL_UPDATES = 0
 
 @dataclass(frozen=True, kw_only=True)
 class StationSensorDescription(SensorEntityDescription):
-    value: Callable[[StationRuntime], StateType]
+    value: Callable[[StationSnapshot], StateType]
 
 
-def _rate(runtime: StationRuntime) -> StateType:
-    state = runtime.state
-    if state is None or not state.inspections:
-        return None
-    return round(100 * state.defects / state.inspections, 2)
-
-
-def _yield(runtime: StationRuntime) -> StateType:
-    rate = _rate(runtime)
-    return None if rate is None else round(100 - float(rate), 2)
-
-
-def _percent(value: float | None) -> StateType:
-    return None if value is None else round(100 * value, 2)
+def _quality(
+    figure: Callable[[StationQuality], float | None],
+) -> Callable[[StationSnapshot], StateType]:
+    """A figure of the engine's published KPIs (over `quality.period`: this shift)."""
+    return lambda snapshot: None if snapshot.quality is None else figure(snapshot.quality)
 
 
 SENSORS: tuple[StationSensorDescription, ...] = (
@@ -53,14 +47,14 @@ SENSORS: tuple[StationSensorDescription, ...] = (
         native_unit_of_measurement=PERCENTAGE,
         state_class=SensorStateClass.MEASUREMENT,
         suggested_display_precision=1,
-        value=lambda r: _percent(r.feedback.false_reject_rate) if r.feedback else None,
+        value=_quality(lambda q: q.false_reject_rate_percent),
     ),
     StationSensorDescription(
         key="false_accept_rate",
         native_unit_of_measurement=PERCENTAGE,
         state_class=SensorStateClass.MEASUREMENT,
         suggested_display_precision=1,
-        value=lambda r: _percent(r.feedback.false_accept_rate) if r.feedback else None,
+        value=_quality(lambda q: q.false_accept_rate_percent),
     ),
     StationSensorDescription(
         key="inspections",
@@ -82,14 +76,14 @@ SENSORS: tuple[StationSensorDescription, ...] = (
         native_unit_of_measurement=PERCENTAGE,
         state_class=SensorStateClass.MEASUREMENT,
         suggested_display_precision=1,
-        value=_rate,
+        value=_quality(lambda q: q.defect_rate_percent),
     ),
     StationSensorDescription(
         key="yield",
         native_unit_of_measurement=PERCENTAGE,
         state_class=SensorStateClass.MEASUREMENT,
         suggested_display_precision=1,
-        value=_yield,
+        value=_quality(lambda q: q.yield_percent),
     ),
     StationSensorDescription(
         key="last_defect_class",
@@ -118,15 +112,15 @@ class StationSensor(StationEntity, SensorEntity):
     def __init__(
         self,
         hub: EdgeInspectorHub,
-        runtime: StationRuntime,
+        coordinator: StationCoordinator,
         description: StationSensorDescription,
     ) -> None:
-        super().__init__(hub, runtime, description.key)
+        super().__init__(hub, coordinator, description.key)
         self.entity_description = description
 
     @property
     def native_value(self) -> StateType:
-        return self.entity_description.value(self.runtime)
+        return self.entity_description.value(self.snapshot)
 
 
 class ClassIncidentsSensor(StationEntity, SensorEntity):
@@ -134,15 +128,17 @@ class ClassIncidentsSensor(StationEntity, SensorEntity):
 
     _attr_state_class = SensorStateClass.TOTAL_INCREASING
 
-    def __init__(self, hub: EdgeInspectorHub, runtime: StationRuntime, defect_class: str) -> None:
-        super().__init__(hub, runtime, "incidents_by_class")
+    def __init__(
+        self, hub: EdgeInspectorHub, coordinator: StationCoordinator, defect_class: str
+    ) -> None:
+        super().__init__(hub, coordinator, "incidents_by_class")
         self._class = defect_class
         self._attr_unique_id = f"{self._attr_unique_id}_{defect_class}"
         self._attr_translation_placeholders = {"defect_class": defect_class}
 
     @property
     def native_value(self) -> StateType:
-        return self.runtime.class_counts.get(self._class, 0)
+        return self.snapshot.class_counts.get(self._class, 0)
 
 
 async def async_setup_entry(
@@ -153,8 +149,8 @@ async def async_setup_entry(
     add_station_entities(
         entry,
         async_add_entities,
-        lambda hub, runtime: [
-            *(StationSensor(hub, runtime, d) for d in SENSORS),
-            *(ClassIncidentsSensor(hub, runtime, c) for c in runtime.defects),
+        lambda hub, coordinator: [
+            *(StationSensor(hub, coordinator, d) for d in SENSORS),
+            *(ClassIncidentsSensor(hub, coordinator, c) for c in coordinator.info.defects),
         ],
     )

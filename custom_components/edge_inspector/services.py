@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from homeassistant.config_entries import ConfigEntryState
@@ -18,9 +18,11 @@ from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers import device_registry as dr
 from homeassistant.util import dt as dt_util
 
+from edge_inspector.errors import EdgeInspectorError
 from edge_inspector.events import Incident, IncidentState
 
 from .const import DOMAIN
+from .errors import station_error
 from .hub import EdgeInspectorHub
 from .validation import vol
 
@@ -96,7 +98,7 @@ REPORT_SCHEMA = vol.Schema(
     {
         vol.Optional(ATTR_DEVICE_ID): cv.string,
         vol.Optional(ATTR_PERIOD, default="today"): vol.In(
-            ["today", "last_8_hours", "last_24_hours"]
+            ["today", "yesterday", "this_shift", "last_shift", "last_8_hours", "last_24_hours"]
         ),
     }
 )
@@ -118,9 +120,9 @@ def _station(hass: HomeAssistant, device_id: str) -> tuple[EdgeInspectorHub, str
     if device is not None:
         subentries = {ident for domain, ident in device.identifiers if domain == DOMAIN}
         for hub in _hubs(hass):
-            for runtime in hub.stations.values():
-                if runtime.subentry_id in subentries:
-                    return hub, runtime.station_id
+            for info in hub.stations.values():
+                if info.subentry_id in subentries:
+                    return hub, info.station_id
     raise ServiceValidationError(
         translation_domain=DOMAIN,
         translation_key="unknown_station",
@@ -198,7 +200,6 @@ async def _report_missed_defect(call: ServiceCall) -> ServiceResponse:
         lot_id=call.data.get(ATTR_LOT_ID),
         note=call.data.get(ATTR_NOTE),
     )
-    await hub.async_update_charts()
     return {"incident_id": incident.incident_id}
 
 
@@ -210,8 +211,6 @@ async def _who(call: ServiceCall) -> str:
 
 
 async def _confirm_action(call: ServiceCall) -> ServiceResponse:
-    from edge_inspector.errors import EdgeInspectorError
-
     who = await _who(call)
     errors = []
     for hub in _hubs(call.hass):
@@ -234,44 +233,40 @@ async def _confirm_action(call: ServiceCall) -> ServiceResponse:
 
 
 async def _report(call: ServiceCall) -> ServiceResponse:
-    now = dt_util.now()
+    """The engine's figures over a period, per station, as data and as text."""
     period = call.data[ATTR_PERIOD]
-    since = {
-        "today": dt_util.start_of_local_day(),
-        "last_8_hours": now - timedelta(hours=8),
-        "last_24_hours": now - timedelta(hours=24),
-    }[period]
     if ATTR_DEVICE_ID in call.data:
         pairs = [_station(call.hass, call.data[ATTR_DEVICE_ID])]
     else:
         pairs = [(hub, sid) for hub in _hubs(call.hass) for sid in hub.stations]
     stations = []
-    lines = [f"Inspection report, {period.replace('_', ' ')} (since {since:%Y-%m-%d %H:%M})"]
+    label, since = period.replace("_", " "), None
     for hub, sid in pairs:
-        runtime = hub.stations[sid]
-        store = hub.engine
-        counts = await store.inspection_counts(station_id=sid, since=since)
-        by_class = await store.counts_by_class(station_id=sid, since=since)
-        rate = counts.defect_rate
+        try:
+            report = await hub.engine.quality(period=period, station_id=sid)
+        except EdgeInspectorError as exc:
+            raise station_error(hub.stations[sid].name, exc) from exc
+        [figures] = report.stations
+        label, since = report.period, report.since
         stations.append(
             {
-                "station": runtime.name,
-                "inspections": counts.inspections,
-                "failed": counts.failed,
-                "yield_percent": round(100 * (1 - rate), 2) if counts.inspections else None,
-                "defect_rate_percent": round(100 * rate, 2) if counts.inspections else None,
-                "incidents_by_class": {c.defect_class: c.count for c in by_class},
+                "station": hub.stations[sid].name,
+                **figures.model_dump(mode="json", exclude={"station_id", "name"}),
+                "incidents_by_class": figures.by_class,
             }
         )
-        classes = ", ".join(f"{c.defect_class} {c.count}" for c in by_class) or "no incidents"
+    head = f"Inspection report, {label}" + (f" (since {since:%Y-%m-%d %H:%M})" if since else "")
+    lines = [head]
+    for row in stations:
+        classes = ", ".join(f"{c} {n}" for c, n in row["by_class"].items()) or "no incidents"
+        yield_text = f" (yield {row['yield_percent']:.1f}%)" if row["inspections"] else ""
         lines.append(
-            f"- {runtime.name}: {counts.inspections} inspections, {counts.failed} failed"
-            + (f" (yield {100 * (1 - rate):.1f}%)" if counts.inspections else "")
-            + f"; {classes}"
+            f"- {row['station']}: {row['inspections']} inspections, {row['failed']} failed"
+            f"{yield_text}; {classes}"
         )
     return {
         "period": period,
-        "since": since.isoformat(),
+        "since": since.isoformat() if since else None,
         "stations": stations,
         "text": "\n".join(lines),
     }

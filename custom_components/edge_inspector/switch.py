@@ -22,7 +22,7 @@ class InspectionSwitch(StationEntity, SwitchEntity):
 
     @property
     def is_on(self) -> bool | None:
-        state = self.runtime.state
+        state = self.snapshot.state
         return None if state is None else state.enabled
 
     async def async_turn_on(self, **kwargs: Any) -> None:
@@ -40,5 +40,5 @@ async def async_setup_entry(
     add_station_entities(
         entry,
         async_add_entities,
-        lambda hub, rt: [InspectionSwitch(hub, rt, "inspection_enabled")],
+        lambda hub, coordinator: [InspectionSwitch(hub, coordinator, "inspection_enabled")],
     )

@@ -32,10 +32,10 @@ async def ws_stations(
         stations.append(
             {
                 "station_id": ref.station_id,
-                "name": ref.runtime.name,
-                "line": ref.runtime.line,
+                "name": ref.info.name,
+                "line": ref.info.line,
                 "device_id": entities.pop("device_id", None),
-                "defect_classes": list(ref.runtime.defects),
+                "defect_classes": list(ref.info.defects),
                 "entities": entities,
             }
         )

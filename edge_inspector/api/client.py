@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 import aiohttp
+from pydantic import BaseModel
 
 from ..config import ActionConfig
 from ..contract import ImageKind, VlmStatus
@@ -46,10 +47,12 @@ from ..events import (
     IncidentState,
     InspectionResult,
     OperatorAlert,
+    QualityReport,
     StationState,
 )
 from ..sinks import EventSink, SinkFanout
-from ..store.history import ClassCount, FeedbackCounts, InspectionCounts, RateBucket
+from ..store.history import ClassCount, RateBucket
+from ..tasks import cancel
 from ..tools.actions import ActionContext
 
 if TYPE_CHECKING:
@@ -171,6 +174,8 @@ class RemoteEngine:
         self.client = EngineClient(url, token, session)
         self.sinks = SinkFanout(sinks)
         self._states: dict[str, StationState] = {}
+        self._quality: QualityReport | None = None
+        self._token_refused = False  # the last attempt to follow the events was refused it
         self._connected = asyncio.Event()
         self.connection_error: str | None = None
         self.connection_attempts = 0  # websocket connections tried (reconnections with back-off)
@@ -194,11 +199,8 @@ class RemoteEngine:
         self._task = asyncio.create_task(self._follow(), name="edge_inspector remote events")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         self._connected.clear()
 
     def add_sink(self, sink: EventSink) -> None:
@@ -210,6 +212,10 @@ class RemoteEngine:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def token_refused(self) -> bool:
+        return self._token_refused
 
     async def _refresh(self) -> None:
         states = await self.client.stations()
@@ -296,25 +302,16 @@ class RemoteEngine:
             for c, n in sorted(stats["by_class"].items(), key=lambda x: (-x[1], x[0]))
         ]
 
-    async def inspection_counts(
-        self,
-        *,
-        station_id: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> InspectionCounts:
-        stats = await self._stats(station_id, since, until)
-        return InspectionCounts(int(stats["inspections"]), int(stats["failed"]))
-
-    async def feedback_counts(
-        self, *, station_id: str | None = None, since: datetime | None = None
-    ) -> FeedbackCounts:
-        feedback = (await self._stats(station_id, since, None))["feedback"]
-        return FeedbackCounts(
-            confirmed=int(feedback["confirmed"]),
-            rejected=int(feedback["rejected"]),
-            missed=int(feedback["missed"]),
+    async def quality(
+        self, *, period: str | None = None, station_id: str | None = None
+    ) -> QualityReport:
+        data = await self.client.request(
+            "GET", "/api/quality", params={"period": period, "station_id": station_id}
         )
+        return QualityReport.model_validate(data)
+
+    def latest_quality(self) -> QualityReport | None:
+        return self._quality
 
     async def rate_series(
         self, *, station_id: str | None, since: datetime, until: datetime, bucket: float
@@ -464,11 +461,13 @@ class RemoteEngine:
 
     # -- events ------------------------------------------------------------------------------
 
-    async def _set_connected(self, up: bool, error: str | None = None) -> None:
+    async def _set_connected(self, up: bool, error: str | None = None) -> bool:
+        """Tell the sinks when the link goes down or comes back; True if it changed."""
         if up == self._connected.is_set():
-            return
+            return False
         if up:
             self._connected.set()
+            self._token_refused = False
             self.connection_error = None
             _LOGGER.info("engine at %s reachable again", self.url)
         else:
@@ -476,11 +475,13 @@ class RemoteEngine:
             self.connection_error = error
             _LOGGER.warning("engine at %s unreachable: %s", self.url, error)
         await self.sinks.on_connection(up)
+        return True
 
     async def _follow(self) -> None:
         delay = 1.0
         while True:
             self.connection_attempts += 1
+            refused_before = self._token_refused
             try:
                 await self._session()
                 delay = 1.0
@@ -489,10 +490,22 @@ class RemoteEngine:
                 raise
             except (aiohttp.ClientError, TimeoutError, OSError, EdgeInspectorError) as exc:
                 error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                # the service's token changed while we were connected (it restarted with
+                # another): the owner must ask for the new one
+                self._token_refused = isinstance(exc, EngineAuthError) or (
+                    isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status == 401
+                )
+                if self._token_refused:
+                    error = "the engine refused the token"
             except Exception as exc:  # a bug must not end the follower
                 _LOGGER.exception("engine events from %s", self.url)
                 error = f"{type(exc).__name__}: {exc}"
-            await self._set_connected(False, error)
+            told = await self._set_connected(False, error)
+            if self._token_refused and not refused_before and not told:
+                # down already (the service restarting), and now refusing the token
+                self.connection_error = error
+                _LOGGER.warning("engine at %s: %s", self.url, error)
+                await self.sinks.on_connection(False)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._reconnect_max)
 
@@ -566,20 +579,27 @@ class RemoteEngine:
             state = StationState.model_validate(data)
             self._states[state.station_id] = state
             await self.sinks.on_station_state(state)
-        elif kind == "inspection":
-            await self.sinks.on_inspection(InspectionResult.model_validate(data))
-        elif kind == "incident":
+        elif kind in ("incident", "missed_defect"):
             incident = Incident.model_validate(data)
             if self._first_time(incident):
-                await self.sinks.on_incident(incident)
-        elif kind == "incident_update":
-            await self.sinks.on_incident_update(Incident.model_validate(data))
-        elif kind == "missed_defect":
-            incident = Incident.model_validate(data)
-            if self._first_time(incident):
-                await self.sinks.on_missed_defect(incident)
-        elif kind == "alert":
-            await self.sinks.on_alert(OperatorAlert.model_validate(data))
+                await (
+                    self.sinks.on_incident if kind == "incident" else self.sinks.on_missed_defect
+                )(incident)
+        elif kind == "quality":
+            self._quality = QualityReport.model_validate(data)
+            await self.sinks.on_quality(self._quality)
+        elif kind in _PLAIN_EVENTS:
+            method, model = _PLAIN_EVENTS[kind]
+            await getattr(self.sinks, method)(model.model_validate(data))
+
+
+# Events handed to the sinks as they come: type → (sink method, payload model).
+_PLAIN_EVENTS: dict[str, tuple[str, type[BaseModel]]] = {
+    "inspection": ("on_inspection", InspectionResult),
+    "incident_update": ("on_incident_update", Incident),
+    "alert": ("on_alert", OperatorAlert),
+    "shift_report": ("on_shift_report", QualityReport),
+}
 
 
 if TYPE_CHECKING:

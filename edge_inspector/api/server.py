@@ -1,11 +1,13 @@
 """The engine's HTTP API (aiohttp): REST, a websocket push channel, MJPEG, Prometheus metrics.
 
-Every path is described in `openapi.json` next to this file (served at `/api/openapi.json`).
+The routes are declared once, in `routes.py`: the server registers them from there, and
+`openapi.json` next to this file (served at `/api/openapi.json`) is generated from there.
 Errors are JSON `{"error": {"code", "message"}}` with a 4xx status; a handler that fails
 unexpectedly answers 500 with the same shape and the service goes on. With a token configured
-(required when bound beyond loopback) every path except `/api/health` and `/api/openapi.json`
-needs `Authorization: Bearer <token>` (or `?token=` for clients that cannot set headers, such as
-MJPEG viewers). Images are served only from the store's image folder.
+(required when bound beyond loopback) every path except those declared without auth
+(`/api/health`, `/api/openapi.json`) needs `Authorization: Bearer <token>` (or `?token=` for
+clients that cannot set headers, such as MJPEG viewers). Images are served only from the store's
+image folder.
 """
 
 from __future__ import annotations
@@ -55,11 +57,19 @@ from ..errors import (
     SourceError,
     StationNotFoundError,
 )
-from ..events import Incident, IncidentState, InspectionResult, OperatorAlert, StationState
+from ..events import (
+    Incident,
+    IncidentState,
+    InspectionResult,
+    OperatorAlert,
+    QualityReport,
+    StationState,
+)
 from ..frames import encode_jpeg
 from ..sinks import EventSink
 from ..tools.actions import ActionContext, ActionError
 from .metrics import Metrics
+from .routes import ROUTES
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -75,6 +85,8 @@ EVENT_TYPES = (
     "missed_defect",
     "station_state",
     "alert",
+    "quality",
+    "shift_report",
 )
 # The engine's errors as answers (status, code), the first that fits; a client raises the same
 # type again from the code (api/client.py).
@@ -89,7 +101,7 @@ _ERROR_ANSWERS: dict[type[EdgeInspectorError], tuple[int, str]] = {
     EdgeInspectorError: (409, "refused"),  # a command the engine will not carry out now
 }
 _SHUTDOWN_TIMEOUT_S = 5.0  # what a stop waits for the requests and websockets still open
-_OPEN_PATHS = frozenset({"/api/health", "/api/openapi.json"})
+_OPEN_PATHS = frozenset(route.path for route in ROUTES if not route.auth)  # no token needed
 _CLIENT_QUEUE = 1000
 
 type Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -390,29 +402,12 @@ class ApiServer(EventSink):
             client_max_size=int(self.config.max_upload_mb * 1024 * 1024),
         )
         r = app.router
-        r.add_get("/api/health", self.health)
-        r.add_get("/metrics", self.metrics_text)
-        r.add_get("/api/openapi.json", self.openapi)
-        r.add_get("/api/stations", self.stations)
-        r.add_get("/api/stations/{station_id}", self.station)
-        r.add_post("/api/stations/{station_id}/enabled", self.set_enabled)
-        r.add_post("/api/stations/{station_id}/thresholds", self.set_threshold)
-        r.add_post("/api/stations/{station_id}/inspect", self.inspect)
-        r.add_post("/api/stations/{station_id}/frames", self.push_frame)
-        r.add_get("/api/stations/{station_id}/snapshot.jpg", self.snapshot)
-        r.add_get("/api/stations/{station_id}/stream.mjpeg", self.mjpeg)
-        r.add_get("/api/inspections", self.inspections)
-        r.add_get("/api/inspections/{inspection_id}", self.inspection)
-        r.add_get("/api/stats", self.stats)
-        r.add_get("/api/stats/series", self.series)
-        r.add_get("/api/manuals/search", self.manual_search)
-        r.add_get("/api/incidents", self.incidents)
-        r.add_post("/api/incidents", self.missed_defect)
-        r.add_get("/api/incidents/{incident_id}", self.incident)
-        r.add_get("/api/incidents/{incident_id}/images/{kind}", self.incident_image)
-        r.add_post("/api/incidents/{incident_id}/verdict", self.verdict)
-        r.add_post("/api/incidents/{incident_id}/actions/{request_id}", self.resolve_action)
-        r.add_get("/api/ws", self.websocket)
+        for route in ROUTES:  # every route is declared there, and so described in openapi.json
+            handler = getattr(self, route.handler)
+            if route.method == "get":
+                r.add_get(route.path, handler)  # and HEAD
+            else:
+                r.add_post(route.path, handler)
         return app
 
     async def start(self) -> str:
@@ -699,6 +694,15 @@ class ApiServer(EventSink):
             }
         )
 
+    async def quality(self, request: web.Request) -> web.Response:
+        """The quality figures over a range said in words (`edge_inspector.quality`)."""
+        period = request.query.get("period") or None
+        station_id = request.query.get("station_id") or None
+        if period is not None and len(period) > 100:
+            raise ApiError(400, "invalid_period", "period: at most 100 characters")
+        report = await self.engine.quality(period=period, station_id=station_id)
+        return _json(report.model_dump(mode="json"))
+
     async def series(self, request: web.Request) -> web.Response:
         """Inspections, failures and incidents per time bucket (a defect-rate chart)."""
         span = _range(request)
@@ -846,6 +850,10 @@ class ApiServer(EventSink):
             await ws.send_str(
                 json.dumps({"type": "station_state", "data": state.model_dump(mode="json")})
             )
+        if (quality := self.engine.latest_quality()) is not None:
+            await ws.send_str(
+                json.dumps({"type": "quality", "data": quality.model_dump(mode="json")})
+            )
         offset = 0
         while since is not None:
             page = await self.engine.store.incidents(since=since, limit=200, offset=offset)
@@ -942,3 +950,9 @@ class ApiServer(EventSink):
 
     async def on_alert(self, alert: OperatorAlert) -> None:
         self._broadcast("alert", alert)
+
+    async def on_quality(self, report: QualityReport) -> None:
+        self._broadcast("quality", report)
+
+    async def on_shift_report(self, report: QualityReport) -> None:
+        self._broadcast("shift_report", report)

@@ -34,12 +34,19 @@ from ..commands import (
 )
 from ..config import ActionConfig, MqttActionTarget, MqttConfig, StationConfig
 from ..errors import EdgeInspectorError
-from ..events import ActionRecord, Incident, InspectionResult, OperatorAlert, StationState
+from ..events import (
+    ActionRecord,
+    Incident,
+    InspectionResult,
+    OperatorAlert,
+    QualityReport,
+    StationState,
+)
 from ..sinks import EventSink
 from ..store import Store
 from ..tools.actions import ActionContext, ActionError
 from .discovery import discovery_payload, discovery_topic, encode
-from .outbox import Outbox, OutboxMessage
+from .outbox import Outbox, OutboxMessage, Queued
 from .topics import BrokerUrl, Topics, parse_broker_url
 
 if TYPE_CHECKING:
@@ -82,11 +89,9 @@ class StationControl(Protocol):
 
 
 def state_payload(state: StationState) -> bytes:
-    """The station state with what Home Assistant's entities read: defect rate, one threshold."""
+    """The station state with what Home Assistant's threshold entity reads: one threshold.
+    (The defect rate and the other quality figures are on `<base>/<station>/kpi`.)"""
     data = state.model_dump(mode="json")
-    data["defect_rate"] = (
-        round(100 * state.defects / state.inspections, 2) if state.inspections else 0.0
-    )
     data["threshold"] = min(state.thresholds.values()) if state.thresholds else None
     return json.dumps(data, separators=(",", ":")).encode()
 
@@ -119,13 +124,14 @@ class MqttBridge(EventSink):
             max_age_s=config.outbox_max_age_hours * 3600,
         )
         self._states: dict[str, bytes] = {}
+        self._retained: dict[str, bytes] = {}  # the latest KPIs, by topic
         self._last_inspection: dict[str, float] = {}
         self._lock = threading.Lock()
         # Outbox messages handed to paho and not yet acknowledged. Tracked by paho's message
         # info rather than by message id: ids are reused, and this bridge's other QoS 1
         # publishes (state, discovery) are acknowledged through the same callback.
         self._inflight: list[tuple[mqtt.MQTTMessageInfo, int]] = []
-        self._pending: list[tuple[str, bytes, str | None]] = []  # not yet in the outbox
+        self._pending: list[Queued] = []  # not yet in the outbox
         self._last_sent = 0
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -208,11 +214,13 @@ class MqttBridge(EventSink):
             incident.incident_id,
         )
 
-    def _enqueue(self, topic: str, payload: bytes, key: str | None) -> None:
+    def _enqueue(
+        self, topic: str, payload: bytes, key: str | None, *, retain: bool = False
+    ) -> None:
         # The drain thread commits these to the outbox in batches. Nothing is lost if the
         # process dies first: the incident is in the store, and the next start queues it again.
         with self._lock:
-            self._pending.append((topic, payload, key))
+            self._pending.append((topic, payload, key, retain))
         self._wake.set()
 
     @property
@@ -255,10 +263,13 @@ class MqttBridge(EventSink):
             self._announce(client)
         with self._lock:
             states = list(self._states.items())
+            retained = list(self._retained.items())
             self._inflight.clear()
             self._last_sent = 0  # resend everything not acknowledged, in order
         for station, payload in states:
             client.publish(self.topics.state(station), payload, qos=1, retain=True)
+        for topic, payload in retained:
+            client.publish(topic, payload, qos=1, retain=True)
         # every station's command topics, known or not: a command for a station that is not
         # here is answered (on its error topic) rather than lost
         commands = [(f"{self.topics.base}/+/{command}", 1) for command in _COMMANDS]
@@ -464,6 +475,30 @@ class MqttBridge(EventSink):
 
     async def on_alert(self, alert: OperatorAlert) -> None:
         self._enqueue(self.topics.alert(alert.station_id), alert.model_dump_json().encode(), None)
+
+    async def on_quality(self, report: QualityReport) -> None:
+        """Each station's KPIs, and the whole report, retained: a new subscriber gets them."""
+        retained = {
+            self.topics.kpi(row.station_id): row.model_dump_json().encode()
+            for row in report.stations
+            if row.station_id is not None
+        }
+        retained[self.topics.quality] = report.model_dump_json().encode()
+        with self._lock:
+            self._retained.update(retained)
+        if self.connected.is_set():
+            for topic, payload in retained.items():
+                self._client.publish(topic, payload, qos=1, retain=True)
+
+    async def on_shift_report(self, report: QualityReport) -> None:
+        """Queued like a defect (a broker away at the end of a shift loses nothing), once per
+        shift, retained."""
+        self._enqueue(
+            self.topics.shift_report,
+            report.model_dump_json().encode(),
+            f"shift_report:{report.since.isoformat()}",
+            retain=True,
+        )
 
     async def publish_action(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """Publish an action now, or fail: an action is never queued to run hours later."""

@@ -32,6 +32,10 @@ class OutboxMessage:
     retain: bool
 
 
+type Queued = tuple[str, bytes, str | None, bool]
+"""A message to store: topic, payload, the key it is sent once by (or None), retained."""
+
+
 class Outbox:
     """Thread-safe: the event loop's executor puts, the MQTT thread takes and acknowledges."""
 
@@ -83,17 +87,17 @@ class Outbox:
         with self._lock:
             self._db.close()
 
-    def put_many(self, messages: list[tuple[str, bytes, str | None]]) -> None:
-        """Store QoS 1 messages (topic, payload, key) in one transaction."""
+    def put_many(self, messages: list[Queued]) -> None:
+        """Store QoS 1 messages (topic, payload, key, retain) in one transaction."""
         now = self._clock()
         with self._lock, self._transaction():
             self._db.executemany(
-                "INSERT INTO messages (topic, payload, qos, retain, created) VALUES (?,?,1,0,?)",
-                [(topic, payload, now) for topic, payload, _ in messages],
+                "INSERT INTO messages (topic, payload, qos, retain, created) VALUES (?,?,1,?,?)",
+                [(topic, payload, int(retain), now) for topic, payload, _, retain in messages],
             )
             self._db.executemany(
                 "INSERT OR REPLACE INTO enqueued VALUES (?, ?)",
-                [(key, now) for _, _, key in messages if key is not None],
+                [(key, now) for _, _, key, _ in messages if key is not None],
             )
             self._count += len(messages)
             self._enforce_bounds(now)

@@ -1,6 +1,9 @@
 """The MQTT topic tree and broker URLs.
 
 <base>/status                  "online" / "offline" (retained, last will)
+<base>/quality                 every station's KPIs over the published range (retained)
+<base>/shift_report            the figures of the shift that ended last (QoS 1, retained)
+<base>/<station>/kpi           the station's KPIs over the published range (retained)
 <base>/<station>/state         station state JSON (retained)
 <base>/<station>/inspection    each inspection (optional, rate-limited)
 <base>/<station>/defect        each new incident (QoS 1)
@@ -31,6 +34,17 @@ class Topics:
     @property
     def status(self) -> str:
         return f"{self.base}/status"
+
+    @property
+    def quality(self) -> str:
+        return f"{self.base}/quality"
+
+    @property
+    def shift_report(self) -> str:
+        return f"{self.base}/shift_report"
+
+    def kpi(self, station: str) -> str:
+        return f"{self.base}/{station}/kpi"
 
     def state(self, station: str) -> str:
         return f"{self.base}/{station}/state"

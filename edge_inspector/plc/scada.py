@@ -36,7 +36,7 @@ from asyncua.ua.uaerrors import UaError
 
 from ..detect.runtime import default_cache_dir
 from ..errors import EdgeInspectorError
-from ..events import InspectionResult, StationState, Verdict
+from ..events import InspectionResult, QualityReport, StationState, Verdict
 from ..sinks import EventSink
 from .config import ResultCode, StateCode
 
@@ -62,7 +62,12 @@ _VARIABLES: dict[str, tuple[ua.VariantType, Any, str]] = {
     "Error": (_V.String, "", "Why the station is unavailable; empty when it is not."),
     "Inspections": (_V.UInt32, 0, "Inspections since the engine started."),
     "Defects": (_V.UInt32, 0, "Inspections with at least one defect."),
-    "DefectRate": (_V.Double, 0.0, "Defects per inspection, in percent (0 before any)."),
+    "DefectRate": (
+        _V.Double,
+        0.0,
+        "Failed inspections per inspection over the published range (quality.period, this "
+        "shift by default), in percent, as GET /api/quality has it (0 before any).",
+    ),
     "LastVerdict": (_V.Int16, 0, "The last inspection: 1 OK, 2 NG, 0 none yet."),
     "LastDefectClass": (_V.String, "", "The most confident defect of the last NG; empty if OK."),
     "LastConfidence": (_V.Double, 0.0, "That defect's confidence, 0 to 1; 0 if OK."),
@@ -342,6 +347,14 @@ class OpcuaScadaServer(EventSink):
             values["Sequence"] = known.sequence  # last: the verdict is whole when it changes
             await self._write(result.station_id, values, result.timestamp)
 
+    async def on_quality(self, report: QualityReport) -> None:
+        """The defect rate as the engine publishes it (one definition: edge_inspector.quality)."""
+        async with self._lock:
+            for row in report.stations:
+                if row.station_id is not None and row.station_id in self._stations:
+                    rate = row.defect_rate_percent or 0.0
+                    await self._write(row.station_id, {"DefectRate": rate}, report.computed_at)
+
     # -- values out -------------------------------------------------------------------------
 
     @staticmethod
@@ -350,7 +363,6 @@ class OpcuaScadaServer(EventSink):
         return {
             "Inspections": min(max(inspections, 0), _UINT32 - 1),
             "Defects": min(max(defects, 0), _UINT32 - 1),
-            "DefectRate": 100.0 * defects / inspections if inspections > 0 else 0.0,
         }
 
     async def _write_state(self, state: StationState) -> None:

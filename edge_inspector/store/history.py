@@ -77,12 +77,10 @@ class ClassCount:
 
 @dataclass(frozen=True, slots=True)
 class InspectionCounts:
+    """Inspections and the failed ones (their rates are `edge_inspector.quality`'s)."""
+
     inspections: int
     failed: int
-
-    @property
-    def defect_rate(self) -> float:
-        return self.failed / self.inspections if self.inspections else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,18 +104,6 @@ class FeedbackCounts:
     confirmed: int
     rejected: int
     missed: int
-
-    @property
-    def false_reject_rate(self) -> float | None:
-        """Flagged parts that were good: rejected / (confirmed + rejected)."""
-        flagged = self.confirmed + self.rejected
-        return self.rejected / flagged if flagged else None
-
-    @property
-    def false_accept_rate(self) -> float | None:
-        """Defective parts that passed: missed / (confirmed + missed)."""
-        defective = self.confirmed + self.missed
-        return self.missed / defective if defective else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,9 +517,14 @@ class Store:
         return await self._run(_q)
 
     async def feedback_counts(
-        self, *, station_id: str | None = None, since: datetime | None = None
+        self,
+        *,
+        station_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> FeedbackCounts:
-        where, args = self._where(station_id, since, None)
+        """Operators' verdicts on the incidents of a time range."""
+        where, args = self._where(station_id, since, until)
         extra = "AND" if where else "WHERE"
 
         def _q() -> FeedbackCounts:

@@ -122,6 +122,9 @@ def test_the_card_in_a_real_browser(tmp_path: Path) -> None:
         inspected = int(before["counters"]["inspections"])
         assert inspected >= 1 and int(before["counters"]["failed"]) >= 1
         assert before["counters"]["rate"].endswith("%")
+        # the yield is the engine's figure, shown as it comes (100 - rate, to the decimal)
+        rate, yield_ = (float(before["counters"][k].split()[0]) for k in ("rate", "yield"))
+        assert abs(rate + yield_ - 100) <= 0.1
         assert before["bars"] == 33  # 8 hours in 15-minute buckets, the current one too
         assert max(before["barHeights"]) > 0
         assert before["report"] == "medium scratch found"  # what the fake model wrote

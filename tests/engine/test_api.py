@@ -299,6 +299,29 @@ async def test_stations_commands_frames_incidents_and_the_push_channel(
         assert status == 201 and _json(body)["extra"]["missed"] is True
         stats = _json(service.get("/api/stats?station_id=dock")[1])
         assert stats["feedback"]["missed"] == 1
+        # the quality figures over a range said in words
+        status, body, _ = service.get("/api/quality?station_id=dock&period=today")
+        assert status == 200, body
+        quality = _json(body)
+        _validator(_response_schema("/api/quality")).validate(quality)
+        [dock] = quality["stations"]
+        assert quality["period"] == "today" and not quality["complete"]
+        assert (dock["inspections"], dock["failed"], dock["defect_rate_percent"]) == (1, 1, 100.0)
+        assert (dock["confirmed"], dock["missed"], dock["false_accept_rate_percent"]) == (
+            1,
+            1,
+            50.0,
+        )
+        everything = _json(service.get("/api/quality")[1])  # the published range, all stations
+        assert [s["station_id"] for s in everything["stations"]] == ["line_a", "dock"]
+        assert everything["total"]["inspections"] >= 1
+        for path, code in (
+            ("/api/quality?period=whenever", "invalid_period"),
+            ("/api/quality?period=" + "x" * 101, "invalid_period"),
+            ("/api/quality?station_id=nope", "station_not_found"),
+        ):
+            status, body, _ = service.get(path)
+            assert status in (400, 404) and _json(body)["error"]["code"] == code, (path, body)
         status, body, _ = service.get("/api/manuals/search?q=scratch")
         assert status == 200 and _json(body) == {"indexed": False, "results": []}
 

@@ -44,10 +44,13 @@ BELT = f"""
 
 
 def test_both_engines_have_every_method_of_the_contract_with_its_parameters() -> None:
+    properties = {"connected", "token_refused"}
     members = [
-        name for name in dir(InspectionEngine) if not name.startswith("_") and name != "connected"
+        name
+        for name in dir(InspectionEngine)
+        if not name.startswith("_") and name not in properties
     ]
-    assert "incident_image" in members and "vlm_status" in members
+    assert "incident_image" in members and "quality" in members
     for name in members:
         wanted = inspect.signature(getattr(InspectionEngine, name))
         for engine in (Engine, RemoteEngine):
@@ -66,6 +69,7 @@ async def _engines(config: EngineConfig) -> AsyncIterator[tuple[Engine, RemoteEn
     """The engine in this process, and a client of its HTTP API."""
     async with Engine(config) as local:
         server = ApiServer(local, HttpConfig(port=free_port(), token=TOKEN))
+        local.add_sink(server)  # its events go to the websocket's clients
         url = await server.start()
         try:
             async with aiohttp.ClientSession() as session:
@@ -95,17 +99,29 @@ async def test_the_engine_and_its_client_answer_alike(
             assert result.verdict is Verdict.FAIL and result.part_id == "P1"
 
         async def recorded() -> bool:
-            await local.store.flush()
-            return (await local.inspection_counts(station_id="belt")).inspections == 2
+            return (await local.quality(station_id="belt")).stations[0].inspections == 2
 
         await until_async(recorded, "both inspections recorded")
         since = datetime.now(UTC) - timedelta(hours=1)
-        assert await local.inspection_counts(station_id="belt") == await remote.inspection_counts(
-            station_id="belt"
+        for period in (None, "today", "last hour", "this shift"):
+            mine = await local.quality(period=period, station_id="belt")
+            theirs = await remote.quality(period=period, station_id="belt")
+            assert (mine.period, mine.stations) == (theirs.period, theirs.stations)
+            if period != "last hour":  # a range that rolls with the clock
+                assert mine.since == theirs.since
+        [belt] = (await remote.quality(period="today")).stations
+        assert (belt.inspections, belt.failed, belt.defect_rate_percent) == (2, 2, 100.0)
+        # the published figures reach the client as they are computed
+        await until(
+            lambda: (
+                (latest := local.latest_quality()) is not None
+                and remote.latest_quality() == latest
+                and latest.total.inspections == 2
+            ),
+            "the published figures over the websocket",
         )
-        assert (await local.inspection_counts(station_id="belt")).inspections == 2
+        assert not local.token_refused and not remote.token_refused
         assert await local.counts_by_class(since=since) == await remote.counts_by_class(since=since)
-        assert await local.feedback_counts() == await remote.feedback_counts()
         series = {"station_id": "belt", "since": since, "until": datetime.now(UTC), "bucket": 1}
         assert await local.rate_series(**series) == await remote.rate_series(**series)  # type: ignore[arg-type]
         incidents = await local.incidents(station_id="belt")
@@ -150,6 +166,10 @@ async def test_the_engine_and_its_client_answer_alike(
                 await engine.search_manuals("belt tension")
             with pytest.raises(InputError):
                 await engine.report_missed_defect("belt", "rust", by="qa")
+            with pytest.raises(InputError, match="do not understand"):
+                await engine.quality(period="whenever")
+            with pytest.raises(StationNotFoundError):
+                await engine.quality(station_id="nope")
             assert await engine.vlm_status() is None
 
 

@@ -9,10 +9,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from contextlib import closing, suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import cv2
 import jsonschema
@@ -27,6 +28,7 @@ from edge_inspector.mqtt import MqttBridge, Outbox, attach_mqtt, parse_broker_ur
 from tests.camera_server import camera
 from tests.conftest import jpeg
 from tests.mosquitto import Mosquitto, Watcher
+from tests.waiting import until
 
 SCHEMA = Path(__file__).parents[2] / "edge_inspector" / "schema"
 
@@ -126,6 +128,10 @@ async def test_engine_on_the_bus_discovery_state_defects_and_image(
         "inspections": "sensor",
         "defects": "sensor",
         "defect_rate": "sensor",
+        "yield": "sensor",
+        "false_reject_rate": "sensor",
+        "false_accept_rate": "sensor",
+        "out_of_control": "binary_sensor",
         "last_defect_class": "sensor",
         "latency": "sensor",
         "defect": "binary_sensor",
@@ -376,21 +382,41 @@ mqtt: {{node_id: killed, keepalive: 5}}
         first.send_signal(signal.SIGKILL)
         first.wait(10)
     watcher.wait(lambda: watcher.on("edge_inspector/status")[-1:] == [b"offline"], 30)  # last will
+    history = tmp_path / "store" / "history.sqlite3"
+    before_restart = _stored(history)
+    assert before_restart, "the first run stored no incident"
     second = subprocess.Popen(cli, env=env, stderr=subprocess.DEVNULL)
     try:
         watcher.wait(lambda: watcher.on("edge_inspector/status")[-1:] == [b"online"], 120)
-        time.sleep(3)
+
+        # The second run sends what the first stored but never got onto the bus, and carries
+        # on: it has stored incidents of its own, and every stored incident is on the bus.
+        def caught_up() -> bool:
+            stored = _stored(history)
+            return stored > before_restart and stored <= _published(watcher)
+
+        watcher.wait(caught_up, 120)
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0
     watcher.wait(lambda: watcher.on("edge_inspector/status")[-1:] == [b"offline"], 10)
-    time.sleep(0.5)
+    stored = _stored(history)
+    # Defects handed to the client as it stopped may arrive just after its "offline".
+    with suppress(AssertionError):  # what is missing is said below
+        watcher.wait(lambda: stored <= _published(watcher), 10)
     watcher.close()
-    with sqlite3.connect(tmp_path / "store" / "history.sqlite3") as db:
-        stored = {row[0] for row in db.execute("SELECT id FROM incidents")}
-    published = {json.loads(p)["incident_id"] for p in watcher.on("edge_inspector/belt/defect")}
-    assert stored, "the engine stored no incident"
+    published = _published(watcher)
     assert stored == published, f"lost on the bus: {sorted(stored - published)[:5]}"
+
+
+def _stored(history: Path) -> set[str]:
+    """The incidents in the engine's store (it may be writing meanwhile: the store is WAL)."""
+    with closing(sqlite3.connect(history, timeout=10)) as db:
+        return {row[0] for row in db.execute("SELECT id FROM incidents")}
+
+
+def _published(watcher: Watcher) -> set[str]:
+    return {json.loads(p)["incident_id"] for p in watcher.on("edge_inspector/belt/defect")}
 
 
 async def test_a_station_removed_from_the_config_is_withdrawn_from_discovery(
@@ -420,11 +446,11 @@ def test_the_outbox_is_bounded_and_says_so(
     clock = [1000.0]
     outbox = Outbox(tmp_path / "o.sqlite3", max_messages=5, max_age_s=3600, clock=lambda: clock[0])
     for n in range(8):
-        outbox.put_many([("t", f"{n}".encode(), None)])
+        outbox.put_many([("t", f"{n}".encode(), None, False)])
     assert [m.payload for m in outbox.after(0, 100)] == [b"3", b"4", b"5", b"6", b"7"]
     assert "dropped the 1 oldest" in caplog.text
     clock[0] += 7200  # two hours later everything is past the age limit
-    outbox.put_many([("t", b"new", "k1")])
+    outbox.put_many([("t", b"new", "k1", False)])
     assert [m.payload for m in outbox.after(0, 100)] == [b"new"]
     assert len(outbox) == 1
     assert outbox.enqueued(["k1", "k2"]) == {"k1"}
@@ -481,19 +507,90 @@ async def test_a_reused_message_id_does_not_count_as_the_brokers_acknowledgement
         updated_at=datetime.now(UTC),
     )
     client = bridge._client
+    acknowledged: list[int] = []  # message ids whose PUBACK the bridge has been told of
+    on_publish = bridge._on_publish
+
+    def told(*args: Any) -> None:  # (client, userdata, mid, reason, properties)
+        on_publish(*args)
+        acknowledged.append(args[2])
+
+    client.on_publish = told
     client._last_mid = 65000  # what some hours of state updates would have reached
     await bridge.on_station_state(state)  # QoS 1, id 65001, acknowledged at once
-    await asyncio.sleep(0.5)
+    await until(lambda: 65001 in acknowledged, "the broker acknowledged the state, id 65001")
     assert broker.process is not None
     broker.process.send_signal(signal.SIGSTOP)  # the broker hangs: nothing is acknowledged
     try:
         client._last_mid = 65000  # ...and the numbers come round again
         await bridge.on_incident(_incident(1))
-        await asyncio.sleep(1.0)
-        assert bridge.queued == 1, "a defect left the outbox without the broker's PUBACK"
+        await until(lambda: client._last_mid == 65001, "the defect went out as id 65001")
+        # The bridge sends a later defect only after it has looked for the first one's
+        # acknowledgement: once that one is out too, a PUBACK taken for the wrong message
+        # would have emptied the first one from the outbox.
+        await bridge.on_incident(_incident(2))
+        await until(lambda: client._last_mid == 65002, "the second defect went out")
+        assert bridge.queued == 2, "a defect left the outbox without the broker's PUBACK"
     finally:
         broker.process.send_signal(signal.SIGCONT)
     await asyncio.to_thread(watcher.wait, lambda: bridge.queued == 0)
-    await asyncio.to_thread(watcher.wait, lambda: watcher.on("edge_inspector/belt/defect"))
+    await asyncio.to_thread(watcher.wait, lambda: _published(watcher) == {"inc-0001", "inc-0002"})
+    await bridge.stop()
+    watcher.close()
+
+
+async def test_the_quality_figures_are_retained_and_a_shift_report_is_sent_once(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    from edge_inspector.events import Verdict
+    from edge_inspector.quality import Shifts, quality_report
+    from edge_inspector.store import Store
+    from tests.engine.test_store import _inspection
+
+    store = Store(tmp_path / "store")
+    await store.open()
+    now = datetime.now(UTC)
+    for n, verdict in enumerate((Verdict.FAIL, Verdict.PASS, Verdict.PASS, Verdict.PASS)):
+        moment = now - timedelta(seconds=1)
+        await store.add_inspection(_inspection(n, verdict, moment, station="belt"))
+    shifts = Shifts([], UTC)  # one shift a day, from midnight
+    current = await quality_report(store, {"belt": "Belt"}, shifts.period("last hour"), now=now)
+    ended = await quality_report(store, {"belt": "Belt"}, shifts.period("yesterday"), now=now)
+    await store.close()
+
+    broker.stop()  # the figures come while the broker is away: nothing is lost
+    bridge = MqttBridge(
+        MqttConfig(url=broker.url, node_id="n1", discovery=False),
+        [_station()],
+        outbox_path=tmp_path / "outbox.sqlite3",
+    )
+    await bridge.start()
+    await bridge.on_quality(current)
+    await bridge.on_shift_report(ended)
+    await bridge.on_shift_report(ended)  # the same shift again (a restart): sent once
+    broker.start()
+    await asyncio.to_thread(bridge.connected.wait, 20)
+    await until(lambda: bridge.queued == 0, "the shift report acknowledged by the broker")
+    # a subscriber that comes later gets them: retained
+    watcher = Watcher(
+        broker.port,
+        "edge_inspector/belt/kpi",
+        "edge_inspector/quality",
+        "edge_inspector/shift_report",
+        client_id="kpi-watcher",
+    )
+    await asyncio.to_thread(
+        watcher.wait,
+        lambda: all(
+            watcher.on(f"edge_inspector/{t}") for t in ("belt/kpi", "quality", "shift_report")
+        ),
+    )
+    kpi = json.loads(watcher.on("edge_inspector/belt/kpi")[0])
+    assert (kpi["inspections"], kpi["failed"], kpi["defect_rate_percent"]) == (4, 1, 25.0)
+    assert json.loads(watcher.on("edge_inspector/quality")[0])["total"] == kpi | {
+        "station_id": None,
+        "name": "all stations",
+    }
+    [report] = watcher.on("edge_inspector/shift_report")
+    assert json.loads(report)["period"] == "yesterday" and json.loads(report)["complete"]
     await bridge.stop()
     watcher.close()

@@ -78,6 +78,7 @@ async def test_the_card_gets_a_station_overview_over_the_websocket(
         "inspections": 0,
         "failed": 0,
         "defect_rate_percent": None,
+        "yield_percent": None,
         "by_class": {},
     }
     assert len(empty["series"]["points"]) == 5  # 2 h in 30 min buckets, the current one too
@@ -86,10 +87,11 @@ async def test_the_card_gets_a_station_overview_over_the_websocket(
     await hass.services.async_call(
         DOMAIN, "inspect", {"device_id": device_id, "part_id": "P-1"}, blocking=True
     )
-    await _until(hass, lambda: entry.runtime_data.stations[sid].last_result is not None)
+    await _until(hass, lambda: entry.runtime_data.coordinators[sid].data.last_result is not None)
     seen = await overview()
     assert seen["today"]["inspections"] == 1 and seen["today"]["failed"] == 1
     assert seen["today"]["defect_rate_percent"] == 100.0
+    assert seen["today"]["yield_percent"] == 0.0
     assert sum(p["inspections"] for p in seen["series"]["points"]) == 1
     assert seen["series"]["points"][-1]["rate"] == 1.0
     last = seen["last_incident"]

@@ -131,7 +131,10 @@ async def test_a_defect_reaches_entities_events_and_services(
     assert event["station"] == "Press" and event["camera_entity_id"] == "camera.press_camera"
     assert event["defect_class"] in ("scratch", "dent", "crack", "spot")
     assert int(hass.states.get(entities["inspections"]).state) >= 1
-    assert float(hass.states.get(entities["defect_rate"]).state) > 0
+    # the engine's published figures: recomputed within `quality.refresh_s` of the defect
+    await _until(hass, lambda: hass.states.get(entities["defect_rate"]).state != "unknown")
+    rate = float(hass.states.get(entities["defect_rate"]).state)
+    assert rate > 0 and float(hass.states.get(entities["yield"]).state) == round(100 - rate, 2)
     await _until(
         hass,
         lambda: (
@@ -200,13 +203,13 @@ async def test_a_camera_that_fails_makes_the_station_unavailable_until_it_is_bac
     await _until(hass, lambda: hass.states.get(sensor).state == "on")
     hub = loaded.runtime_data
     grabs: list[str] = []
-    grab = hub._grab
+    grab = hub.cameras._grab
 
     async def counted(sid: str) -> None:
         grabs.append(sid)
         await grab(sid)
 
-    hub._grab = counted  # type: ignore[method-assign]
+    hub.cameras._grab = counted  # type: ignore[method-assign]
     moved = camera_file.with_suffix(".bak")
     camera_file.rename(moved)
     await _until(hass, lambda: hass.states.get(sensor).state == "unavailable")
@@ -347,7 +350,7 @@ def test_manifest_translations_and_services_are_consistent() -> None:
         import re
 
         found = set(re.findall(r'key="([a-z_]+)"', text)) | set(
-            re.findall(r'\(hub, (?:rt|runtime), "([a-z_]+)"\)', text)
+            re.findall(r'\(hub, coordinator, "([a-z_]+)"\)', text)
         )
         found |= {"defect_event"} if platform == "event" else set()
         found |= {"last_defect_image"} if platform == "image" else set()
@@ -404,20 +407,6 @@ async def test_a_station_whose_model_is_missing_raises_a_repair_issue(
     await hass.async_block_till_done()
 
 
-def test_the_p_chart_limits() -> None:
-    from custom_components.edge_inspector.spc import p_chart
-
-    assert p_chart(50, 5, 100, 10) is None  # too little baseline
-    assert p_chart(1000, 50, 10, 5) is None  # too small a subgroup
-    chart = p_chart(1000, 50, 100, 5)
-    assert chart is not None
-    assert round(chart.p_bar, 3) == 0.05
-    assert round(chart.ucl, 4) == round(0.05 + 3 * (0.05 * 0.95 / 100) ** 0.5, 4)
-    assert chart.lcl == 0.0 and not chart.out_of_control
-    worse = p_chart(1000, 50, 100, 13)
-    assert worse is not None and worse.out_of_control
-
-
 async def test_class_counts_and_the_control_chart_entities(
     hass: HomeAssistant, loaded: MockConfigEntry
 ) -> None:
@@ -428,12 +417,11 @@ async def test_class_counts_and_the_control_chart_entities(
     }
     assert all(state is not None for state in counts.values())
     hub = loaded.runtime_data
-    runtime = next(iter(hub.stations.values()))
-    await _until(hass, lambda: sum(runtime.class_counts.values()) >= 1)
-    await hub.async_update_charts()
-    await hass.async_block_till_done()
+    coordinator = next(iter(hub.coordinators.values()))
+    await _until(hass, lambda: sum(coordinator.data.class_counts.values()) >= 1)
+    await _until(hass, lambda: coordinator.data.quality is not None)  # the engine's figures
     total = sum(int(hass.states.get(f"sensor.{PRESS}_{c}_incidents").state) for c in counts)
-    assert total == sum(runtime.class_counts.values()) >= 1
+    assert total == sum(coordinator.data.class_counts.values()) >= 1
     # a few inspections of history: no verdict yet
     assert hass.states.get(f"binary_sensor.{PRESS}_process_out_of_control").state == "unknown"
     assert await hass.config_entries.async_unload(loaded.entry_id)
@@ -468,9 +456,10 @@ async def test_operator_verdicts_give_error_rates_and_a_dataset(
         {"device_id": device_id, "defect_class": "crack", "part_id": "P-77"},
         blocking=True,
     )
-    await hass.async_block_till_done()
-    assert hass.states.get(f"sensor.{PRESS}_false_reject_rate").state == "50.0"  # 1 of 2 flagged
-    assert hass.states.get(f"sensor.{PRESS}_false_accept_rate").state == "50.0"  # 1 of 2 defective
+    # the engine recomputes its figures after the verdicts (within `quality.refresh_s`):
+    # 1 of 2 flagged was good (false reject), 1 of 2 defective passed (false accept)
+    rates = (f"sensor.{PRESS}_false_reject_rate", f"sensor.{PRESS}_false_accept_rate")
+    await _until(hass, lambda: [hass.states.get(e).state for e in rates] == ["50.0", "50.0"])
     assert await hass.config_entries.async_unload(entry.entry_id)
     await hass.async_block_till_done()
 
@@ -655,12 +644,12 @@ async def test_a_camera_sending_garbage_goes_unavailable_and_recovers_with_time_
     entry, _ = await set_up_station(hass, tmp_path, interval=600, mode="continuous")
     sensor = f"binary_sensor.{PRESS}_defect"
     now = dt_util.utcnow()
-    runtime = next(iter(entry.runtime_data.stations.values()))
+    health = entry.runtime_data.cameras.health[next(iter(entry.runtime_data.stations))]
 
     async def tick(minutes: int) -> None:
         async_fire_time_changed(hass, now + timedelta(minutes=minutes))
         await hass.async_block_till_done()
-        await _until(hass, lambda: not runtime.grabbing)  # the grab (YOLO on its thread) ended
+        await _until(hass, lambda: not health.grabbing)  # the grab (YOLO on its thread) ended
 
     await tick(11)
     await _until(hass, lambda: hass.states.get(sensor).state == "on")
@@ -692,12 +681,12 @@ async def test_an_engine_error_makes_the_station_unavailable_until_the_model_run
     sensor = f"sensor.{PRESS}_inspections"
     now = dt_util.utcnow()
 
-    runtime = next(iter(hub.stations.values()))
+    health = hub.cameras.health[next(iter(hub.stations))]
 
     async def tick(minutes: int) -> None:
         async_fire_time_changed(hass, now + timedelta(minutes=minutes))
         await hass.async_block_till_done()
-        await _until(hass, lambda: not runtime.grabbing)  # the grab (YOLO on its thread) ended
+        await _until(hass, lambda: not health.grabbing)  # the grab (YOLO on its thread) ended
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")

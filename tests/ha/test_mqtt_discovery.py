@@ -125,11 +125,15 @@ mqtt: {{node_id: line2}}
             return {e.entity_id for e in er.async_entries_for_device(registry, device.id)}
 
         # discovery registers the components one by one: wait for the last of them
-        await _until(hass, lambda: len(entities()) >= 11)
+        await _until(hass, lambda: len(entities()) >= 15)
         assert entities() == {
             "sensor.belt_inspections",
             "sensor.belt_defects",
             "sensor.belt_defect_rate",
+            "sensor.belt_yield",
+            "sensor.belt_false_reject_rate",
+            "sensor.belt_false_accept_rate",
+            "binary_sensor.belt_out_of_control",
             "sensor.belt_last_defect_class",
             "sensor.belt_latency",
             "binary_sensor.belt_defect",
@@ -140,6 +144,17 @@ mqtt: {{node_id: line2}}
             "number.belt_confidence_threshold",
         }
         assert int(hass.states.get("sensor.belt_inspections").state) > 0
+        # the quality figures come from the engine's retained `kpi` (this shift)
+        await _until(
+            hass,
+            lambda: (
+                hass.states.get("sensor.belt_defect_rate").state not in ("unknown", "unavailable")
+            ),
+        )
+        rate = float(hass.states.get("sensor.belt_defect_rate").state)
+        assert float(hass.states.get("sensor.belt_yield").state) == round(100 - rate, 2)
+        assert hass.states.get("sensor.belt_false_reject_rate").state == "unknown"  # no verdicts
+        assert hass.states.get("binary_sensor.belt_out_of_control").state == "off"  # no limits yet
         assert hass.states.get("sensor.belt_last_defect_class").state in {
             "scratch",
             "dent",

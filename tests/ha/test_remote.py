@@ -26,6 +26,7 @@ from custom_components.edge_inspector.devices import device_by_identifier
 from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.demo.synthetic import ConveyorFrame
 from tests.ha_release import station_object_id
+from tests.mosquitto import Mosquitto, Watcher
 from tests.service import TOKEN, Service, free_port, running_service, service_config
 
 from .test_integration import _until
@@ -130,6 +131,39 @@ async def test_a_refused_token_asks_for_a_new_one_and_the_hub_loads_with_it(
     assert await hass.config_entries.async_unload(entry.entry_id)
 
 
+async def test_a_token_changed_while_running_asks_for_the_new_one(
+    hass: HomeAssistant, service: Service, tmp_path: Path
+) -> None:
+    entry = await _remote_entry(hass, service)
+    assert entry.state is ConfigEntryState.LOADED
+    # the service restarts with another token: the follower is refused, and Home Assistant
+    # asks for the new token instead of retrying the old one for ever
+    assert service.stop() == 0
+    new_token = "a-new-token-0123456789"
+    service.config.write_text(service_config(tmp_path / "store", service.port, token=new_token))
+    service.token = new_token
+    service.start()
+
+    def reauth_flows() -> list[Any]:
+        return [
+            f
+            for f in hass.config_entries.flow.async_progress()
+            if f["context"]["source"] == "reauth"
+        ]
+
+    await _until(hass, lambda: len(reauth_flows()) == 1)
+    assert entry.runtime_data.engine.token_refused
+    result = await hass.config_entries.flow.async_configure(
+        reauth_flows()[0]["flow_id"], {"engine_token": new_token}
+    )
+    assert result["type"] is FlowResultType.ABORT and result["reason"] == "reauth_successful"
+    await hass.async_block_till_done()
+    assert entry.data["engine_token"] == new_token
+    assert entry.state is ConfigEntryState.LOADED
+    await _until(hass, lambda: entry.runtime_data.engine.connected)
+    assert await hass.config_entries.async_unload(entry.entry_id)
+
+
 async def test_reconfiguring_a_hub_whose_engine_was_down_sets_it_up_at_once(
     hass: HomeAssistant, service: Service
 ) -> None:
@@ -183,7 +217,14 @@ async def test_remote_stations_have_the_same_entities_events_and_services(
     assert area is not None and area.name == "Line 1"  # the station's line is its area
 
     # the engine's own camera runs: line A's counter follows over the websocket
-    await _until(hass, lambda: int(hass.states.get(f"sensor.{LINE_A}_inspections").state or 0) > 0)
+    # (unavailable until the hub follows the engine's events, just after set-up)
+    await _until(
+        hass,
+        lambda: (
+            hass.states.get(f"sensor.{LINE_A}_inspections").state.isdigit()
+            and int(hass.states.get(f"sensor.{LINE_A}_inspections").state) > 0
+        ),
+    )
     assert hass.states.get(f"switch.{LINE_A}_inspection").state == "on"
 
     # the dock takes Home Assistant's camera: inspect now pushes its picture
@@ -451,8 +492,10 @@ async def test_stations_added_or_removed_on_the_engine_follow_after_a_restart(
     service.start()
     await _until(hass, lambda: device("dock_2") is not None, 90)
     await _until(hass, lambda: device("line_a") is None, 30)
-    await _until(hass, lambda: hass.states.get(f"sensor.{DOCK_2}_inspections") is not None)
-    assert hass.states.get(f"sensor.{DOCK_2}_inspections").state == "0"
+    # available once the reloaded hub follows the engine's events again
+    await _until(
+        hass, lambda: getattr(hass.states.get(f"sensor.{DOCK_2}_inspections"), "state", None) == "0"
+    )
     assert device("dock") is not None
     assert "reloading Edge Inspector" in caplog.text
     assert await hass.config_entries.async_unload(entry.entry_id)
@@ -483,3 +526,61 @@ async def test_an_engine_stations_plc_link_is_a_connectivity_sensor(
             assert await hass.config_entries.async_unload(entry.entry_id)
     finally:
         await plc.stop()
+
+
+async def test_the_same_kpi_from_home_assistant_the_http_api_and_mqtt(
+    hass: HomeAssistant,
+    *,
+    tmp_path: Path,
+    socket_enabled: None,
+    broker: Mosquitto,
+    defect_scenes: list[ConveyorFrame],
+    clean_scene: ConveyorFrame,
+) -> None:
+    """One definition of each figure, in the engine: a Home Assistant sensor, `GET
+    /api/quality` and the retained MQTT `kpi` show the same defect rate and yield for the same
+    history."""
+    extra = f"mqtt: {{url: '{broker.url}'}}\nquality: {{refresh_s: 0.2}}"
+    with running_service(tmp_path, fps=1, extra=extra) as service:
+        watcher = Watcher(broker.port, "edge_inspector/dock/kpi", client_id="kpi-watcher")
+        entry = await _remote_entry(hass, service)
+        pictures = [defect_scenes[0], clean_scene, clean_scene, defect_scenes[1], clean_scene]
+        for scene in pictures:
+            ok, jpeg = cv2.imencode(".jpg", scene.image)
+            assert ok
+            status, body, _ = service.request(
+                "POST", "/api/stations/dock/frames", raw=jpeg.tobytes(), content_type="image/jpeg"
+            )
+            assert status == 200, body
+        status, body, _ = service.get("/api/quality?station_id=dock&period=this%20shift")
+        assert status == 200, body
+        [http] = json.loads(body)["stations"]
+        assert http["inspections"] == len(pictures) and http["failed"] >= 2
+
+        def mqtt_kpi() -> dict[str, Any] | None:
+            messages = watcher.on("edge_inspector/dock/kpi")
+            return json.loads(messages[-1]) if messages else None
+
+        coordinator = entry.runtime_data.coordinators["dock"]
+        await _until(
+            hass,
+            lambda: (
+                (quality := coordinator.data.quality) is not None
+                and quality.inspections == len(pictures)
+                and (kpi := mqtt_kpi()) is not None
+                and kpi["inspections"] == len(pictures)
+            ),
+        )
+        kpi = mqtt_kpi()
+        assert kpi is not None
+        for key, figure in (("defect_rate", "defect_rate_percent"), ("yield", "yield_percent")):
+            sensor = float(hass.states.get(f"sensor.{DOCK}_{key}").state)
+            assert sensor == http[figure] == kpi[figure], (key, sensor, http, kpi)
+        assert http["defect_rate_percent"] == round(100 * http["failed"] / len(pictures), 2)
+        # a new subscriber gets the figures at once: they are retained
+        late = Watcher(broker.port, "edge_inspector/dock/kpi", client_id="late-watcher")
+        late.wait(lambda: late.on("edge_inspector/dock/kpi"))
+        assert json.loads(late.on("edge_inspector/dock/kpi")[-1])["inspections"] == len(pictures)
+        late.close()
+        watcher.close()
+        assert await hass.config_entries.async_unload(entry.entry_id)

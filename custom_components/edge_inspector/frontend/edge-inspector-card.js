@@ -267,7 +267,7 @@ class EdgeInspectorCard extends HTMLElement {
           <div class="counter" data-counter="inspections"><div class="value">${today.inspections}</div><div class="label">Inspected today</div></div>
           <div class="counter ${today.failed ? "bad" : ""}" data-counter="failed"><div class="value">${today.failed}</div><div class="label">Failed</div></div>
           <div class="counter" data-counter="rate"><div class="value">${fmtPercent(rate)}</div><div class="label">Defect rate</div></div>
-          <div class="counter" data-counter="yield"><div class="value">${rate === null ? "–" : fmtPercent(100 - rate)}</div><div class="label">Yield</div></div>
+          <div class="counter" data-counter="yield"><div class="value">${fmtPercent(today.yield_percent)}</div><div class="label">Yield</div></div>
         </div>
         ${this._config.show_chart ? this._chart() : ""}
         ${this._config.show_report ? this._report() : ""}

@@ -1,0 +1,458 @@
+"""Quality figures, one definition each, for every way they leave the engine.
+
+Counts, defect rate, yield, the Pareto of defect classes, the p-chart, operators'
+false-reject and false-accept rates, over a time range said the way people say it ("this
+shift", "last shift", "today", "since 6am", "the last 2 hours"). The HTTP API
+(`GET /api/quality`), MQTT (retained `<base>/<station>/kpi`, `<base>/quality` and
+`<base>/shift_report`), Home Assistant's sensors, services, Assist answers and dashboard card
+all show what `quality_report` computes here, so they agree to the last decimal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta, tzinfo
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import EdgeInspectorError, InputError, StationNotFoundError
+from .events import PChart, QualityReport, StationQuality
+from .sinks import EventSink
+from .tasks import cancel
+
+if TYPE_CHECKING:
+    from .config import QualityConfig
+    from .events import Incident, InspectionResult
+    from .store.history import ClassCount, FeedbackCounts, InspectionCounts
+
+__all__ = [
+    "PERIOD_HELP",
+    "Period",
+    "PeriodError",
+    "QualityMonitor",
+    "QualitySource",
+    "Shifts",
+    "p_chart",
+    "quality_report",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+PERIOD_HELP = (
+    "today, yesterday, this shift, last shift, last hour, last N hours, last N minutes, "
+    "this week, since HH:MM (or since 6am), or an ISO 8601 date and time"
+)
+# The p-chart: the last hour (the subgroup) against the 7 days before it (the centre line).
+BASELINE = timedelta(days=7)
+SUBGROUP = timedelta(hours=1)
+MIN_BASELINE = 100  # inspections in the baseline, and in the subgroup, for a verdict
+MIN_SUBGROUP = 20
+_IDLE_REFRESH_S = 60.0  # without inspections the KPIs still roll ("the last hour") this often
+
+
+class PeriodError(InputError):
+    """A time range that cannot be understood."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="invalid_period")
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """A time range; `until` None means up to now."""
+
+    label: str
+    since: datetime
+    until: datetime | None = None
+
+
+# -- what people say -------------------------------------------------------------------------
+
+_WORD_NUMBERS = {
+    "a": 1,
+    "an": 1,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "twelve": 12,
+    "twenty four": 24,
+}
+_LAST_N = re.compile(
+    r"\b(?:last|past)\s+(?:(\d+|a|an|one|two|three|four|five|six|seven|eight|nine|ten|twelve|"
+    r"twenty four)\s+)?(hour|hours|minute|minutes|min|mins|day|days)\b"
+)
+_SINCE = re.compile(
+    r"\bsince\s+(\d{1,2})(?:[:.h](\d{2}))?\s*(am|pm|a\.m\.|p\.m\.|o'?clock)?(?=\s|$|[?.!,])"
+)
+
+
+def local_zone() -> tzinfo:
+    """This machine's time zone, by name where it can be found (so that DST is right)."""
+    candidates = [os.environ.get("TZ", "").removeprefix(":")]
+    with contextlib.suppress(OSError):
+        target = str(Path("/etc/localtime").resolve())
+        candidates.append(target.partition("zoneinfo/")[2])
+    for name in candidates:
+        if name:
+            with contextlib.suppress(ZoneInfoNotFoundError, ValueError):
+                return ZoneInfo(name)
+    return datetime.now().astimezone().tzinfo or ZoneInfo("UTC")
+
+
+class Shifts:
+    """The plant's shifts and time zone: what "this shift", "today" or "since 6am" mean."""
+
+    def __init__(
+        self,
+        starts: Sequence[time],
+        zone: tzinfo,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.starts = sorted(starts) or [time(0)]
+        self.zone = zone
+        self._clock = clock
+
+    @classmethod
+    def from_config(cls, config: QualityConfig) -> Shifts:
+        starts = [time(int(s[:2]), int(s[3:])) for s in config.shifts]
+        return cls(starts, ZoneInfo(config.timezone) if config.timezone else local_zone())
+
+    def now(self) -> datetime:
+        return self._clock() if self._clock is not None else datetime.now(self.zone)
+
+    def shift(self, now: datetime, back: int = 0) -> tuple[datetime, datetime]:
+        """The shift `back` shifts before the one running at `now`: (start, end)."""
+        now = now.astimezone(self.zone)
+        day = now.date()
+        moments = sorted(
+            datetime.combine(day + timedelta(days=d), s, tzinfo=self.zone)
+            for d in (-2, -1, 0, 1)
+            for s in self.starts
+        )
+        current = max(i for i, m in enumerate(moments) if m <= now)
+        return moments[current - back], moments[current - back + 1]
+
+    def period(self, text: str | None, now: datetime | None = None) -> Period:
+        """The time range a phrase names; none means today. PeriodError if not understood."""
+        now = (now or self.now()).astimezone(self.zone)
+        today = datetime.combine(now.date(), time(0), tzinfo=self.zone)
+        phrase = " ".join((text or "").lower().replace("_", " ").split())
+        if (day := _named_day(phrase, today)) is not None:
+            return day
+        if "shift" in phrase:
+            back = 1 if re.search(r"\b(last|previous)\b", phrase) else 0
+            start, end = self.shift(now, back)
+            return Period("the last shift", start, end) if back else Period("this shift", start)
+        if match := _LAST_N.search(phrase):
+            return _last_n(match, now)
+        if match := _SINCE.search(phrase):
+            return _since_time(match, now)
+        return _iso(phrase, now, text)
+
+
+def _named_day(phrase: str, today: datetime) -> Period | None:
+    """ "today" (or nothing), "yesterday", "this week"."""
+    if phrase in ("", "today", "so far today", "for today"):
+        return Period("today", today)
+    if phrase == "yesterday":
+        return Period("yesterday", _days(today, -1), today)
+    if phrase in ("this week", "the week", "week"):
+        return Period("this week", _days(today, -today.weekday()))
+    return None
+
+
+def _days(midnight: datetime, days: int) -> datetime:
+    """Midnight `days` days away (a calendar day, 23 or 25 hours across a DST change)."""
+    return datetime.combine(midnight.date() + timedelta(days=days), time(0), midnight.tzinfo)
+
+
+def _last_n(match: re.Match[str], now: datetime) -> Period:
+    """ "the last 2 hours", "last minute", "past three days"."""
+    count_text, unit = match.groups()
+    count = _WORD_NUMBERS[count_text] if count_text in _WORD_NUMBERS else int(count_text or 1)
+    if count > 100_000:
+        raise PeriodError(f"{match[0]!r} reaches back too far")
+    if unit.startswith("h"):
+        delta, name = timedelta(hours=count), "hour"
+    elif unit.startswith("d"):
+        delta, name = timedelta(days=count), "day"
+    else:
+        delta, name = timedelta(minutes=count), "minute"
+    label = f"the last {name}" if count == 1 else f"the last {count} {name}s"
+    return Period(label, (now.astimezone(UTC) - delta).astimezone(now.tzinfo))  # real hours
+
+
+def _since_time(match: re.Match[str], now: datetime) -> Period:
+    """ "since 6am", "since 14:30": the last time the clock showed it."""
+    hour, minute, suffix = int(match[1]), int(match[2] or 0), (match[3] or "").replace(".", "")
+    if suffix == "pm" and hour < 12:
+        hour += 12
+    elif suffix == "am" and hour == 12:
+        hour = 0
+    if hour > 23 or minute > 59:
+        raise PeriodError(f"{match[0]!r} is not a time of day")
+    since = datetime.combine(now.date(), time(hour, minute), tzinfo=now.tzinfo)
+    if since > now:  # "since 22:00" said at 02:00 means last night
+        since = datetime.combine(now.date() - timedelta(days=1), time(hour, minute), now.tzinfo)
+    return Period(f"since {since:%H:%M}", since)
+
+
+def _iso(phrase: str, now: datetime, text: str | None) -> Period:
+    """An ISO 8601 date and time (local time when it names no zone)."""
+    if "-" in phrase:
+        with contextlib.suppress(ValueError):
+            since = datetime.fromisoformat(phrase.replace(" ", "T", 1).upper())
+            since = since if since.tzinfo else since.replace(tzinfo=now.tzinfo)
+            if not 1970 <= since.year <= 2999:
+                raise PeriodError(f"{text!r} is not a date this engine has inspected on")
+            return Period(f"since {since.astimezone(now.tzinfo):%Y-%m-%d %H:%M}", since)
+    raise PeriodError(f"I do not understand the time range {text!r}; say {PERIOD_HELP}")
+
+
+# -- the figures -----------------------------------------------------------------------------
+
+
+class QualitySource(Protocol):
+    """Where the counts come from (the store)."""
+
+    async def inspection_counts(
+        self, *, station_id: str | None, since: datetime | None, until: datetime | None
+    ) -> InspectionCounts: ...
+
+    async def counts_by_class(
+        self, *, station_id: str | None, since: datetime | None, until: datetime | None
+    ) -> list[ClassCount]: ...
+
+    async def feedback_counts(
+        self, *, station_id: str | None, since: datetime | None, until: datetime | None
+    ) -> FeedbackCounts: ...
+
+
+def _percent(numerator: int, denominator: int) -> float | None:
+    return round(100 * numerator / denominator, 2) if denominator else None
+
+
+def p_chart(
+    baseline_inspections: int, baseline_failed: int, inspections: int, failed: int
+) -> PChart | None:
+    """3-sigma limits p̄ ± 3·sqrt(p̄(1-p̄)/n) around the baseline's rate p̄, for a subgroup of
+    n inspections; None when there is too little data for a verdict."""
+    if baseline_inspections < MIN_BASELINE or inspections < MIN_SUBGROUP:
+        return None
+    p_bar = baseline_failed / baseline_inspections
+    sigma = math.sqrt(p_bar * (1 - p_bar) / inspections)
+    ucl = min(1.0, p_bar + 3 * sigma)
+    rate = failed / inspections
+    return PChart(
+        p_bar=round(p_bar, 6),
+        ucl=round(ucl, 6),
+        lcl=round(max(0.0, p_bar - 3 * sigma), 6),
+        rate=round(rate, 6),
+        n=inspections,
+        out_of_control=rate > ucl,
+    )
+
+
+@dataclass(slots=True)
+class _Tally:
+    """One station's counts (or the sum of all) before they become a `StationQuality`."""
+
+    inspections: int = 0
+    failed: int = 0
+    confirmed: int = 0
+    rejected: int = 0
+    missed: int = 0
+    baseline: tuple[int, int] = (0, 0)
+    subgroup: tuple[int, int] = (0, 0)
+
+    def add(self, other: _Tally) -> None:
+        self.inspections += other.inspections
+        self.failed += other.failed
+        self.confirmed += other.confirmed
+        self.rejected += other.rejected
+        self.missed += other.missed
+        self.baseline = (
+            self.baseline[0] + other.baseline[0],
+            self.baseline[1] + other.baseline[1],
+        )
+        self.subgroup = (
+            self.subgroup[0] + other.subgroup[0],
+            self.subgroup[1] + other.subgroup[1],
+        )
+
+    def figures(
+        self, station_id: str | None, name: str, by_class: dict[str, int]
+    ) -> StationQuality:
+        rate = _percent(self.failed, self.inspections)
+        return StationQuality(
+            station_id=station_id,
+            name=name,
+            inspections=self.inspections,
+            failed=self.failed,
+            incidents=sum(by_class.values()),
+            by_class=by_class,
+            confirmed=self.confirmed,
+            rejected=self.rejected,
+            missed=self.missed,
+            defect_rate_percent=rate,
+            yield_percent=None if rate is None else round(100 - rate, 2),
+            false_reject_rate_percent=_percent(self.rejected, self.confirmed + self.rejected),
+            false_accept_rate_percent=_percent(self.missed, self.confirmed + self.missed),
+            p_chart=p_chart(*self.baseline, *self.subgroup),
+        )
+
+
+def _pareto(counts: Mapping[str, int]) -> dict[str, int]:
+    """Most frequent first, then by name."""
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+async def _tally(
+    source: QualitySource, station_id: str, since: datetime, until: datetime | None, end: datetime
+) -> tuple[_Tally, dict[str, int]]:
+    """One station's counts from `since` to `until` (None: up to now, whatever was recorded
+    last), and its p-chart's windows before `end`."""
+    counts = await source.inspection_counts(station_id=station_id, since=since, until=until)
+    classes = await source.counts_by_class(station_id=station_id, since=since, until=until)
+    feedback = await source.feedback_counts(station_id=station_id, since=since, until=until)
+    end = end.astimezone(UTC)  # the p-chart's hours are real hours, across a DST change
+    base = await source.inspection_counts(
+        station_id=station_id, since=end - SUBGROUP - BASELINE, until=end - SUBGROUP
+    )
+    current = await source.inspection_counts(
+        station_id=station_id, since=end - SUBGROUP, until=until
+    )
+    tally = _Tally(
+        inspections=counts.inspections,
+        failed=counts.failed,
+        confirmed=feedback.confirmed,
+        rejected=feedback.rejected,
+        missed=feedback.missed,
+        baseline=(base.inspections, base.failed),
+        subgroup=(current.inspections, current.failed),
+    )
+    return tally, {c.defect_class: c.count for c in classes}
+
+
+async def quality_report(
+    source: QualitySource,
+    stations: Mapping[str, str],
+    period: Period,
+    *,
+    now: datetime,
+) -> QualityReport:
+    """The figures of each station (id → name) over `period`, and of all together."""
+    until = min(period.until, now) if period.until is not None else now
+    rows = []
+    total = _Tally()
+    all_classes: dict[str, int] = {}
+    for station_id, name in stations.items():
+        tally, by_class = await _tally(source, station_id, period.since, period.until, until)
+        rows.append(tally.figures(station_id, name, _pareto(by_class)))
+        total.add(tally)
+        for cls, n in by_class.items():
+            all_classes[cls] = all_classes.get(cls, 0) + n
+    return QualityReport(
+        period=period.label,
+        since=period.since,
+        until=until,
+        complete=period.until is not None and period.until <= now,
+        stations=tuple(rows),
+        total=total.figures(None, "all stations", _pareto(all_classes)),
+        computed_at=now,
+    )
+
+
+class QualityMonitor(EventSink):
+    """Keeps the published KPIs current: recomputes them (over `quality.period`) soon after
+    inspections and verdicts arrive, at most every `refresh_s`, and at least every minute so
+    that rolling ranges roll; when a shift ends, reports it. Both go to `sink` (`on_quality`,
+    `on_shift_report`)."""
+
+    def __init__(
+        self,
+        source: QualitySource,
+        stations: Mapping[str, str],
+        config: QualityConfig,
+        sink: EventSink,
+        *,
+        shifts: Shifts | None = None,
+    ) -> None:
+        self.source = source
+        self.stations = dict(stations)
+        self.config = config
+        self.shifts = shifts or Shifts.from_config(config)
+        self.sink = sink
+        self.latest: QualityReport | None = None
+        self._dirty = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def report(
+        self, period: str | None = None, station_id: str | None = None
+    ) -> QualityReport:
+        """The figures over a range said in words (default: the published one)."""
+        now = self.shifts.now()
+        span = self.shifts.period(period or self.config.period, now)
+        if station_id is not None and station_id not in self.stations:
+            raise StationNotFoundError(f"no station {station_id!r}")
+        stations = self.stations if station_id is None else {station_id: self.stations[station_id]}
+        return await quality_report(self.source, stations, span, now=now)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="edge_inspector quality")
+
+    async def stop(self) -> None:
+        await cancel(self._task)
+        self._task = None
+
+    async def on_inspection(self, result: InspectionResult) -> None:
+        self._dirty.set()
+
+    async def on_incident_update(self, incident: Incident) -> None:
+        self._dirty.set()  # a verdict changes the false-reject rate
+
+    async def on_missed_defect(self, incident: Incident) -> None:
+        self._dirty.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        shift_start = self.shifts.shift(self.shifts.now())[0]
+        while True:
+            now = self.shifts.now()
+            started, ends = self.shifts.shift(now)
+            computed = loop.time()
+            try:
+                if started != shift_start:
+                    ended = Period("the last shift", *self.shifts.shift(now, 1))
+                    report = await quality_report(self.source, self.stations, ended, now=now)
+                    await self.sink.on_shift_report(report)
+                    shift_start = started
+                self.latest = await self.report()
+                await self.sink.on_quality(self.latest)
+            except EdgeInspectorError as exc:  # the store is closing, or a disk error
+                _LOGGER.warning("quality figures not updated: %s", exc)
+            to_next_shift = ends.timestamp() - now.timestamp()
+            deadline = computed + min(_IDLE_REFRESH_S, to_next_shift + 0.05)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._dirty.wait()
+                    # new inspections: compute again, but not more often than refresh_s
+                    await asyncio.sleep(max(0.0, computed + self.config.refresh_s - loop.time()))
+            self._dirty.clear()

@@ -586,7 +586,9 @@ class QualityConfig(_Model):
     """Shifts, and the quality figures (KPIs) the engine publishes."""
 
     shifts: Annotated[
-        tuple[Annotated[str, AfterValidator(_shift_start)], ...], Field(min_length=1)
+        tuple[Annotated[str, AfterValidator(_shift_start)], ...],
+        Field(min_length=1),
+        AfterValidator(lambda starts: tuple(sorted(set(starts)))),  # each once, in order
     ] = Field(default=("06:00", "14:00", "22:00"), description="When each shift starts (HH:MM).")
     timezone: Annotated[str | None, AfterValidator(_zone)] = Field(
         default=None, description="The plant's time zone (default: this machine's)."
@@ -595,8 +597,10 @@ class QualityConfig(_Model):
         default="this shift",
         description="The range of the published KPIs (MQTT `kpi`, Home Assistant's sensors).",
     )
-    refresh_s: Annotated[float, Field(ge=0.2, le=3600)] = Field(
-        default=5.0, description="How often the KPIs are recomputed while inspections come in."
+    refresh_s: Annotated[float, Field(ge=0.2, le=60)] = Field(
+        default=5.0,
+        description="How often the KPIs are recomputed while inspections come in (at least "
+        "once a minute anyway, so that rolling ranges roll).",
     )
 
     @model_validator(mode="after")

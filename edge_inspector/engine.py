@@ -107,7 +107,11 @@ class Engine:
         self.manuals: ManualIndex | None = None
         self.plc: dict[str, PlcLink] = {}  # stations' PLC links, by station id
         self.quality_monitor = QualityMonitor(
-            self.store, {s.id: s.name for s in config.stations}, config.quality, self.sinks
+            self.store,
+            {s.id: s.name for s in config.stations},
+            config.quality,
+            self.sinks,
+            memory=self.store,
         )
 
     def _http(self) -> aiohttp.ClientSession:

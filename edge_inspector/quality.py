@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from pathlib import Path
@@ -102,16 +102,26 @@ _SINCE = re.compile(
 
 
 def local_zone() -> tzinfo:
-    """This machine's time zone, by name where it can be found (so that DST is right)."""
+    """This machine's time zone, by name where it can be found (so that DST is right): `TZ`,
+    the zone `/etc/localtime` links to, `/etc/timezone`; else its current offset, with a
+    warning (set `quality.timezone`)."""
     candidates = [os.environ.get("TZ", "").removeprefix(":")]
     with contextlib.suppress(OSError):
         target = str(Path("/etc/localtime").resolve())
         candidates.append(target.partition("zoneinfo/")[2])
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        candidates.append(Path("/etc/timezone").read_text(encoding="utf-8").strip())
     for name in candidates:
         if name:
             with contextlib.suppress(ZoneInfoNotFoundError, ValueError):
                 return ZoneInfo(name)
-    return datetime.now().astimezone().tzinfo or ZoneInfo("UTC")
+    zone = datetime.now().astimezone().tzinfo or ZoneInfo("UTC")
+    _LOGGER.warning(
+        "this machine's time zone has no name here: shifts follow %s, which does not change "
+        "for daylight saving time; set quality.timezone (like Europe/Berlin)",
+        zone,
+    )
+    return zone
 
 
 class Shifts:
@@ -124,7 +134,7 @@ class Shifts:
         *,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        self.starts = sorted(starts) or [time(0)]
+        self.starts = sorted(set(starts)) or [time(0)]
         self.zone = zone
         self._clock = clock
 
@@ -137,16 +147,20 @@ class Shifts:
         return self._clock() if self._clock is not None else datetime.now(self.zone)
 
     def shift(self, now: datetime, back: int = 0) -> tuple[datetime, datetime]:
-        """The shift `back` shifts before the one running at `now`: (start, end)."""
-        now = now.astimezone(self.zone)
-        day = now.date()
+        """The shift `back` shifts before the one running at `now`: (start, end). Compared as
+        instants: across a DST change a wall-clock time can come twice, or not at all."""
+        day = now.astimezone(self.zone).date()
         moments = sorted(
-            datetime.combine(day + timedelta(days=d), s, tzinfo=self.zone)
-            for d in (-2, -1, 0, 1)
-            for s in self.starts
+            {
+                datetime.combine(day + timedelta(days=d), s, tzinfo=self.zone).astimezone(UTC)
+                for d in (-2, -1, 0, 1)
+                for s in self.starts
+            }
         )
-        current = max(i for i, m in enumerate(moments) if m <= now)
-        return moments[current - back], moments[current - back + 1]
+        instant = now.astimezone(UTC)
+        current = max(i for i, m in enumerate(moments) if m <= instant)
+        start, end = moments[current - back], moments[current - back + 1]
+        return start.astimezone(self.zone), end.astimezone(self.zone)
 
     def period(self, text: str | None, now: datetime | None = None) -> Period:
         """The time range a phrase names; none means today. PeriodError if not understood."""
@@ -323,8 +337,26 @@ def _pareto(counts: Mapping[str, int]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
-async def _tally(
-    source: QualitySource, station_id: str, since: datetime, until: datetime | None, end: datetime
+type Baseline = Callable[[str, datetime], Awaitable[InspectionCounts]]
+"""A station's inspections in the p-chart's baseline: the 7 days before the hour before `end`."""
+
+
+def _baseline(source: QualitySource) -> Baseline:
+    async def count(station_id: str, end: datetime) -> InspectionCounts:
+        return await source.inspection_counts(
+            station_id=station_id, since=end - SUBGROUP - BASELINE, until=end - SUBGROUP
+        )
+
+    return count
+
+
+async def _tally(  # noqa: PLR0917 (one station's part of quality_report)
+    source: QualitySource,
+    station_id: str,
+    since: datetime,
+    until: datetime | None,
+    end: datetime,
+    baseline: Baseline,
 ) -> tuple[_Tally, dict[str, int]]:
     """One station's counts from `since` to `until` (None: up to now, whatever was recorded
     last), and its p-chart's windows before `end`."""
@@ -332,9 +364,7 @@ async def _tally(
     classes = await source.counts_by_class(station_id=station_id, since=since, until=until)
     feedback = await source.feedback_counts(station_id=station_id, since=since, until=until)
     end = end.astimezone(UTC)  # the p-chart's hours are real hours, across a DST change
-    base = await source.inspection_counts(
-        station_id=station_id, since=end - SUBGROUP - BASELINE, until=end - SUBGROUP
-    )
+    base = await baseline(station_id, end)
     current = await source.inspection_counts(
         station_id=station_id, since=end - SUBGROUP, until=until
     )
@@ -356,14 +386,19 @@ async def quality_report(
     period: Period,
     *,
     now: datetime,
+    baseline: Baseline | None = None,
 ) -> QualityReport:
-    """The figures of each station (id → name) over `period`, and of all together."""
-    until = min(period.until, now) if period.until is not None else now
+    """The figures of each station (id → name) over `period`, and of all together.
+    `baseline`: the p-chart's baseline counts (default: counted from `source`)."""
+    complete = period.until is not None and period.until.timestamp() <= now.timestamp()
+    until = period.until if complete and period.until is not None else now
     rows = []
     total = _Tally()
     all_classes: dict[str, int] = {}
     for station_id, name in stations.items():
-        tally, by_class = await _tally(source, station_id, period.since, period.until, until)
+        tally, by_class = await _tally(
+            source, station_id, period.since, period.until, until, baseline or _baseline(source)
+        )
         rows.append(tally.figures(station_id, name, _pareto(by_class)))
         total.add(tally)
         for cls, n in by_class.items():
@@ -372,18 +407,30 @@ async def quality_report(
         period=period.label,
         since=period.since,
         until=until,
-        complete=period.until is not None and period.until <= now,
+        complete=complete,
         stations=tuple(rows),
-        total=total.figures(None, "all stations", _pareto(all_classes)),
+        total=total.figures(None, "total", _pareto(all_classes)),
         computed_at=now,
     )
+
+
+class ShiftMemory(Protocol):
+    """Where the monitor keeps the last shift it reported, across restarts (the store)."""
+
+    async def get_meta(self, key: str) -> str | None: ...
+
+    async def set_meta(self, key: str, value: str) -> None: ...
+
+
+_REPORTED = "quality.last_shift_reported"  # the start of the current shift when it was
 
 
 class QualityMonitor(EventSink):
     """Keeps the published KPIs current: recomputes them (over `quality.period`) soon after
     inspections and verdicts arrive, at most every `refresh_s`, and at least every minute so
-    that rolling ranges roll; when a shift ends, reports it. Both go to `sink` (`on_quality`,
-    `on_shift_report`)."""
+    that rolling ranges roll. When a shift has ended (`grace_s` after, so that its last frames
+    are in), reports it, once, also when it ended while the engine was stopped (the last one
+    then). Both go to `sink` (`on_quality`, `on_shift_report`)."""
 
     def __init__(
         self,
@@ -392,16 +439,21 @@ class QualityMonitor(EventSink):
         config: QualityConfig,
         sink: EventSink,
         *,
+        memory: ShiftMemory | None = None,
         shifts: Shifts | None = None,
+        grace_s: float = 10.0,
     ) -> None:
         self.source = source
         self.stations = dict(stations)
         self.config = config
         self.shifts = shifts or Shifts.from_config(config)
         self.sink = sink
+        self.memory = memory
+        self.grace_s = grace_s
         self.latest: QualityReport | None = None
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._baselines: dict[str, tuple[float, InspectionCounts]] = {}
 
     async def report(
         self, period: str | None = None, station_id: str | None = None
@@ -412,7 +464,18 @@ class QualityMonitor(EventSink):
         if station_id is not None and station_id not in self.stations:
             raise StationNotFoundError(f"no station {station_id!r}")
         stations = self.stations if station_id is None else {station_id: self.stations[station_id]}
-        return await quality_report(self.source, stations, span, now=now)
+        return await quality_report(self.source, stations, span, now=now, baseline=self._baseline)
+
+    async def _baseline(self, station_id: str, end: datetime) -> InspectionCounts:
+        """The p-chart's 7-day baseline, counted at most once a minute per station (it moves
+        by a minute in a week, and counting it reads every inspection of the week)."""
+        moment = end.timestamp()
+        cached = self._baselines.get(station_id)
+        if cached is not None and 0 <= moment - cached[0] < _IDLE_REFRESH_S:
+            return cached[1]
+        counts = await _baseline(self.source)(station_id, end)
+        self._baselines[station_id] = (moment, counts)
+        return counts
 
     def start(self) -> None:
         if self._task is None:
@@ -431,25 +494,64 @@ class QualityMonitor(EventSink):
     async def on_missed_defect(self, incident: Incident) -> None:
         self._dirty.set()
 
+    async def _last_reported(self) -> datetime:
+        """The start of the shift that was running when the last shift report went out; the
+        current shift's when none ever did (nothing to catch up on)."""
+        current = self.shifts.shift(self.shifts.now())[0]
+        stored = await self.memory.get_meta(_REPORTED) if self.memory is not None else None
+        if stored is None:
+            return current
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(stored)
+        return current
+
+    async def _report_ended_shift(
+        self, now: datetime, started: datetime, reported: datetime
+    ) -> datetime:
+        """Report the shift that ended last, unless it was reported or its last frames may
+        still be on their way; what is reported now."""
+        if started.timestamp() <= reported.timestamp():
+            return reported
+        if now.timestamp() < started.timestamp() + self.grace_s:
+            return reported
+        ended = Period("the last shift", *self.shifts.shift(now, 1))
+        report = await quality_report(
+            self.source, self.stations, ended, now=now, baseline=self._baseline
+        )
+        await self.sink.on_shift_report(report)
+        if self.memory is not None:
+            await self.memory.set_meta(_REPORTED, started.isoformat())
+        return started
+
+    def _wake_after(self, now: datetime, ends: datetime, due: datetime | None) -> float:
+        """Seconds until the figures must be computed again without new inspections: rolling
+        ranges roll every minute; a shift's end (and its report, `grace_s` later)."""
+        wake = min(_IDLE_REFRESH_S, ends.timestamp() - now.timestamp())
+        if due is not None:
+            wake = min(wake, due.timestamp() + self.grace_s - now.timestamp())
+        return max(0.05, wake)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        shift_start = self.shifts.shift(self.shifts.now())[0]
+        try:
+            reported = await self._last_reported()
+        except EdgeInspectorError as exc:
+            _LOGGER.warning("the last shift report is not known: %s", exc)
+            reported = self.shifts.shift(self.shifts.now())[0]
         while True:
             now = self.shifts.now()
             started, ends = self.shifts.shift(now)
             computed = loop.time()
             try:
-                if started != shift_start:
-                    ended = Period("the last shift", *self.shifts.shift(now, 1))
-                    report = await quality_report(self.source, self.stations, ended, now=now)
-                    await self.sink.on_shift_report(report)
-                    shift_start = started
+                reported = await self._report_ended_shift(now, started, reported)
                 self.latest = await self.report()
                 await self.sink.on_quality(self.latest)
             except EdgeInspectorError as exc:  # the store is closing, or a disk error
                 _LOGGER.warning("quality figures not updated: %s", exc)
-            to_next_shift = ends.timestamp() - now.timestamp()
-            deadline = computed + min(_IDLE_REFRESH_S, to_next_shift + 0.05)
+            except Exception:  # a bug must not freeze the figures for good
+                _LOGGER.exception("quality figures not updated")
+            due = started if started.timestamp() > reported.timestamp() else None
+            deadline = computed + self._wake_after(now, ends, due)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline):
                     await self._dirty.wait()

@@ -19,7 +19,7 @@ from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import device_registry as dr
 from homeassistant.util import dt as dt_util
 
-from edge_inspector.errors import InputError, ManualsNotIndexedError
+from edge_inspector.errors import EdgeInspectorError, ManualsNotIndexedError
 from edge_inspector.events import Incident, QualityReport
 
 from .const import DOMAIN
@@ -53,8 +53,8 @@ async def quality(ref: StationRef, period: str | None) -> QualityReport:
     plant's shifts and time zone). AnswerError for a range it does not understand."""
     try:
         return await ref.hub.engine.quality(period=period or "today", station_id=ref.station_id)
-    except InputError as exc:
-        raise AnswerError(str(exc)) from exc
+    except EdgeInspectorError as exc:  # a range not understood; an engine service away (or
+        raise AnswerError(str(exc)) from exc  # one from before quality figures: 404)
 
 
 def _norm(text: str) -> str:

@@ -1,9 +1,10 @@
 """Publish the engine's events through Home Assistant's own MQTT integration.
 
 With the option on, a Node-RED flow written for the standalone engine works unchanged: defects,
-incident updates, alerts and retained station states appear under the same topics
-(`<base>/<station>/defect`, `.../incident`, `.../alert`, `.../state`, `.../image`). Home
-Assistant discovery is not published: the integration's own entities are already there.
+incident updates, alerts, retained station states and quality figures appear under the same
+topics (`<base>/<station>/defect`, `.../incident`, `.../alert`, `.../state`, `.../image`,
+`.../kpi`, `<base>/quality`, `<base>/shift_report`). Home Assistant discovery is not published:
+the integration's own entities are already there.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 
-from edge_inspector.events import Incident, OperatorAlert, StationState
+from edge_inspector.events import Incident, OperatorAlert, QualityReport, StationState
 from edge_inspector.mqtt.bridge import state_payload
 from edge_inspector.mqtt.topics import Topics
 from edge_inspector.sinks import EventSink
@@ -80,4 +81,22 @@ class HaMqttPublisher(EventSink):
     async def on_station_state(self, state: StationState) -> None:
         await self._publish(
             self.topics.state(state.station_id), state_payload(state), qos=1, retain=True
+        )
+
+    async def on_quality(self, report: QualityReport) -> None:
+        for row in report.stations:
+            if row.station_id is not None:
+                await self._publish(
+                    self.topics.kpi(row.station_id),
+                    row.model_dump_json().encode(),
+                    qos=1,
+                    retain=True,
+                )
+        await self._publish(
+            self.topics.quality, report.model_dump_json().encode(), qos=1, retain=True
+        )
+
+    async def on_shift_report(self, report: QualityReport) -> None:
+        await self._publish(
+            self.topics.shift_report, report.model_dump_json().encode(), qos=1, retain=True
         )

@@ -34,28 +34,22 @@ class StationSensorDescription(SensorEntityDescription):
     value: Callable[[StationSnapshot], StateType]
 
 
-def _quality(
-    figure: Callable[[StationQuality], float | None],
-) -> Callable[[StationSnapshot], StateType]:
-    """A figure of the engine's published KPIs (over `quality.period`: this shift)."""
-    return lambda snapshot: None if snapshot.quality is None else figure(snapshot.quality)
+def _percent(
+    key: str, figure: Callable[[StationQuality], float | None]
+) -> StationSensorDescription:
+    """A percentage of the engine's published figures (over `quality.period`: this shift)."""
+    return StationSensorDescription(
+        key=key,
+        native_unit_of_measurement=PERCENTAGE,
+        state_class=SensorStateClass.MEASUREMENT,
+        suggested_display_precision=1,
+        value=lambda snapshot: None if snapshot.quality is None else figure(snapshot.quality),
+    )
 
 
 SENSORS: tuple[StationSensorDescription, ...] = (
-    StationSensorDescription(
-        key="false_reject_rate",
-        native_unit_of_measurement=PERCENTAGE,
-        state_class=SensorStateClass.MEASUREMENT,
-        suggested_display_precision=1,
-        value=_quality(lambda q: q.false_reject_rate_percent),
-    ),
-    StationSensorDescription(
-        key="false_accept_rate",
-        native_unit_of_measurement=PERCENTAGE,
-        state_class=SensorStateClass.MEASUREMENT,
-        suggested_display_precision=1,
-        value=_quality(lambda q: q.false_accept_rate_percent),
-    ),
+    _percent("false_reject_rate", lambda q: q.false_reject_rate_percent),
+    _percent("false_accept_rate", lambda q: q.false_accept_rate_percent),
     StationSensorDescription(
         key="inspections",
         state_class=SensorStateClass.TOTAL_INCREASING,
@@ -71,20 +65,8 @@ SENSORS: tuple[StationSensorDescription, ...] = (
         state_class=SensorStateClass.TOTAL_INCREASING,
         value=lambda r: r.state.incidents if r.state else None,
     ),
-    StationSensorDescription(
-        key="defect_rate",
-        native_unit_of_measurement=PERCENTAGE,
-        state_class=SensorStateClass.MEASUREMENT,
-        suggested_display_precision=1,
-        value=_quality(lambda q: q.defect_rate_percent),
-    ),
-    StationSensorDescription(
-        key="yield",
-        native_unit_of_measurement=PERCENTAGE,
-        state_class=SensorStateClass.MEASUREMENT,
-        suggested_display_precision=1,
-        value=_quality(lambda q: q.yield_percent),
-    ),
+    _percent("defect_rate", lambda q: q.defect_rate_percent),
+    _percent("yield", lambda q: q.yield_percent),
     StationSensorDescription(
         key="last_defect_class",
         value=lambda r: r.state.last_defect_class if r.state else None,

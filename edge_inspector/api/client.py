@@ -199,7 +199,7 @@ class RemoteEngine:
         self._task = asyncio.create_task(self._follow(), name="edge_inspector remote events")
 
     async def stop(self) -> None:
-        await cancel(self._task)
+        await cancel(self._task, *self._action_tasks)  # no action outlives an unload
         self._task = None
         self._connected.clear()
 

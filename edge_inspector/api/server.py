@@ -680,7 +680,7 @@ class ApiServer(EventSink):
         store = self.engine.store
         counts = await store.inspection_counts(**span)
         by_class = await store.counts_by_class(**span)
-        feedback = await store.feedback_counts(station_id=span["station_id"], since=span["since"])
+        feedback = await store.feedback_counts(**span)
         return _json(
             {
                 "inspections": counts.inspections,

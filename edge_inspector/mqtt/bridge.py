@@ -491,13 +491,10 @@ class MqttBridge(EventSink):
                 self._client.publish(topic, payload, qos=1, retain=True)
 
     async def on_shift_report(self, report: QualityReport) -> None:
-        """Queued like a defect (a broker away at the end of a shift loses nothing), once per
-        shift, retained."""
+        """Queued like a defect (a broker away at the end of a shift loses nothing), retained.
+        The engine reports each shift once (its quality monitor remembers which it did)."""
         self._enqueue(
-            self.topics.shift_report,
-            report.model_dump_json().encode(),
-            f"shift_report:{report.since.isoformat()}",
-            retain=True,
+            self.topics.shift_report, report.model_dump_json().encode(), None, retain=True
         )
 
     async def publish_action(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:

@@ -26,6 +26,7 @@ def discovery_topic(prefix: str, node_id: str, station_id: str) -> str:
     return f"{prefix}/device/{unique_prefix(node_id, station_id)}/config"
 
 
+_ONLINE = {"payload_available": "online", "payload_not_available": "offline"}
 _PERCENT = {
     "unit_of_measurement": "%",
     "state_class": "measurement",
@@ -186,11 +187,14 @@ def discovery_payload(station: StationConfig, topics: Topics, node_id: str) -> d
             **({"suggested_area": station.line} if station.line else {}),
         },
         "origin": {"name": "Edge Inspector", "sw_version": __version__},
+        # The payloads are Home Assistant's defaults, stated: once, under load, Home Assistant
+        # 2026.2 set up a discovered component without them (KeyError: 'payload_available').
         "availability": [
-            {"topic": topics.status},
+            {"topic": topics.status, **_ONLINE},
             {
                 "topic": state,
                 "value_template": "{{ 'online' if value_json.available else 'offline' }}",
+                **_ONLINE,
             },
         ],
         "availability_mode": "all",

@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS images (
     owner TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS images_ts ON images (ts);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -602,6 +603,22 @@ class Store:
             return RetentionReport(n_insp, n_inc, len(doomed), freed)
 
         return await self._run(_apply)
+
+    async def get_meta(self, key: str) -> str | None:
+        """A value the engine keeps across restarts (the last shift it reported)."""
+
+        def _q() -> str | None:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(_q)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        def _q() -> None:
+            with self._conn:
+                self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+        await self._run(_q)
 
     async def image_bytes(self) -> int:
         """Bytes of images the store accounts for."""

@@ -70,6 +70,20 @@ def test_a_calendar_day_across_a_dst_change_is_23_hours_long() -> None:
     assert two.since.timestamp() == datetime(2026, 10, 25, 3, 30, tzinfo=BERLIN).timestamp() - 7200
 
 
+def test_a_shift_starting_in_the_repeated_hour_is_one_shift() -> None:
+    # New York fell back on 2026-11-01: 01:00-02:00 came twice
+    york = ZoneInfo("America/New_York")
+    night = Shifts([time(1, 30), time(9, 30), time(17, 30)], york)
+    utc = ZoneInfo("UTC")
+    for hour in (5, 6, 7):  # 01:00 EDT, 01:00 EST (the second time), 02:00 EST, in UTC
+        now = datetime(2026, 11, 1, hour, 15, tzinfo=utc)
+        start, end = night.shift(now)
+        assert start.timestamp() <= now.timestamp() < end.timestamp(), now
+    # the shift from 01:30 (the first one, EDT) to 09:30 EST is 9 hours long
+    start, end = night.shift(datetime(2026, 11, 1, 12, 0, tzinfo=utc))
+    assert end.timestamp() - start.timestamp() == 9 * 3600
+
+
 def test_the_p_chart_limits() -> None:
     assert p_chart(50, 5, 100, 10) is None  # too little baseline
     assert p_chart(1000, 50, 10, 5) is None  # too small a subgroup
@@ -157,7 +171,19 @@ async def test_the_monitor_publishes_the_figures_and_reports_each_shift(store: S
     shifts = Shifts([time(6), time(14), time(22)], BERLIN, clock=lambda: clock[0])
     config = QualityConfig(timezone="Europe/Berlin", refresh_s=0.2)
     sink = _Recorder()
-    monitor = QualityMonitor(store, {"s1": "Press"}, config, sink, shifts=shifts)
+
+    def monitor_() -> QualityMonitor:
+        return QualityMonitor(
+            store, {"s1": "Press"}, config, sink, memory=store, shifts=shifts, grace_s=3
+        )
+
+    async def poke(monitor: QualityMonitor, n: int) -> None:
+        """An inspection arrives: the figures are published again, soon."""
+        count = len(sink.quality)
+        await monitor.on_inspection(_inspection(n, Verdict.PASS, clock[0]))
+        await until(lambda: len(sink.quality) > count, "not recomputed", 10)
+
+    monitor = monitor_()
     await _history(store, clock[0].replace(hour=13, minute=0))  # 9 inspections since 12:00
     monitor.start()
     try:
@@ -165,25 +191,21 @@ async def test_the_monitor_publishes_the_figures_and_reports_each_shift(store: S
         first = sink.quality[-1]
         assert first.period == "this shift" and first.stations[0].inspections == 9
         assert monitor.latest == first
-        # an inspection: published again, soon
         await store.add_inspection(_inspection(50, Verdict.PASS, clock[0] - timedelta(seconds=1)))
-        await monitor.on_inspection(_inspection(50, Verdict.PASS, clock[0]))
-        await until(lambda: sink.quality[-1].stations[0].inspections == 10, "not recomputed", 10)
-        assert sink.shifts == []
-        # 14:00: the morning shift has ended, and is reported once
-        clock[0] = clock[0].replace(hour=14, minute=0, second=5)
-        await monitor.on_inspection(_inspection(51, Verdict.PASS, clock[0]))
+        await poke(monitor, 50)
+        assert sink.quality[-1].stations[0].inspections == 10
+        # 14:00:01: the morning shift has ended, but its last frames may be on their way
+        clock[0] = clock[0].replace(hour=14, minute=0, second=1)
+        await poke(monitor, 51)
+        assert sink.shifts == [] and sink.quality[-1].stations[0].inspections == 0
+        # 14:00:04: it is reported, once
+        clock[0] = clock[0].replace(second=4)
         await until(lambda: len(sink.shifts) == 1, "no shift report", 10)
         report = sink.shifts[0]
         assert report.complete and report.period == "the last shift"
         assert (report.since.hour, report.until.hour) == (6, 14)
         assert report.stations[0].inspections == 10
-        await until(
-            lambda: sink.quality[-1].stations[0].inspections == 0, "new shift not empty", 10
-        )
-        await monitor.on_inspection(_inspection(52, Verdict.PASS, clock[0]))
-        count = len(sink.quality)
-        await until(lambda: len(sink.quality) > count, "not recomputed", 10)
+        await poke(monitor, 52)
         assert len(sink.shifts) == 1
         with pytest.raises(StationNotFoundError):
             await monitor.report(station_id="nope")
@@ -193,11 +215,51 @@ async def test_the_monitor_publishes_the_figures_and_reports_each_shift(store: S
         await monitor.stop()
     assert monitor._task is None
 
+    # stopped across the end of the afternoon shift: reported when the engine is back, once
+    clock[0] = datetime(2026, 11, 27, 22, 30, tzinfo=BERLIN)
+    for _ in range(2):
+        monitor = monitor_()
+        monitor.start()
+        try:
+            await until(
+                lambda m=monitor: m.latest is not None,
+                "figures",
+                10,  # type: ignore[misc]
+            )
+            await poke(monitor, 53)
+        finally:
+            await monitor.stop()
+    assert [(r.since.hour, r.until.hour) for r in sink.shifts] == [(6, 14), (14, 22)]
+
+
+async def test_a_failing_computation_is_logged_and_the_monitor_goes_on(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = _Recorder()
+    monitor = QualityMonitor(store, {"s1": "Press"}, QualityConfig(refresh_s=0.2), sink)
+    real = monitor.report
+    calls = [0]
+
+    async def flaky(period: str | None = None, station_id: str | None = None) -> QualityReport:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("a bug")
+        return await real(period, station_id)
+
+    monitor.report = flaky  # type: ignore[method-assign]
+    monitor.start()
+    try:
+        await monitor.on_inspection(_inspection(1, Verdict.PASS, datetime.now(BERLIN)))
+        await until(lambda: len(sink.quality) >= 1, "the monitor went on after the failure", 10)
+        assert "quality figures not updated" in caplog.text and "a bug" in caplog.text
+    finally:
+        await monitor.stop()
+
 
 def test_a_quality_configuration_is_checked_when_it_is_read() -> None:
     from pydantic import ValidationError
 
-    assert QualityConfig(shifts=("6:00", "18:00")).shifts == ("06:00", "18:00")
+    assert QualityConfig(shifts=("18:00", "6:00", "06:00")).shifts == ("06:00", "18:00")
     for bad in (
         {"shifts": ("25:00",)},
         {"shifts": ("6am",)},

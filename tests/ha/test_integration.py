@@ -349,8 +349,10 @@ def test_manifest_translations_and_services_are_consistent() -> None:
         text = (COMPONENT / f"{platform}.py").read_text()
         import re
 
-        found = set(re.findall(r'key="([a-z_]+)"', text)) | set(
-            re.findall(r'\(hub, coordinator, "([a-z_]+)"\)', text)
+        found = (
+            set(re.findall(r'key="([a-z_]+)"', text))
+            | set(re.findall(r'\(hub, coordinator, "([a-z_]+)"\)', text))
+            | set(re.findall(r'_percent\(\s*"([a-z_]+)"', text))  # sensor.py's percentages
         )
         found |= {"defect_event"} if platform == "event" else set()
         found |= {"last_defect_image"} if platform == "image" else set()

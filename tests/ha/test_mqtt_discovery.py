@@ -250,6 +250,14 @@ async def test_the_integration_publishes_through_home_assistants_mqtt(
         sid = next(iter(entry.runtime_data.stations))
         await _until(hass, lambda: watcher.on(f"plant_a/{sid}/defect"))
         await _until(hass, lambda: watcher.on(f"plant_a/{sid}/state"))
+        # the engine's quality figures too, once recomputed after the inspection
+        await _until(
+            hass,
+            lambda: any(
+                json.loads(m)["inspections"] >= 1 for m in watcher.on(f"plant_a/{sid}/kpi")
+            ),
+        )
+        assert watcher.on("plant_a/quality")
     finally:
         assert await hass.config_entries.async_unload(entry.entry_id)
         await hass.async_block_till_done()

@@ -55,6 +55,7 @@ BASELINE = timedelta(days=7)
 SUBGROUP = timedelta(hours=1)
 MIN_BASELINE = 100  # inspections in the baseline, and in the subgroup, for a verdict
 MIN_SUBGROUP = 20
+_PERIOD_CHARS = 100  # the longest range said in words (the configuration's `period` too)
 _IDLE_REFRESH_S = 60.0  # without inspections the KPIs still roll ("the last hour") this often
 
 
@@ -163,7 +164,10 @@ class Shifts:
         return start.astimezone(self.zone), end.astimezone(self.zone)
 
     def period(self, text: str | None, now: datetime | None = None) -> Period:
-        """The time range a phrase names; none means today. PeriodError if not understood."""
+        """The time range a phrase names; none means today. PeriodError if not understood
+        (or longer than a phrase: 100 characters, from any caller)."""
+        if text is not None and len(text) > _PERIOD_CHARS:
+            raise PeriodError(f"a time range is at most {_PERIOD_CHARS} characters")
         now = (now or self.now()).astimezone(self.zone)
         today = datetime.combine(now.date(), time(0), tzinfo=self.zone)
         phrase = " ".join((text or "").lower().replace("_", " ").split())

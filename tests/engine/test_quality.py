@@ -52,6 +52,8 @@ def test_time_ranges_are_read_like_people_say_them() -> None:
         SHIFTS.period("whenever", NOW)
     with pytest.raises(PeriodError, match="not a time"):
         SHIFTS.period("since 25:00", NOW)
+    with pytest.raises(PeriodError, match="at most 100 characters"):  # from any caller
+        SHIFTS.period("since 6am " + "x" * 100, NOW)
 
 
 def test_a_calendar_day_across_a_dst_change_is_23_hours_long() -> None:

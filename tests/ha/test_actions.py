@@ -111,6 +111,8 @@ async def test_tool_calls_run_mapped_services_and_confirmations_wait_for_a_perso
     assert hass.states.get("input_boolean.conveyor").state == "off"  # the mapped service ran
     assert hass.states.get("input_boolean.alarm").state == "off"  # confirm: it waits
     notes = persistent_notification._async_get_or_create_notifications(hass)
+    # the engine tells the incident's alerts after its update: wait for the request
+    await _until(hass, lambda: any("sound_alarm" in n["message"] for n in notes.values()))
     [request] = [n for n in notes.values() if "sound_alarm" in n["message"]]
     incident_id = verdict["new_incident_ids"][0]
     stored = await entry.runtime_data.engine.store.incident(incident_id)

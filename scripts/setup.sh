@@ -30,7 +30,7 @@ PY314_DEBS=(python3.14 python3.14-minimal libpython3.14-minimal libpython3.14-st
   libbz2-1.0 liblzma5 libncursesw6 libtinfo6 libreadline8t64 libuuid1 libdb5.3t64 libmpdec4
   media-types)
 APT_PACKAGES=(libgl1 libglib2.0-0 libturbojpeg0 mosquitto mosquitto-clients openssl chromium fonts-dejavu-core
-  patchelf python3-venv python3-pip)
+  patchelf python3-venv python3-pip gcc unzip curl)
 export PIP_CACHE_DIR=$CACHE/pip PIP_DISABLE_PIP_VERSION_CHECK=1
 BOOTSTRAP_PIP=python3
 # An environment is rebuilt when its requirements change, or when this is raised (a change to how
@@ -367,6 +367,8 @@ main() {
   export CPATH=$PY314_ROOT/usr/include${CPATH:+:$CPATH}
   ensure_release_venv "$py314" 2026.11 .venv
   ensure_hacs_env "$py314"
+  # A real Ollama and two real models for the tests that put a model in the loop (1.6 GB once)
+  EDGE_INSPECTOR_CACHE=$CACHE bash "$ROOT/scripts/real-ollama.sh" install
 }
 
 main "$@"

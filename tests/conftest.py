@@ -19,6 +19,7 @@ from edge_inspector.config import EngineConfig, load_config
 from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.demo.synthetic import ConveyorCamera, ConveyorFrame, random_scene
 from tests.mosquitto import Mosquitto
+from tests.real_ollama import RealOllama, installed
 
 # every process a test starts must be gone when the run ends (tests/leftovers.py)
 pytest_plugins = ["tests.leftovers"]
@@ -36,6 +37,19 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_ollama() -> Iterator[str]:
+    """A real Ollama server with the real Qwen2.5 models (tests/real_ollama.py), for the whole
+    run; its URL. In CI it must be there (the set-up installs it); elsewhere the tests that need
+    it are skipped when it was never installed."""
+    if not os.environ.get("REAL_OLLAMA_HOST") and not installed():
+        if os.environ.get("CI"):
+            pytest.fail("the real Ollama is not installed: scripts/real-ollama.sh install")
+        pytest.skip("the real Ollama is not installed (scripts/real-ollama.sh install)")
+    with RealOllama() as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")

@@ -55,6 +55,7 @@ __all__ = [
     "SyntheticSourceConfig",
     "TrackingConfig",
     "VlmConfig",
+    "VlmHoldConfig",
     "WebhookActionTarget",
     "load_config",
     "parse_config",
@@ -216,6 +217,22 @@ class ImagesConfig(_Model):
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 85
 
 
+class VlmHoldConfig(_Model):
+    """Hold a station's defect events back until the VLM has given its verdict on them, for
+    lines where a false stop costs more than a late one. The incident is stored and sent to
+    the VLM at once; its announcements (the MQTT `defect` message, Home Assistant's defect
+    event, trigger and notification, the websocket) wait for the model's answer, or at most
+    `max_wait` seconds, then go out as `unconfirmed`. The inspection's own verdict (the PLC's
+    result, the `defect` sensor) is the detector's and is never held."""
+
+    enabled: bool = False
+    max_wait: Annotated[float, Field(ge=1, le=600)] = Field(
+        default=30.0,
+        description="Seconds a defect waits for the model's verdict before it goes out as "
+        "`unconfirmed`.",
+    )
+
+
 class StationConfig(_Model):
     """One inspection station: a camera, a model, and the rules that make a detection a defect."""
 
@@ -242,6 +259,10 @@ class StationConfig(_Model):
     plc: PlcConfig | None = Field(
         default=None,
         description="The line's PLC: triggers in, verdicts out (Modbus TCP or OPC UA).",
+    )
+    vlm_hold: VlmHoldConfig = Field(
+        default_factory=VlmHoldConfig,
+        description="Hold defect events back until the VLM's verdict (needs `vlm.host`).",
     )
 
     @model_validator(mode="after")
@@ -514,10 +535,37 @@ class VlmConfig(_Model):
     max_tool_rounds: Annotated[int, Field(ge=1, le=20)] = 6
     concurrency: Annotated[int, Field(ge=1, le=16)] = 1
     queue_size: Annotated[int, Field(ge=1, le=100_000)] = 256
+    backlog_policy: bool = Field(
+        default=True,
+        description="When the model falls behind: high-severity (`priority_confidence`), "
+        "then triggered incidents first, a defect's first incident before repeats, newest "
+        "first; repeats coalesced; `max_age` applied. False: first in, first out, every "
+        "incident asked on its own.",
+    )
+    max_age: Annotated[float, Field(ge=0, le=7 * 86400)] | None = Field(
+        default=600.0,
+        description="Seconds an incident may wait for the model; older ones are marked "
+        "`skipped` with the reason (0 or null: no limit). Needs `backlog_policy`.",
+    )
+    coalesce_window: Annotated[float, Field(ge=0, le=3600)] = Field(
+        default=60.0,
+        description="An incident of the same class at the same station within this many "
+        "seconds of one waiting or being answered shares its answer (the same track always).",
+    )
+    priority_confidence: Threshold = Field(
+        default=0.8,
+        description="Incidents the detector is at least this sure of go first, as high "
+        "severity (the detector has no severity of its own).",
+    )
     retry_interval: Annotated[float, Field(gt=0, le=3600)] = 30.0
     image_max_side: Annotated[int, Field(ge=64, le=4096)] = 768
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 80
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.1
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="More of Ollama's model options for every request (num_ctx, num_predict, "
+        "top_p...); `temperature` is set above.",
+    )
     breaker: BreakerConfig = BreakerConfig()
     actions: tuple[ActionConfig, ...] = ()
     auto_actions: tuple[AutoActionConfig, ...] = ()
@@ -639,6 +687,16 @@ class EngineConfig(_Model):
                 raise ValueError(
                     f"station {station.id} names actions not in vlm.actions: {', '.join(unknown)}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _holds_need_the_vlm(self) -> Self:
+        held = [s.id for s in self.stations if s.vlm_hold.enabled]
+        if held and not self.vlm.enabled:
+            raise ValueError(
+                f"station {', '.join(held)}: vlm_hold waits for the VLM's verdict, but the VLM "
+                "is off (set vlm.host, or turn vlm_hold off)"
+            )
         return self
 
     @property

@@ -39,6 +39,7 @@ __all__ = [
     "Verdict",
     "VlmResult",
     "VlmStatus",
+    "VlmVerdict",
     "export_schemas",
 ]
 
@@ -159,6 +160,20 @@ class VlmStatus(StrEnum):
     DONE = "done"
     INVALID = "invalid"  # the model's answer did not fit the schema, twice; raw text kept
     FAILED = "failed"  # the model answered but the run failed (deadline, loop); not retried
+    SKIPPED = "skipped"  # waited longer than `vlm.max_age`: never sent; `error` says why
+
+
+class VlmVerdict(StrEnum):
+    """The model's second opinion on the detector's call (the incident's `defect_class`).
+
+    A disputed incident is not closed by it: its state stays for a person to decide, and the
+    quality figures still count the detector's call (false rejects come from operators'
+    verdicts only)."""
+
+    CONFIRMED = "confirmed"  # the model sees the same defect class
+    DISPUTED = "disputed"  # the model sees no defect (`no_defect`)
+    RECLASSIFIED = "reclassified"  # another defect class, or `other`
+    UNCONFIRMED = "unconfirmed"  # held back for the model, released before it spoke
 
 
 class Classification(_Event):
@@ -187,6 +202,9 @@ class IncidentReport(_Event):
     probable_cause: str
     fix_steps: tuple[str, ...]
     manual_refs: tuple[ManualReference, ...] = ()
+    manual_section: str | None = Field(
+        default=None, description="The manual section the model says the fix comes from."
+    )
     written_by: str = Field(
         default="model", description="`model`, or `engine` when the model wrote none."
     )
@@ -226,13 +244,37 @@ class VlmResult(_Event):
     prompt_version: str
     mode: str | None = Field(default=None, description="`tools`, or `json` for models without.")
     classification: Classification | None = None
+    verdict: VlmVerdict | None = Field(
+        default=None,
+        description="The model's verdict on the detector's call: `confirmed` (same class), "
+        "`disputed` (no defect), `reclassified` (another class or `other`), or `unconfirmed` "
+        "(a station that holds defects back for the model released it before the model "
+        "answered). None: not answered yet. A later answer replaces `unconfirmed`.",
+    )
     report: IncidentReport | None = None
     actions: tuple[ActionRecord, ...] = ()
+    coalesced_with: str | None = Field(
+        default=None,
+        description="A repeat of the same defect answered by another incident's enrichment: "
+        "that incident's id (its classification and report are copied; its actions are not "
+        "repeated).",
+    )
     raw: str | None = Field(default=None, description="The model's last answer when invalid.")
     error: str | None = None
     attempts: int = 0
     rounds: int = 0
     duration_ms: float | None = None
+    evidence: str | None = Field(
+        default=None,
+        description="What the model judged from: `images` (the crop and the frame), or `text` "
+        "(the detector's findings alone: the model cannot see, or no picture was kept).",
+    )
+    tool_calls: int = Field(default=0, description="Tool calls the model made.")
+    invalid_tool_calls: int = Field(
+        default=0,
+        description="Of those, the ones refused as written wrong: malformed, a tool not offered, "
+        "arguments against its schema.",
+    )
     updated_at: datetime
 
 
@@ -327,6 +369,16 @@ class StationState(_Event):
     )
     plc_error: Annotated[str | None, AfterValidator(lambda v: None if v is None else redact(v))] = (
         Field(default=None, description="Why the PLC link is unavailable.")
+    )
+    vlm_queue: int | None = Field(
+        default=None,
+        description="This station's incidents waiting for the VLM, queued or being answered "
+        "(None: VLM off).",
+    )
+    vlm_oldest_pending_s: float | None = Field(
+        default=None,
+        description="Seconds the oldest of this station's incidents not yet answered by the "
+        "VLM has waited (None: none waiting, or VLM off).",
     )
     updated_at: datetime
 

@@ -79,11 +79,12 @@ class FakeOllama:
 
     def __init__(
         self,
-        models: dict[str, list[str]] | None = None,
+        models: dict[str, list[str] | None] | None = None,
         *,
         embed_models: tuple[str, ...] = ("all-minilm",),
     ) -> None:
-        self.models = (
+        # a model's capabilities as /api/show lists them (None: the server does not say)
+        self.models: dict[str, list[str] | None] = (
             models if models is not None else {DEFAULT_MODEL: ["completion", "vision", "tools"]}
         )
         self.embed_models = list(embed_models)
@@ -190,6 +191,17 @@ class FakeOllama:
         name = body.get("model") or body.get("name")
         if name not in self.models and name not in self.embed_models:
             return self._error(404, f"model '{name}' not found")
+        caps = self.models.get(name, ["embedding"])
+        if caps is None:  # a server from before capabilities (0.5): a text model with tools
+            return web.json_response(
+                {
+                    "modelfile": f"FROM {name}",
+                    "template": "{{ .System }}{{ range .Tools }}{{ .Function }}{{ end }}",
+                    "details": {"format": "gguf", "family": "qwen2", "families": ["qwen2"]},
+                    "model_info": {"general.architecture": "qwen2"},
+                    "modified_at": "2026-10-01T09:00:00.000000000Z",
+                }
+            )
         return web.json_response(
             {
                 "modelfile": f"FROM {name}",
@@ -197,7 +209,7 @@ class FakeOllama:
                 "template": "{{ .Prompt }}",
                 "details": {"format": "gguf", "family": "qwen25vl", "parameter_size": "8.3B"},
                 "model_info": {"general.architecture": "qwen25vl"},
-                "capabilities": self.models.get(name, ["embedding"]),
+                "capabilities": caps,
                 "modified_at": "2026-10-01T09:00:00.000000000Z",
             }
         )
@@ -300,7 +312,7 @@ class FakeOllama:
             return self._error(404, f'model "{model}" not found, try pulling it first')
         if (problem := self._check_chat(body)) is not None:
             return self._error(400, problem)
-        if body.get("tools") and "tools" not in self.models[model]:
+        if body.get("tools") and "tools" not in (self.models[model] or ["tools"]):
             return self._error(400, f"registry.ollama.ai/library/{model} does not support tools")
         return None
 
@@ -371,7 +383,7 @@ def agent_script(defect: str = "scratch", severity: str = "medium") -> Script:
     the report and divert the part, then stop."""
 
     def script(body: dict[str, Any]) -> Reply:
-        if not body.get("tools"):
+        if body.get("format"):  # the classification; the tool loop has no schema
             return Reply.json(
                 {
                     "defect_type": defect,

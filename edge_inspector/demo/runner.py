@@ -85,6 +85,8 @@ class DemoReporter(EventSink):
     async def on_incident(self, incident: Incident) -> None:
         self.incidents.append(incident)
         self.by_class[incident.defect_class] += 1
+        if incident.vlm is not None and incident.vlm.status in ("pending", "unavailable"):
+            self.vlm_waiting.add(incident.incident_id)  # until an update says it was answered
         track = f" track {incident.track_id}" if incident.track_id is not None else ""
         self._say(
             f"{time.monotonic() - self._started:6.1f}s  DEFECT {incident.defect_class:<8} "
@@ -148,10 +150,16 @@ class DemoReporter(EventSink):
             if i.vlm is not None
             for a in i.vlm.actions
         )
+        waiting = (
+            f"{len(self.vlm_waiting)} still pending (kept in the store: the model answers them "
+            "at the next start)"
+            if self.vlm_waiting
+            else "0 still pending"
+        )
         return [
             f"  VLM                {len(self.enriched)} of {len(self.incidents)} incidents "
             f"answered ({', '.join(f'{k} {v}' for k, v in statuses.items()) or 'none'}); "
-            f"{len(self.vlm_waiting)} waiting",
+            f"{waiting}",
             f"  VLM actions        {', '.join(f'{k}: {v}' for k, v in actions.items()) or 'none'}",
         ]
 

@@ -8,11 +8,12 @@ arguments; the number of rounds and the total time are capped.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,7 @@ from ..tools.actions import ActionContext, ActionGuard
 from ..tools.schema import check_schema, validate_arguments
 from . import prompts
 from .client import (
+    ChatTurn,
     ModelProfile,
     OllamaVlm,
     ToolCall,
@@ -45,6 +47,7 @@ from .client import (
     VlmUnavailableError,
     parse_text_tool_calls,
 )
+from .verdict import verdict_of
 
 __all__ = ["AgentOutcome", "VlmAgent"]
 
@@ -130,6 +133,9 @@ class _Run:
     mode: str | None = None
     error: str | None = None
     capped: bool = False
+    evidence: str = "text"
+    tool_calls: int = 0
+    bad_tool_calls: int = 0
 
     @property
     def context(self) -> ActionContext:
@@ -166,8 +172,11 @@ class VlmAgent:
         profile = await self.vlm.check()
         if not profile.vision:
             _LOGGER.warning(
-                "VLM %s has no vision capability: it will judge from the detections only",
+                "VLM %s cannot see images (%s): it will judge from the detector's findings only",
                 profile.name,
+                "as the server says"
+                if profile.source == "server"
+                else f"found by {profile.source}",
             )
         if self.config.tool_mode == "auto" and not profile.tools:
             _LOGGER.warning("VLM %s does not support tools: using the JSON-only flow", profile.name)
@@ -181,8 +190,16 @@ class VlmAgent:
         return "tools" if self.profile is None or self.profile.tools else "json"
 
     async def run(
-        self, incident: Incident, station: StationConfig, images: Sequence[bytes]
+        self,
+        incident: Incident,
+        station: StationConfig,
+        images: Sequence[bytes],
+        *,
+        on_classified: Callable[[VlmResult], Awaitable[None]] | None = None,
     ) -> AgentOutcome:
+        """The whole run; `on_classified` hears the classification and the verdict as soon as
+        they are known (still `pending`: the report and the actions follow), for a station
+        that holds its defects back until the model has spoken."""
         if self.profile is None:
             await self.prepare()
         started = time.monotonic()
@@ -197,6 +214,8 @@ class VlmAgent:
                 except VlmInvalidAnswerError as exc:
                     status, raw, run.error = VlmStatus.INVALID, exc.raw[:_RAW_LIMIT], str(exc)
                 if run.classification is not None:
+                    if on_classified is not None:
+                        await on_classified(self._early(run))
                     await self._act(run, images)
         except TimeoutError:
             if run.classification is None:
@@ -215,6 +234,7 @@ class VlmAgent:
             prompt_version=prompts.PROMPT_VERSION,
             mode=run.mode,
             classification=run.classification,
+            verdict=verdict_of(incident.defect_class, run.classification),
             report=run.report,
             actions=tuple(run.actions),
             raw=raw,
@@ -222,20 +242,41 @@ class VlmAgent:
             attempts=(incident.vlm.attempts if incident.vlm else 0) + 1,
             rounds=run.rounds,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
+            evidence=run.evidence,
+            tool_calls=run.tool_calls,
+            invalid_tool_calls=run.bad_tool_calls,
             updated_at=datetime.now(UTC),
         )
         return AgentOutcome(result, run.alerts)
 
+    def _early(self, run: _Run) -> VlmResult:
+        return VlmResult(
+            status=VlmStatus.PENDING,
+            model=self.vlm.model,
+            prompt_version=prompts.PROMPT_VERSION,
+            mode=run.mode,
+            classification=run.classification,
+            verdict=verdict_of(run.incident.defect_class, run.classification),
+            evidence=run.evidence,
+            attempts=(run.incident.vlm.attempts if run.incident.vlm else 0),
+            updated_at=datetime.now(UTC),
+        )
+
     # -- classification -------------------------------------------------------------------
 
     async def _classify(self, run: _Run, images: Sequence[bytes]) -> Classification:
-        with_images = bool(images) and (self.profile is None or self.profile.vision)
+        """The classification, under a JSON schema. With tools, the request offers the same
+        tools as the loop that follows (not used here): the system prompt and the tool list
+        then start every request of a station alike, and Ollama reads them once, not on
+        every incident and every round."""
+        with_images = bool(images) and self.profile is not None and self.profile.vision
         user: dict[str, Any] = {
             "role": "user",
             "content": prompts.classify_prompt(run.incident, with_images=with_images),
         }
         if with_images:
-            user["images"] = list(images)
+            user["images"] = [base64.b64encode(image).decode() for image in images]
+            run.evidence = "images"
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": prompts.system_prompt(run.station)},
             user,
@@ -243,7 +284,7 @@ class VlmAgent:
         schema = prompts.classification_schema(run.station)
         last_error = raw = ""
         for attempt in range(2):
-            turn = await self.vlm.chat(messages, format=schema)
+            turn = await self._classify_turn(run, messages, schema)
             try:
                 data = json.loads(turn.content)
                 errors = validate_arguments(check_schema(schema), data)
@@ -271,6 +312,19 @@ class VlmAgent:
             f"the classification did not fit the schema twice: {last_error}", raw
         )
 
+    async def _classify_turn(
+        self, run: _Run, messages: list[dict[str, Any]], schema: dict[str, Any]
+    ) -> ChatTurn:
+        if run.mode != "tools":
+            return await self.vlm.chat(messages, format=schema)
+        try:
+            return await self.vlm.chat(messages, format=schema, tools=self._tools(run))
+        except ToolsUnsupportedError as exc:
+            _LOGGER.warning("%s; using the JSON-only flow", exc)
+            self.profile = ModelProfile(self.vlm.model, ("completion",), source="server")
+            run.mode = "json"
+            return await self.vlm.chat(messages, format=schema)
+
     # -- the tool loop --------------------------------------------------------------------
 
     async def _act(self, run: _Run, images: Sequence[bytes]) -> None:
@@ -294,7 +348,10 @@ class VlmAgent:
     async def _tool_loop(self, run: _Run, images: Sequence[bytes]) -> None:
         assert run.classification is not None
         tools = self._tools(run)
-        names = [t["function"]["name"] for t in tools]
+        names = {t["function"]["name"] for t in tools}
+        c = run.classification
+        hits = await self._search(f"{c.defect_type} {c.description}")
+        self._keep_refs(run, hits)
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": prompts.system_prompt(run.station)},
             {
@@ -304,18 +361,22 @@ class VlmAgent:
             {"role": "assistant", "content": run.classification.model_dump_json()},
             {
                 "role": "user",
-                "content": prompts.agent_prompt(run.classification.model_dump(mode="json"), names),
+                "content": prompts.agent_prompt(c.model_dump(mode="json"), _hits_text(hits)),
             },
         ]
         for _ in range(self.config.max_tool_rounds):
             run.rounds += 1
             turn = await self.vlm.chat(messages, tools=tools)
-            calls = turn.tool_calls or parse_text_tool_calls(turn.content)
+            calls = turn.tool_calls or parse_text_tool_calls(turn.content, names)
             echo: dict[str, Any] = {"role": "assistant", "content": turn.content}
-            structured = [c for c in calls if isinstance(c.arguments, dict)]
+            structured = [
+                (c.name, args)
+                for c in calls
+                if c.name and (args := c.argument_object()) is not None
+            ]
             if structured:
                 echo["tool_calls"] = [
-                    {"function": {"name": c.name, "arguments": c.arguments}} for c in structured
+                    {"function": {"name": name, "arguments": args}} for name, args in structured
                 ]
             messages.append(echo)
             if not calls:
@@ -336,12 +397,31 @@ class VlmAgent:
         _LOGGER.warning("incident %s: %s", run.incident.incident_id, run.error)
 
     async def _dispatch(self, run: _Run, call: ToolCall) -> str:
-        """Run one tool call; the text returned is what the model reads."""
+        """Run one tool call; the text returned is what the model reads. A call the model
+        wrote wrong (no name, arguments that are not an object, a tool not offered, arguments
+        against the schema) is refused, told to the model and kept with what it wrote."""
+        run.tool_calls += 1
+        args = call.argument_object()
+        if not call.name or args is None:
+            run.bad_tool_calls += 1
+            problem = "no tool name" if not call.name else "arguments that are not a JSON object"
+            run.actions.append(
+                ActionRecord(
+                    tool=call.name or "(none)",
+                    arguments={"raw": call.raw or repr(call.arguments)[:_RAW_LIMIT]},
+                    status=ActionStatus.REFUSED,
+                    detail=f"malformed tool call: {problem}",
+                    at=datetime.now(UTC),
+                    by="model",
+                )
+            )
+            return f"error: malformed tool call ({problem}); call it again with an object"
+        call = ToolCall(call.name, args, call.raw)
         if call.name in BUILTIN_SPECS:
             return await self._builtin(run, call)
-        record = await self.guard.call(
-            call.name, call.arguments, run.context, run.offered, by="model"
-        )
+        record = await self.guard.call(call.name, args, run.context, run.offered, by="model")
+        if record.status == ActionStatus.REFUSED:
+            run.bad_tool_calls += 1
         run.actions.append(record)
         if record.status == ActionStatus.AWAITING_CONFIRMATION:
             self._confirm_request(run, record)
@@ -354,6 +434,7 @@ class VlmAgent:
         """Run one of `BUILTIN_SPECS`; they skip the guard, so their arguments are checked here."""
         errors = validate_arguments(BUILTIN_SPECS[call.name][1], call.arguments)
         if errors:
+            run.bad_tool_calls += 1
             _LOGGER.warning(
                 "incident %s: %s refused: %s",
                 run.incident.incident_id,
@@ -372,6 +453,7 @@ class VlmAgent:
                 probable_cause=args["probable_cause"],
                 fix_steps=tuple(args["fix_steps"]),
                 manual_refs=tuple(run.refs),
+                manual_section=str(args.get("manual_section") or "").strip("[] ") or None,
             )
             return "report saved"
         return self._alert(run, args["message"], Severity(args["severity"]), by="model")

@@ -29,6 +29,7 @@ from edge_inspector.events import (
     VlmStatus,
 )
 from edge_inspector.sinks import EventSink
+from edge_inspector.vlm import prompts
 from tests.conftest import jpeg
 from tests.ollama_server import DEFAULT_MODEL, FakeOllama, Reply
 from tests.waiting import until
@@ -71,7 +72,7 @@ class Recorder(EventSink):
 
     async def final(self, incident_id: str, timeout: float = 20.0) -> Incident:
         """The first update of the incident in a final VLM state."""
-        done = (VlmStatus.DONE, VlmStatus.INVALID, VlmStatus.FAILED)
+        done = (VlmStatus.DONE, VlmStatus.INVALID, VlmStatus.FAILED, VlmStatus.SKIPPED)
         return await self.status(incident_id, *done, timeout=timeout)
 
 
@@ -268,7 +269,7 @@ async def test_an_incident_is_classified_reported_looked_up_and_acted_on(
     assert stored == done
     vlm = done.vlm
     assert vlm is not None
-    assert (vlm.model, vlm.prompt_version) == (config.vlm.model, "2026-11-27.1")
+    assert (vlm.model, vlm.prompt_version) == (config.vlm.model, prompts.PROMPT_VERSION)
     if backend == "real":  # a real model's words are its own: check the shape only
         assert vlm.status in (VlmStatus.DONE, VlmStatus.INVALID, VlmStatus.FAILED)
         if vlm.status == VlmStatus.DONE:
@@ -404,7 +405,7 @@ async def test_a_tool_loop_that_never_ends_is_capped(
 ) -> None:
     ollama.script = lambda body: (
         classification().content and Reply.tools(("search_manual", {"query": "scratch"}))
-        if body.get("tools")
+        if not body.get("format")  # the tool loop (the classification is asked with a schema)
         else classification()
     )
     sink = Recorder()
@@ -544,7 +545,7 @@ async def test_a_500_opens_the_breaker_and_incidents_wait_then_recover(
         assert len(ollama.calls) - calls_while_open <= 2  # the probe (one request, or two)
         ollama.fail_all = None
         ollama.script = lambda body: (
-            Reply(content="done") if body.get("tools") else classification()
+            Reply(content="done") if not body.get("format") else classification()
         )
         done = [await sink.final(i.incident_id) for i in (first, second)]
     assert all(d.vlm is not None and d.vlm.status == VlmStatus.DONE for d in done)
@@ -568,7 +569,7 @@ async def test_a_hanging_server_times_out_and_one_that_dies_mid_stream_is_retrie
         died = await sink.status(hung.incident_id, VlmStatus.UNAVAILABLE, timeout=10)
         ollama.queue(Reply(stream_error="an error was encountered while running the model"))
         ollama.script = lambda body: (
-            Reply(content="done") if body.get("tools") else classification()
+            Reply(content="done") if not body.get("format") else classification()
         )
         done = await sink.final(hung.incident_id, timeout=20)
     assert died.vlm is not None
@@ -589,7 +590,9 @@ async def test_pending_incidents_survive_a_restart(
     async with Engine(config) as engine:
         incident = await _defect(engine, scenes[0])
     ollama.hang_all = False
-    ollama.script = lambda body: Reply(content="done") if body.get("tools") else classification()
+    ollama.script = lambda body: (
+        Reply(content="done") if not body.get("format") else classification()
+    )
     sink = Recorder()
     async with Engine(config, sinks=[sink]) as engine:
         done = await sink.final(incident.incident_id)
@@ -867,7 +870,7 @@ async def test_the_demo_enriches_its_incidents_when_given_an_ollama_host(
     assert "VLM    incident" in text and "dent/high (0.80)" in text
     assert "manual  demo-line.md § Demo line: plate press and conveyor > Troubleshooting" in text
     assert "action  divert_part -> failed: no mqtt target is connected" in text  # no --mqtt
-    assert "0 waiting" in text
+    assert "0 still pending" in text
     db = sqlite3.connect(tmp_path / "demo" / "history.sqlite3")
     rows = [
         IncidentModel.model_validate_json(r[0]) for r in db.execute("SELECT payload FROM incidents")
@@ -880,3 +883,177 @@ async def test_the_demo_enriches_its_incidents_when_given_an_ollama_host(
         assert vlm.report is not None and vlm.report.manual_refs
         assert vlm.report.manual_refs[0].section.endswith(("Dents", "Scratches", "Cracks", "Spots"))
         assert [(a.tool, a.status) for a in vlm.actions] == [("divert_part", "failed")]
+
+
+async def test_the_demo_counts_the_incidents_the_model_did_not_answer_in_time(
+    tmp_path: Path, ollama: FakeOllama
+) -> None:
+    """A slow model: when the demo's wait for the last answers runs out, its summary says how
+    many incidents are still pending (they stay in the store), not "0 waiting"."""
+    import io
+
+    from edge_inspector.demo.runner import run_demo
+
+    ollama.script = lambda body: Reply(delay=30.0)  # slower than the demo waits
+    out = io.StringIO()
+    reporter = await run_demo(
+        frames=60,
+        duration=None,
+        store=tmp_path / "demo",
+        fps=0,
+        out=out,
+        ollama=ollama.url,
+        vlm_grace=0.5,
+    )
+    assert reporter.incidents, "the demo should find defects in 60 frames"
+    summary = out.getvalue().split("Edge Inspector demo summary")[1]
+    pending = len(reporter.incidents) - len(reporter.enriched)
+    assert pending > 0
+    assert f"0 of {len(reporter.incidents)} incidents answered" in summary
+    assert f"{pending} still pending (kept in the store" in summary
+
+
+# -- what the model can do, and what it writes wrong ---------------------------------------------
+
+
+def _colour_name(image_b64: str) -> str:
+    """What a model that sees would say of a one-colour picture."""
+    import base64
+
+    data = np.frombuffer(base64.b64decode(image_b64), dtype=np.uint8)
+    b, g, r = cv2.imdecode(data, cv2.IMREAD_COLOR).reshape(-1, 3).mean(axis=0)
+    return {(1, 0, 0): "blue", (0, 1, 1): "yellow"}.get(
+        (round(b / 255), round(g / 255), round(r / 255)), "grey"
+    )
+
+
+@pytest.mark.parametrize("sees", [False, True])
+async def test_a_server_that_does_not_list_capabilities_is_probed_and_a_blind_model_gets_no_images(
+    sees: bool,
+    ollama: FakeOllama,
+    vlm_config: Callable[..., EngineConfig],
+    scenes: list[ConveyorFrame],
+) -> None:
+    """Ollama before 0.6 has no `capabilities` in /api/show. The template shows tools; two
+    one-colour pictures tell a model that sees from one that does not; images go only to the
+    first, and the incident says what the model judged from."""
+    ollama.models[DEFAULT_MODEL] = None
+    probes: list[dict[str, Any]] = []
+
+    def model(body: dict[str, Any]) -> Reply:
+        if body.get("format"):
+            return classification()
+        if body.get("tools"):
+            return Reply(content="Handled.")
+        probes.append(body)
+        images = body["messages"][-1].get("images") or []
+        return Reply(content=_colour_name(images[0]) if sees and images else "I cannot tell.")
+
+    ollama.script = model
+    sink = Recorder()
+    async with Engine(vlm_config(ollama.url), sinks=[sink]) as engine:
+        done = await sink.final((await _defect(engine, scenes[0])).incident_id)
+        assert engine.enricher is not None
+        profile = engine.enricher.agent.profile
+    assert profile is not None and profile.source == "probe"
+    assert "tools" in (profile.capabilities or ())
+    assert ("vision" in (profile.capabilities or ())) is sees
+    assert len(probes) == (2 if sees else 1)  # a wrong first answer ends the probe
+    assert done.vlm is not None and done.vlm.status == VlmStatus.DONE
+    assert done.vlm.mode == "tools"
+    classify = next(r for r in ollama.requests if r.get("format"))
+    if sees:
+        assert done.vlm.evidence == "images"
+        assert len(classify["messages"][1]["images"]) == 2
+    else:
+        assert done.vlm.evidence == "text"
+        assert "images" not in classify["messages"][1]
+        assert "judge from the detector's findings" in classify["messages"][1]["content"]
+
+
+async def test_tool_calls_written_wrong_are_the_models_fault_not_the_servers(
+    ollama: FakeOllama,
+    vlm_config: Callable[..., EngineConfig],
+    scenes: list[ConveyorFrame],
+    webhook: Webhook,
+) -> None:
+    """Arguments as a JSON string (as some Ollama-compatible servers send them) are read;
+    arguments that are not an object, and a call with no name, are refused and kept as the
+    model wrote them. The incident ends `done`, the server is not marked unavailable and the
+    circuit breaker does not count it."""
+    ollama.queue(
+        classification(),
+        Reply.tools(
+            ("alert_operator", '{"message": "Scratch on press 2", "severity": "medium"}'),
+            ("divert_part", "bin=reject please"),
+            ("divert_part", ["reject"]),
+            ("", {"bin": "reject"}),
+        ),
+        Reply(content="Done."),
+    )
+    sink = Recorder()
+    async with Engine(vlm_config(ollama.url), sinks=[sink]) as engine:
+        done = await sink.final((await _defect(engine, scenes[0])).incident_id)
+        assert engine.enricher is not None
+        breaker, unavailable = engine.enricher.breaker.state, engine.enricher.unavailable
+    vlm = done.vlm
+    assert vlm is not None and vlm.status == VlmStatus.DONE, vlm.error
+    assert (breaker, unavailable) == ("closed", 0)
+    assert [u.vlm.status for u in sink.updates if u.vlm] == [VlmStatus.DONE]  # never unavailable
+    assert (vlm.tool_calls, vlm.invalid_tool_calls) == (4, 3)
+    got = [(a.tool, a.status, a.detail) for a in vlm.actions]
+    assert got == [
+        ("alert_operator", ActionStatus.EXECUTED, "operator alerted"),
+        (
+            "divert_part",
+            ActionStatus.REFUSED,
+            "malformed tool call: arguments that are not a JSON object",
+        ),
+        (
+            "divert_part",
+            ActionStatus.REFUSED,
+            "malformed tool call: arguments that are not a JSON object",
+        ),
+        ("(none)", ActionStatus.REFUSED, "malformed tool call: no tool name"),
+    ]
+    assert "bin=reject please" in vlm.actions[1].arguments["raw"]
+    assert webhook.calls == []  # nothing malformed reached the line
+    answers = [m for m in ollama.requests[-1]["messages"] if m["role"] == "tool"]
+    assert [a["content"].startswith("error: malformed tool call") for a in answers] == [
+        False,
+        True,
+        True,
+        True,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '<tool_call>{"name": "alert_operator", "arguments": {"message": "m"}}</tool_call>',
+            [("alert_operator", {"message": "m"})],
+        ),
+        (
+            '```json\n[{"function": {"name": "divert_part", '
+            '"arguments": "{\\"bin\\": \\"x\\"}"}}]\n```',
+            [("divert_part", {"bin": "x"})],
+        ),
+        # a small model's habit: the tool's name as the key (seen from Qwen2.5-Coder 1.5B)
+        (
+            '{"write_incident_report": {"summary": "s", "fix_steps": []}}',
+            [("write_incident_report", {"summary": "s", "fix_steps": []})],
+        ),
+        ('{"summary": {"text": "not a tool"}}', []),  # a key that names no tool offered
+        ('{"defect_type": "scratch"}', []),
+        ("Handled: the part was diverted.", []),
+    ],
+)
+def test_tool_calls_in_text_are_read_only_when_they_are_calls(
+    text: str, expected: list[tuple[str, Any]]
+) -> None:
+    from edge_inspector.vlm.client import parse_text_tool_calls
+
+    names = {"alert_operator", "divert_part", "write_incident_report"}
+    got = [(c.name, c.arguments) for c in parse_text_tool_calls(text, names)]
+    assert got == expected

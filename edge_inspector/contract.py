@@ -46,8 +46,11 @@ class VlmStatus:
     error: str | None = None  # None: it answers
     model_missing: bool = False  # the configured model is not on the Ollama server
     breaker: str | None = None  # closed, open or half_open
-    queue_depth: int | None = None  # incidents waiting for the model
+    queue_depth: int | None = None  # incidents waiting for the model or being answered
     enriched: int | None = None  # incidents the model has finished since the engine started
+    oldest_pending_s: float | None = None  # the oldest unanswered incident's wait (None: none)
+    skipped: int | None = None  # incidents over `vlm.max_age`, since the engine started
+    coalesced: int | None = None  # repeats answered by another incident's call, since then
 
     @property
     def ok(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,9 +37,10 @@ from .events import (
     StationState,
     VlmResult,
 )
+from .holdback import HoldBackFanout
 from .plc.actions import PlcActionPort  # no protocol library until an action runs
 from .quality import QualityMonitor
-from .sinks import EventSink, SinkFanout
+from .sinks import EventSink
 from .sources import FrameSource, build_source
 from .station import Station
 from .store import ClassCount, RateBucket, Store
@@ -81,8 +83,15 @@ class Engine:
         inference_executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.config = config
-        self.sinks = SinkFanout(sinks)
         self.store = store or Store(config.store.path, config.store.retention)
+        # the stations with `vlm_hold` announce a defect once the VLM has judged it; the
+        # enricher (which judges it) hears of it at once
+        self.sinks = HoldBackFanout(
+            sinks,
+            max_wait={s.id: s.vlm_hold.max_wait for s in config.stations if s.vlm_hold.enabled},
+            store=self.store,
+            at_once=lambda sink: sink is self.enricher,
+        )
         self._own_session = session is None
         self._session = session
         self._cache_dir = cache_dir
@@ -213,11 +222,20 @@ class Engine:
             manuals_config=self.config.manuals,
         )
         enricher = IncidentEnricher(
-            self.config, self.store, self.sinks, agent, executor=self._executor
+            self.config,
+            self.store,
+            self.sinks,
+            agent,
+            executor=self._executor,
+            on_backlog=self._vlm_backlog_changed,
         )
         self.sinks.add(enricher)
         await enricher.start()
         return enricher
+
+    def _vlm_backlog_changed(self, station_id: str) -> None:
+        if (station := self.stations.get(station_id)) is not None:
+            station.refresh_state()  # its state shows its incidents waiting for the VLM
 
     async def _index_manuals(self, manuals: ManualIndex) -> None:
         folder = self.config.manuals.dir
@@ -295,6 +313,9 @@ class Engine:
             sink=self.sinks,
             executor=self._executor,
             vlm_initial=vlm_initial,
+            vlm_backlog=None
+            if self.enricher is None
+            else functools.partial(self.enricher.station_backlog, config.id),
         )
         self.stations[config.id] = station
         await station.start()
@@ -315,6 +336,7 @@ class Engine:
             await self.enricher.stop()
             self.sinks.remove(self.enricher)
             self.enricher = None
+        await self.sinks.release_held()  # as unconfirmed: the VLM has stopped
         for queue in self._inference.values():
             await queue.close()
         self._inference.clear()
@@ -498,6 +520,9 @@ class Engine:
             breaker=enricher.breaker.state,
             queue_depth=enricher.queue_depth,
             enriched=enricher.enriched,
+            oldest_pending_s=enricher.oldest_pending_s,
+            skipped=enricher.skipped,
+            coalesced=enricher.coalesced,
         )
 
     async def report_missed_defect(

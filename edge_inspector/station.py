@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -80,9 +80,12 @@ class Station:
         sink: EventSink,
         executor: Executor | None = None,
         vlm_initial: VlmResult | None = None,
+        vlm_backlog: Callable[[], tuple[int, float | None]] | None = None,
     ) -> None:
         self.config = config
         self._vlm_initial = vlm_initial  # what a new incident says about the VLM (None: off)
+        # this station's incidents waiting for the VLM, and the oldest one's wait (None: off)
+        self._vlm_backlog = vlm_backlog
         self._pushed = isinstance(source, PushSource)
         # a station wired to a PLC says so from the start: unavailable until the link is up
         self.plc: Literal["connected", "unavailable"] | None = (
@@ -160,7 +163,12 @@ class Station:
         sees detections up to 0.25, below any class's threshold, to keep its tracks)."""
         return min(*self.rules.thresholds.values(), 0.25)
 
+    def refresh_state(self) -> None:
+        """Publish the state again soon (at most once a second): what it shows changed."""
+        self._mark_state()
+
     def state(self) -> StationState:
+        vlm_queue, vlm_oldest = (None, None) if self._vlm_backlog is None else self._vlm_backlog()
         return StationState(
             station_id=self.id,
             name=self.config.name,
@@ -184,6 +192,8 @@ class Station:
             push=self._pushed,
             plc=self.plc,
             plc_error=self.plc_error,
+            vlm_queue=vlm_queue,
+            vlm_oldest_pending_s=vlm_oldest,
             updated_at=datetime.now(UTC),
         )
 

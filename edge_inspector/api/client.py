@@ -457,6 +457,9 @@ class RemoteEngine:
             breaker=breaker,
             queue_depth=detail.get("queue_depth"),
             enriched=detail.get("enriched"),
+            oldest_pending_s=detail.get("oldest_pending_s"),
+            skipped=detail.get("skipped"),
+            coalesced=detail.get("coalesced"),
         )
 
     # -- events ------------------------------------------------------------------------------

@@ -187,6 +187,23 @@ class _EngineCollector(Collector):
         if enricher is not None:
             vlm_up.add_metric([], int(enricher.last_error is None))
         yield vlm_up
+        oldest = GaugeMetricFamily(
+            "edge_inspector_vlm_oldest_pending_seconds",
+            "How long the oldest incident not answered by the VLM has waited (0: none waits).",
+        )
+        if enricher is not None:
+            oldest.add_metric([], enricher.oldest_pending_s or 0.0)
+        yield oldest
+        counts = (
+            ("skipped", "Incidents the VLM skipped: they waited over vlm.max_age."),
+            ("coalesced", "Repeats answered by another incident's VLM call."),
+            ("displaced", "Incidents a full VLM queue left pending in the store, for later."),
+        )
+        for name, documentation in counts:
+            counter = CounterMetricFamily(f"edge_inspector_vlm_{name}", documentation)
+            if enricher is not None:
+                counter.add_metric([], enricher.counts[name])
+            yield counter
         mqtt = GaugeMetricFamily(
             "edge_inspector_mqtt_connected", "1 while connected to the broker."
         )

@@ -119,8 +119,17 @@ class VlmDetail(BaseModel):
     error: str | None
     model_missing: bool = Field(description="The Ollama server lacks the configured model.")
     breaker: Literal["closed", "open", "half_open"] | None
-    queue_depth: int | None
+    queue_depth: int | None = Field(description="Incidents waiting for the model or answered now.")
     enriched: int | None
+    oldest_pending_s: float | None = Field(
+        description="Seconds the oldest incident not answered yet has waited (null: none)."
+    )
+    skipped: int | None = Field(
+        description="Incidents marked `skipped` (over `vlm.max_age`) since the engine started."
+    )
+    coalesced: int | None = Field(
+        description="Repeats answered by another incident's call since the engine started."
+    )
 
 
 class Health(BaseModel):

@@ -1,23 +1,29 @@
-"""Runs the agent off the detection path: a bounded queue, a concurrency limit, a circuit
+"""Runs the agent off the detection path: a bounded backlog, a concurrency limit, a circuit
 breaker, and retries from the store.
 
-An incident leaves the station at once with `vlm: pending`. This sink queues its id; a worker
-asks the agent and writes the result back to the store (changing only the `vlm` field, so an
-operator's acknowledgement in the meantime stands), then tells the sinks with
-`on_incident_update`. When Ollama is down the incident is marked `unavailable`; a sweep re-reads
-pending and unavailable incidents from the store every `retry_interval`, which also covers a
-full queue and a restart.
+An incident leaves the station at once with `vlm: pending`. This sink offers it to the backlog
+(`backlog.py`: priorities, repeats coalesced, bounded); a worker takes the group that goes
+next, asks the agent about its first incident and writes the result back to the store
+(changing only the `vlm` field, so an operator's acknowledgement in the meantime stands), then
+tells the sinks with `on_incident_update`. The group's repeats get a copy of the answer that
+names the incident it came from (`coalesced_with`), without its actions. An incident that
+waited longer than `vlm.max_age` when its turn comes is marked `skipped` with the reason. When
+Ollama is down the incident is marked `unavailable`; a sweep re-reads pending and unavailable
+incidents from the store every `retry_interval`, which also covers what a full backlog let go
+and a restart. Every incident so ends `done` (or `invalid`, `failed`), `skipped`, or still
+`pending` in the store, where it is counted (`oldest_pending_s`): none is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import cv2
@@ -32,11 +38,20 @@ from ..tasks import cancel
 from ..tools.actions import ActionContext
 from . import prompts
 from .agent import VlmAgent
+from .backlog import Backlog, Group, Waiting
 from .client import VlmModelMissingError, VlmUnavailableError
+from .verdict import verdict_of
 
 __all__ = ["CircuitBreaker", "IncidentEnricher", "pending_result"]
 
 _LOGGER = logging.getLogger(__name__)
+
+# the statuses of an incident the model has not answered yet
+_WAITING = (VlmStatus.PENDING, VlmStatus.UNAVAILABLE)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def pending_result(model: str) -> VlmResult:
@@ -127,33 +142,84 @@ class IncidentEnricher(EventSink):
         *,
         executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = _utc_now,
+        on_backlog: Callable[[str], None] | None = None,
     ) -> None:
+        """`clock` times the breaker, `now` the incidents' waits (against their `created_at`);
+        `on_backlog(station_id)` is called when a station's incidents join or leave the
+        backlog (its state shows them)."""
         self.config = config
         self.vlm = config.vlm
         self._store = store
         self._sink = sink
         self.agent = agent
         self._executor = executor
+        self._now = now
+        self._on_backlog = on_backlog
         self._stations = {s.id: s for s in config.stations}
         self.breaker = CircuitBreaker(self.vlm.breaker.failures, self.vlm.breaker.cooldown, clock)
-        self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=self.vlm.queue_size)
-        self._known: set[str] = set()  # queued or in flight
+        self.backlog = Backlog(
+            self.vlm.queue_size,
+            policy=self.vlm.backlog_policy,
+            coalesce_window=self.vlm.coalesce_window,
+            priority_confidence=self.vlm.priority_confidence,
+        )
+        self.max_age = (self.vlm.max_age or None) if self.vlm.backlog_policy else None
+        # Pending in the store but not in the backlog (a full backlog let them go): by id,
+        # their station and time, so the oldest wait is told. The sweep offers them again.
+        self._in_store: dict[str, tuple[str, datetime]] = {}
+        self._ready = asyncio.Event()  # the backlog has a group to answer
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self.enriched = 0
         self.unavailable = 0
+        self.skipped = 0  # over `max_age`
+        self.coalesced = 0  # answered by a repeat's call
+        self.displaced = 0  # let go, or refused, by a full backlog: left pending in the store
         self.last_error: str | None = None
         self.model_missing = False  # the last failure: the server lacks the model
         self.idle = asyncio.Event()
 
     @property
     def queue_depth(self) -> int:
-        return len(self._known)
+        """Incidents waiting for the VLM or being answered."""
+        return len(self.backlog)
 
     @property
     def queued(self) -> int:
-        """Incidents waiting for the VLM."""
-        return self._queue.qsize()
+        """Incidents waiting for their turn."""
+        return self.backlog.queued
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Incidents since the start: `skipped`, `coalesced`, `displaced` (the metrics')."""
+        return {
+            "skipped": self.skipped,
+            "coalesced": self.coalesced,
+            "displaced": self.displaced,
+        }
+
+    @property
+    def oldest_pending_s(self) -> float | None:
+        """Seconds the oldest incident not answered yet has waited (None: none waits)."""
+        return self._oldest(None)
+
+    def station_backlog(self, station_id: str) -> tuple[int, float | None]:
+        """A station's incidents waiting or being answered, and the oldest one's wait in
+        seconds (that of one waiting in the store too)."""
+        count = sum(1 for m in self.backlog.members() if m.station_id == station_id)
+        return count, self._oldest(station_id)
+
+    def _oldest(self, station_id: str | None) -> float | None:
+        times = [
+            m.created_at
+            for m in self.backlog.members()
+            if station_id is None or m.station_id == station_id
+        ]
+        times += [t for sid, t in self._in_store.values() if station_id in (None, sid)]
+        if not times:
+            return None
+        return round(max(0.0, (self._now() - min(times)).total_seconds()), 1)
 
     async def start(self) -> None:
         self._tasks = [
@@ -169,31 +235,60 @@ class IncidentEnricher(EventSink):
 
     # -- intake ---------------------------------------------------------------------------
 
-    def _offer(self, incident_id: str) -> bool:
-        if incident_id in self._known:
+    def _offer(self, incident: Incident) -> bool:
+        """Into the backlog; False when a full backlog refused it (it waits in the store)."""
+        if incident.incident_id in self.backlog:
             return True
-        try:
-            self._queue.put_nowait(incident_id)
-        except asyncio.QueueFull:
-            return False  # it stays pending in the store; the sweep takes it later
-        self._known.add(incident_id)
+        station = self._stations.get(incident.station_id)
+        triggered = station is not None and station.mode == "triggered"
+        return self._queue(self.backlog.waiting(incident, triggered=triggered))
+
+    def _queue(self, item: Waiting) -> bool:
+        offer = self.backlog.offer(item)
+        if offer.displaced is not None:
+            self._left_in_store(offer.displaced)
+        if not offer.queued:
+            self._left_in_store(item)
+            return False
+        self._in_store.pop(item.incident_id, None)
         self.idle.clear()
+        self._ready.set()
+        self._backlog_changed(item.station_id)
         return True
+
+    def _left_in_store(self, item: Waiting) -> None:
+        if item.incident_id in self._in_store:
+            return
+        self._in_store[item.incident_id] = (item.station_id, item.created_at)
+        self.displaced += 1
+        if self.displaced in (1, 10, 100) or self.displaced % 1000 == 0:
+            _LOGGER.warning(
+                "VLM: the queue is full (%d); %d incident(s) so far left pending in the store "
+                "for later",
+                self.vlm.queue_size,
+                self.displaced,
+            )
+        self._backlog_changed(item.station_id)
+
+    def _backlog_changed(self, station_id: str) -> None:
+        if self._on_backlog is not None:
+            self._on_backlog(station_id)
 
     async def on_incident(self, incident: Incident) -> None:
         if incident.vlm is not None and incident.vlm.status == VlmStatus.PENDING:
-            self._offer(incident.incident_id)
+            self._offer(incident)
 
     async def _sweeper(self) -> None:
         first = True
         while True:
+            await self._expire()
             if self.breaker.state != "open":
                 if self.agent.profile is None and self.breaker.allow():
                     await self._check_server(first)
                 if self.agent.profile is not None:
                     await self._offer_pending()
             first = False
-            if not self._known:
+            if not self.backlog:
                 self.idle.set()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -201,12 +296,71 @@ class IncidentEnricher(EventSink):
                     await self._wake.wait()
 
     async def _offer_pending(self) -> None:
+        """Offer the oldest incidents the store has waiting (pending or unavailable): those a
+        full backlog let go, those Ollama could not answer, those from before a restart."""
+        limit = self.vlm.queue_size
         try:
-            for ident in await self._store.incidents_awaiting_vlm(self.vlm.queue_size):
-                if not self._offer(ident):
-                    break
+            idents = await self._store.incidents_awaiting_vlm(limit)
+            for ident in idents:
+                if ident in self.backlog:
+                    continue
+                incident = await self._store.incident(ident)
+                if incident is None or incident.vlm is None:
+                    continue
+                if self._waited(incident) is not None:
+                    await self._skip(incident)
+                elif not self._offer(incident) and not self.backlog.policy:
+                    break  # first in, first out: none after it gets in either
         except EdgeInspectorError as exc:
             _LOGGER.error("VLM: cannot read pending incidents: %s", exc)
+            return
+        if len(idents) < limit:  # all the store has waiting: forget what is no longer
+            read = set(idents)
+            for ident in [i for i in self._in_store if i not in read]:
+                del self._in_store[ident]
+
+    # -- max age ---------------------------------------------------------------------------
+
+    def _waited(self, incident: Incident | Waiting) -> float | None:
+        """Seconds it has waited, when that is over `max_age` (None: not too old)."""
+        if self.max_age is None:
+            return None
+        waited = (self._now() - incident.created_at).total_seconds()
+        return waited if waited > self.max_age else None
+
+    async def _expire(self) -> None:
+        """Skip the incidents that waited too long in the backlog for their turn."""
+        if self.max_age is None:
+            return
+        cutoff = self._now() - timedelta(seconds=self.max_age)
+        for item in self.backlog.expire(cutoff):
+            self._backlog_changed(item.station_id)
+            incident = await self._store.incident(item.incident_id)
+            if incident is not None:
+                await self._skip(incident)
+
+    async def _skip(self, incident: Incident) -> None:
+        """Mark it `skipped`: it waited longer than `max_age`, and is never sent."""
+        waited = (self._now() - incident.created_at).total_seconds()
+        error = f"waited {waited:.0f} s, over vlm.max_age {self.max_age:g} s"
+
+        def change(current: Incident) -> Incident | None:
+            if current.vlm is None or current.vlm.status not in _WAITING:
+                return None
+            vlm = current.vlm.model_copy(
+                update={"status": VlmStatus.SKIPPED, "error": error, "updated_at": self._now()}
+            )
+            return current.model_copy(update={"vlm": vlm})
+
+        self._in_store.pop(incident.incident_id, None)
+        try:
+            updated = await self._store.modify_incident(incident.incident_id, change)
+        except EdgeInspectorError as exc:
+            _LOGGER.error("VLM: cannot mark incident %s skipped: %s", incident.incident_id, exc)
+            return
+        if updated is not None and updated.vlm is not None and updated.vlm.error == error:
+            self.skipped += 1
+            await self._sink.on_incident_update(updated)
 
     async def _check_server(self, first: bool) -> None:
         try:
@@ -241,64 +395,166 @@ class IncidentEnricher(EventSink):
 
     async def _worker(self) -> None:
         while True:
-            ident = await self._queue.get()
+            group = self.backlog.take()
+            if group is None:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            again: list[Waiting] = []
             try:
-                await self._enrich(ident)
+                again = await self._answer(group)
             except asyncio.CancelledError:
                 raise
             except Exception:  # one incident must not stop the worker
-                _LOGGER.exception("VLM: enriching incident %s failed", ident)
+                _LOGGER.exception("VLM: enriching incident %s failed", group.members[0].incident_id)
             finally:
-                self._known.discard(ident)
-                if not self._known:
-                    self.idle.set()
+                self.backlog.done(group)
+                for station_id in {m.station_id for m in group.members}:
+                    self._backlog_changed(station_id)
+            for item in again:  # a leader without an answer: its repeats get their own turn
+                self._queue(item)
+            if not self.backlog:
+                self.idle.set()
 
     async def _images(self, incident: Incident) -> list[bytes]:
         loop = asyncio.get_running_loop()
         out = []
         for stored in (incident.crop_path, incident.frame_path):
             found = self._store.image_file(stored)
-            path = None if found is None else str(found)
+            if found is None:
+                continue
             data = await loop.run_in_executor(
-                self._executor, _prepare_image, path, self.vlm.image_max_side, self.vlm.jpeg_quality
+                self._executor,
+                _prepare_image,
+                str(found),
+                self.vlm.image_max_side,
+                self.vlm.jpeg_quality,
             )
             if data is not None:
                 out.append(data)
         return out
 
-    async def _enrich(self, ident: str) -> None:
-        incident = await self._store.incident(ident)
-        if incident is None or incident.vlm is None:
-            return
-        if incident.vlm.status not in (VlmStatus.PENDING, VlmStatus.UNAVAILABLE):
-            return
-        station = self._stations.get(incident.station_id)
-        if station is None:
-            return
+    async def _answer(self, group: Group) -> list[Waiting]:
+        """Ask the agent about the group's leader (`Group.leader`); the other incidents of
+        the group get a copy of a `done` answer. Returns the repeats to offer again when the
+        answer is not `done` (each deserves its own try then)."""
+        incidents = await self._still_waiting(group)
+        # its leader among those read (more repeats may have joined meanwhile)
+        read = [m for m in group.members if m.incident_id in incidents]
+        first = group.leader(read) if read else None
+        station = None if first is None else self._stations.get(first.station_id)
+        if first is None or station is None:
+            return []
+        leader = incidents[first.incident_id]
         if not self.breaker.allow():
-            await self._mark_unavailable(incident, self.last_error or "Ollama is not answering")
-            return
+            await self._unavailable(group, self.last_error or "Ollama is not answering")
+            return []
         try:
-            outcome = await self.agent.run(incident, station, await self._images(incident))
+            early = (
+                functools.partial(self._early_verdict, leader.incident_id)
+                if station.vlm_hold.enabled
+                else None
+            )
+            outcome = await self.agent.run(
+                leader, station, await self._images(leader), on_classified=early
+            )
         except VlmUnavailableError as exc:
             self.agent.profile = None  # check the server and model again before the next try
             self._failed(exc)
-            await self._mark_unavailable(incident, str(exc))
-            return
+            await self._unavailable(group, str(exc))
+            return []
         self._recovered()
         updated = await self._store.modify_incident(
-            ident, lambda current: current.model_copy(update={"vlm": outcome.result})
+            leader.incident_id, lambda current: current.model_copy(update={"vlm": outcome.result})
         )
         if updated is None:
-            return
+            return []
         self.enriched += 1
         await self._sink.on_incident_update(updated)
         for alert in outcome.alerts:
             await self._sink.on_alert(alert)
+        if outcome.result.status != VlmStatus.DONE:
+            repeats = [m for m in group.members if m.incident_id != leader.incident_id]
+            self.backlog.release(group, repeats)
+            return repeats
+        # the repeats, also those that join while the answer is being copied
+        answered = {leader.incident_id}
+        while todo := [m for m in group.members if m.incident_id not in answered]:
+            for item in todo:
+                answered.add(item.incident_id)
+                await self._copy(item.incident_id, leader.incident_id, outcome.result)
+        return []
+
+    async def _early_verdict(self, incident_id: str, early: VlmResult) -> None:
+        """A held station's defect goes out as soon as the model has classified it (with its
+        verdict, still `pending`), not after the report and the actions."""
+
+        def change(current: Incident) -> Incident | None:
+            if current.vlm is None or current.vlm.status not in _WAITING:
+                return None
+            return current.model_copy(update={"vlm": early})
+
+        updated = await self._store.modify_incident(incident_id, change)
+        if updated is not None:
+            await self._sink.on_incident_update(updated)
+
+    async def _still_waiting(self, group: Group) -> dict[str, Incident]:
+        """The group's incidents as stored, by id, that still wait and are not too old (those
+        are skipped); the others leave the group."""
+        incidents: dict[str, Incident] = {}
+        gone: list[Waiting] = []
+        for item in list(group.members):
+            incident = await self._store.incident(item.incident_id)
+            if incident is None or incident.vlm is None or incident.vlm.status not in _WAITING:
+                gone.append(item)
+            elif self._waited(incident) is not None:
+                gone.append(item)
+                await self._skip(incident)
+            else:
+                incidents[item.incident_id] = incident
+        self.backlog.release(group, gone)
+        return incidents
+
+    async def _copy(self, incident_id: str, leader_id: str, answer: VlmResult) -> None:
+        """A repeat gets the answer about `leader_id`: its classification and report, not its
+        actions (taken once, for the leader)."""
+
+        def change(current: Incident) -> Incident | None:
+            if current.vlm is None or current.vlm.status not in _WAITING:
+                return None
+            # what the model judged is copied; what its call did and cost is the leader's
+            copied = VlmResult(
+                status=VlmStatus.DONE,
+                model=answer.model,
+                prompt_version=answer.prompt_version,
+                mode=answer.mode,
+                classification=answer.classification,
+                verdict=verdict_of(current.defect_class, answer.classification),
+                report=answer.report,
+                coalesced_with=leader_id,
+                attempts=current.vlm.attempts,
+                evidence=answer.evidence,
+                updated_at=self._now(),
+            )
+            return current.model_copy(update={"vlm": copied})
+
+        updated = await self._store.modify_incident(incident_id, change)
+        if updated is not None and updated.vlm is not None and updated.vlm.coalesced_with:
+            self.coalesced += 1
+            await self._sink.on_incident_update(updated)
+
+    async def _unavailable(self, group: Group, error: str) -> None:
+        """Every incident of the group waits for Ollama (the sweep offers them again)."""
+        for item in list(group.members):
+            incident = await self._store.incident(item.incident_id)
+            if incident is not None and incident.vlm is not None:
+                await self._mark_unavailable(incident, error)
 
     async def _mark_unavailable(self, incident: Incident, error: str) -> None:
         self.unavailable += 1
         assert incident.vlm is not None
+        # it waits in the store for Ollama: counted there until the sweep offers it again
+        self._in_store[incident.incident_id] = (incident.station_id, incident.created_at)
         if incident.vlm.status == VlmStatus.UNAVAILABLE and incident.vlm.error == error:
             return  # nothing new to tell
         result = incident.vlm.model_copy(
@@ -306,7 +562,7 @@ class IncidentEnricher(EventSink):
                 "status": VlmStatus.UNAVAILABLE,
                 "error": error,
                 "attempts": incident.vlm.attempts + 1,
-                "updated_at": datetime.now(UTC),
+                "updated_at": self._now(),
             }
         )
 
@@ -325,7 +581,7 @@ class IncidentEnricher(EventSink):
     async def wait_idle(self, timeout: float = 30.0) -> None:
         """Wait until nothing is queued or in flight (tests, the demo's end)."""
         async with asyncio.timeout(timeout):
-            while self._known:
+            while self.backlog:
                 self.idle.clear()
                 await self.idle.wait()
 

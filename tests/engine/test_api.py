@@ -410,6 +410,22 @@ async def test_metrics_parse_with_prometheus_client(service: Service) -> None:
         ),
         "edge_inspector_queue_depth": ("gauge", "Work waiting, by queue."),
         "edge_inspector_vlm_up": ("gauge", "1 while the VLM answers (absent: VLM off)."),
+        "edge_inspector_vlm_oldest_pending_seconds": (
+            "gauge",
+            "How long the oldest incident not answered by the VLM has waited (0: none waits).",
+        ),
+        "edge_inspector_vlm_skipped": (
+            "counter",
+            "Incidents the VLM skipped: they waited over vlm.max_age.",
+        ),
+        "edge_inspector_vlm_coalesced": (
+            "counter",
+            "Repeats answered by another incident's VLM call.",
+        ),
+        "edge_inspector_vlm_displaced": (
+            "counter",
+            "Incidents a full VLM queue left pending in the store, for later.",
+        ),
         "edge_inspector_mqtt_connected": ("gauge", "1 while connected to the broker."),
         "edge_inspector_websocket_clients": ("gauge", "Clients of the push channel."),
     }

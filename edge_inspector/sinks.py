@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .events import Incident, InspectionResult, OperatorAlert, QualityReport, StationState
 
@@ -69,11 +69,17 @@ class SinkFanout(EventSink):
     def remove(self, sink: EventSink) -> None:
         self._sinks.remove(sink)
 
-    async def _each(self, method: str, payload: object) -> None:
+    async def _each(
+        self, method: str, payload: object, only: Callable[[EventSink], bool] | None = None
+    ) -> None:
         # only the sinks that listen for this event (not EventSink's no-op): a station calls
-        # this for every frame
+        # this for every frame; `only` narrows them further
         base = getattr(EventSink, method)
-        sinks = [sink for sink in self._sinks if getattr(type(sink), method) is not base]
+        sinks = [
+            sink
+            for sink in self._sinks
+            if getattr(type(sink), method) is not base and (only is None or only(sink))
+        ]
         if not sinks:
             return
         results = await asyncio.gather(

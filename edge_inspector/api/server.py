@@ -856,6 +856,8 @@ class ApiServer(EventSink):
         while since is not None:
             page = await self.engine.store.incidents(since=since, limit=200, offset=offset)
             for incident in reversed(page):
+                if self.engine.sinks.is_held(incident.incident_id):
+                    continue  # told live once the VLM has judged it (`vlm_hold`)
                 kind = "missed_defect" if incident.extra.get("missed") else "incident"
                 data = incident.model_dump(mode="json")
                 await ws.send_str(json.dumps({"type": kind, "replay": True, "data": data}))

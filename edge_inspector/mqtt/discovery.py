@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import StationConfig
+from ..events import VlmVerdict
 from .topics import Topics
 
 __all__ = ["discovery_payload", "discovery_topic", "unique_prefix"]
@@ -89,6 +90,17 @@ _COMPONENTS: dict[str, tuple[str, dict[str, Any]]] = {
             "value_template": "{{ value_json.last_defect_class or 'none' }}",
         },
     ),
+    "last_verdict": (  # the VLM's verdict in the latest incident update (None: unknown)
+        "sensor",
+        {
+            "name": "Last model verdict",
+            "device_class": "enum",
+            "options": [str(v) for v in VlmVerdict],
+            "icon": "mdi:scale-balance",
+            "state_topic": "incident",
+            "value_template": "{{ (value_json.vlm or {}).get('verdict') }}",
+        },
+    ),
     "latency": (
         "sensor",
         {
@@ -115,7 +127,8 @@ _COMPONENTS: dict[str, tuple[str, dict[str, Any]]] = {
             "state_topic": "defect",
             "value_template": (
                 "{{ {'event_type': value_json.defect_class, 'incident_id': value_json.incident_id,"
-                " 'confidence': value_json.confidence, 'part_id': value_json.part_id} | tojson }}"
+                " 'confidence': value_json.confidence, 'part_id': value_json.part_id,"
+                " 'vlm_verdict': (value_json.vlm or {}).get('verdict')} | tojson }}"
             ),
         },
     ),
@@ -163,6 +176,7 @@ def discovery_payload(station: StationConfig, topics: Topics, node_id: str) -> d
     named = {
         "kpi": topics.kpi(station.id),
         "defect": topics.defect(station.id),
+        "incident": topics.incident(station.id),
         "image": topics.image(station.id),
         "set": topics.set(station.id),
         "inspect": topics.inspect(station.id),

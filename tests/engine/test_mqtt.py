@@ -133,6 +133,7 @@ async def test_engine_on_the_bus_discovery_state_defects_and_image(
         "false_accept_rate": "sensor",
         "out_of_control": "binary_sensor",
         "last_defect_class": "sensor",
+        "last_verdict": "sensor",
         "latency": "sensor",
         "defect": "binary_sensor",
         "defect_event": "event",

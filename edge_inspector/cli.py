@@ -9,6 +9,8 @@ edge-inspector schema [--out DIR]     write the JSON Schema of the events
 edge-inspector dataset export --out DIR  confirmed/rejected incidents as a YOLO dataset
 edge-inspector manuals index DIR      index equipment manuals (Markdown, text, PDF)
 edge-inspector manuals search QUERY   ranked passages: file, section, page, excerpt
+edge-inspector vlm eval [DIR] --host URL --model NAME  judge a VLM model on a labelled set
+edge-inspector vlm make-set DIR       write the demo's labelled set
 """
 
 from __future__ import annotations
@@ -244,6 +246,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             mqtt=args.mqtt,
             ollama=args.ollama,
             vlm_model=args.vlm_model,
+            vlm_grace=args.vlm_wait,
             http=args.http,
         )
     )
@@ -394,6 +397,68 @@ def cmd_dataset_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_out(args: argparse.Namespace) -> Path | None:
+    """Where the JSON goes: --out, `-` for stdout (None), else ./vlm-eval-MODEL.json."""
+    if args.out == "-":
+        return None
+    if args.out:
+        return Path(args.out)
+    model = "".join(c if c.isalnum() or c in "._-" else "-" for c in args.model or "model")
+    return Path(f"vlm-eval-{model}.json")
+
+
+def cmd_vlm_eval(args: argparse.Namespace) -> int:
+    from .demo.eval_set import EVAL_SET_DIR
+    from .vlm import evaluate as ev
+    from .vlm.labelled_set import load_labelled_set
+
+    if not args.verbose:  # the run records what the agent would log about the model's answers
+        logging.getLogger("edge_inspector.vlm").setLevel(logging.ERROR)
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit {args.limit}: give at least 1 image")
+    labelled = load_labelled_set(args.dir or EVAL_SET_DIR)
+    config, station = ev.eval_config(
+        labelled,
+        load_config(args.config) if args.config else None,
+        args.station,
+        host=args.host,
+        model=args.model,
+        deadline=args.deadline,
+        request_timeout=args.request_timeout,
+    )
+    out = _eval_out(args)
+    table = sys.stdout if out is not None else sys.stderr
+
+    def progress(number: int, total: int, one: ev.ImageResult) -> None:
+        said = one.predicted or one.error or one.status
+        took = f", {one.seconds:.1f} s" if one.seconds is not None else ""
+        print(f"[{number}/{total}] {one.label.file}: {said}{took}", file=sys.stderr, flush=True)
+
+    print(
+        f"judging {config.vlm.model} at {config.vlm.host or 'http://127.0.0.1:11434'} on "
+        f"{labelled.folder} (actions are a dry run)",
+        file=sys.stderr,
+        flush=True,
+    )
+    run = ev.evaluate(labelled, config, station, limit=args.limit, progress=progress)
+    report = asyncio.run(run)
+    print(ev.format_report(report), file=table, flush=True)
+    text = json.dumps(report.as_json(), indent=2)
+    if out is None:
+        print(text)
+    else:
+        out.write_text(text + "\n", encoding="utf-8")
+        print(f"results: {out}", file=table)
+    return 1 if report.aborted else 0
+
+
+def cmd_vlm_make_set(args: argparse.Namespace) -> int:
+    from .demo.eval_set import make_eval_set
+
+    print(make_eval_set(args.dir))
+    return 0
+
+
 # A declarative table of the commands and their options, one statement each: long on purpose.
 def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915
     parser = argparse.ArgumentParser(
@@ -443,6 +508,13 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915
         "--ollama", metavar="URL", help="enrich incidents with the VLM on this Ollama server"
     )
     p.add_argument("--vlm-model", metavar="NAME", help="Ollama model (default qwen2.5vl:7b)")
+    p.add_argument(
+        "--vlm-wait",
+        metavar="SECONDS",
+        type=float,
+        default=120.0,
+        help="at the end, wait this long for the model's last answers (default 120)",
+    )
     p.add_argument(
         "--http", metavar="PORT", type=int, help="serve the HTTP API (loopback) on this port"
     )
@@ -508,6 +580,33 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915
         p.add_argument("-c", "--config", type=Path, help="take the index path from a config")
         p.add_argument("--embed-model", help="Ollama embedding model for hybrid ranking")
         p.add_argument("--ollama", metavar="URL", help="Ollama server for --embed-model")
+
+    vlm = sub.add_parser("vlm", help="judge a VLM model on labelled incident images")
+    vsub = vlm.add_subparsers(dest="vlm_command", required=True)
+    p = vsub.add_parser(
+        "eval", help="run the VLM stage over a labelled set and score it (actions: dry run)"
+    )
+    p.add_argument(
+        "dir", nargs="?", type=Path, metavar="DIR", help="labelled set (default: the demo's)"
+    )
+    p.add_argument("--host", metavar="URL", help="Ollama server (default: vlm.host)")
+    p.add_argument("--model", metavar="NAME", help="Ollama model (default: vlm.model)")
+    p.add_argument(
+        "-c", "--config", type=Path, help="station, VLM settings, actions, manuals (default: demo)"
+    )
+    p.add_argument("--station", metavar="ID", help="the configuration's station to judge as")
+    p.add_argument(
+        "--out", metavar="FILE", help="JSON results (default ./vlm-eval-MODEL.json; - stdout)"
+    )
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N images")
+    p.add_argument("--deadline", type=float, metavar="S", help="seconds per image (vlm.deadline)")
+    p.add_argument(
+        "--request-timeout", type=float, metavar="S", help="seconds silent (vlm.request_timeout)"
+    )
+    p.set_defaults(func=cmd_vlm_eval)
+    p = vsub.add_parser("make-set", help="write the demo's labelled set into a folder")
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.set_defaults(func=cmd_vlm_make_set)
     return parser
 
 

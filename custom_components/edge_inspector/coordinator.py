@@ -158,6 +158,8 @@ class StationEvents(EventSink):
             "frame_path": incident.frame_path,
             "created_at": incident.created_at.isoformat(),
             "vlm_status": str(vlm.status) if vlm else None,
+            # the model's second opinion on the detector's call (None: not given yet)
+            "vlm_verdict": str(vlm.verdict) if vlm and vlm.verdict else None,
             "vlm_classification": vlm.classification.model_dump(mode="json")
             if vlm and vlm.classification
             else None,

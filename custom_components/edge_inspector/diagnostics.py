@@ -59,7 +59,10 @@ async def async_get_config_entry_diagnostics(
         vlm = {
             "breaker": status.breaker,
             "queue_depth": status.queue_depth,
+            "oldest_pending_s": status.oldest_pending_s,
             "enriched": status.enriched,
+            "skipped": status.skipped,
+            "coalesced": status.coalesced,
             "last_error": status.error,
             "model_missing": status.model_missing,
         }

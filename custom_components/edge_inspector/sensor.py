@@ -1,4 +1,5 @@
-"""Counters and quality figures of each station, with state classes for long-term statistics."""
+"""Counters and quality figures of each station, with state classes for long-term statistics,
+and (with a VLM) its incidents waiting for the model."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from homeassistant.helpers.typing import StateType
 
-from edge_inspector.events import StationQuality
+from edge_inspector.events import StationQuality, VlmVerdict
 
 from .coordinator import StationCoordinator, StationSnapshot
 from .entity import StationEntity, add_station_entities
@@ -32,6 +33,11 @@ PARALLEL_UPDATES = 0
 @dataclass(frozen=True, kw_only=True)
 class StationSensorDescription(SensorEntityDescription):
     value: Callable[[StationSnapshot], StateType]
+
+
+def _last_verdict(snapshot: StationSnapshot) -> StateType:
+    vlm = snapshot.last_incident.vlm if snapshot.last_incident else None
+    return str(vlm.verdict) if vlm and vlm.verdict else None
 
 
 def _percent(
@@ -71,6 +77,12 @@ SENSORS: tuple[StationSensorDescription, ...] = (
         key="last_defect_class",
         value=lambda r: r.state.last_defect_class if r.state else None,
     ),
+    StationSensorDescription(  # the VLM's second opinion on the last incident
+        key="last_verdict",
+        device_class=SensorDeviceClass.ENUM,
+        options=[str(v) for v in VlmVerdict],
+        value=_last_verdict,
+    ),
     StationSensorDescription(
         key="latency",
         native_unit_of_measurement=UnitOfTime.MILLISECONDS,
@@ -86,6 +98,38 @@ SENSORS: tuple[StationSensorDescription, ...] = (
         ),
     ),
 )
+
+
+def _oldest_wait(snapshot: StationSnapshot) -> StateType:
+    state = snapshot.state
+    if state is None or state.vlm_queue is None:
+        return None
+    return state.vlm_oldest_pending_s or 0  # the VLM is on and none waits
+
+
+# Only for stations whose engine has a VLM (their state says how many incidents wait for it).
+VLM_SENSORS: tuple[StationSensorDescription, ...] = (
+    StationSensorDescription(
+        key="vlm_queue",
+        state_class=SensorStateClass.MEASUREMENT,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        value=lambda r: r.state.vlm_queue if r.state else None,
+    ),
+    StationSensorDescription(
+        key="vlm_oldest_pending",
+        native_unit_of_measurement=UnitOfTime.SECONDS,
+        device_class=SensorDeviceClass.DURATION,
+        state_class=SensorStateClass.MEASUREMENT,
+        suggested_display_precision=0,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        value=_oldest_wait,
+    ),
+)
+
+
+def _has_vlm(coordinator: StationCoordinator) -> bool:
+    state = coordinator.data.state
+    return state is not None and state.vlm_queue is not None
 
 
 class StationSensor(StationEntity, SensorEntity):
@@ -133,6 +177,7 @@ async def async_setup_entry(
         async_add_entities,
         lambda hub, coordinator: [
             *(StationSensor(hub, coordinator, d) for d in SENSORS),
+            *(StationSensor(hub, coordinator, d) for d in VLM_SENSORS if _has_vlm(coordinator)),
             *(ClassIncidentsSensor(hub, coordinator, c) for c in coordinator.info.defects),
         ],
     )

@@ -30,6 +30,8 @@ async function cardState(page) {
       report: root.querySelector(".report .summary")?.textContent?.trim(),
       reportTitle: root.querySelector(".report h3")?.textContent?.trim(),
       reportMeta: root.querySelector(".report .meta")?.textContent?.trim(),
+      verdict: root.querySelector(".report .verdict")?.dataset?.verdict || null,
+      verdictText: root.querySelector(".report .verdict")?.textContent?.trim() || null,
       ackEnabled: !root.querySelector('[data-action="acknowledge"]')?.disabled,
       inspectEnabled: !root.querySelector('[data-action="inspect"]')?.disabled,
       background: haCard ? getComputedStyle(haCard).backgroundColor : null,

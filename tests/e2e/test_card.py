@@ -129,6 +129,13 @@ def test_the_card_in_a_real_browser(tmp_path: Path) -> None:
         assert max(before["barHeights"]) > 0
         assert before["report"] == "medium scratch found"  # what the fake model wrote
         assert before["reportTitle"].endswith("on Press")
+        # the model's verdict on the detector's call (the fake model always says scratch)
+        expected = (
+            ("confirmed", "Model confirms: scratch")
+            if before["reportTitle"].startswith("scratch on ")
+            else ("reclassified", "Model says: scratch")
+        )
+        assert (before["verdict"], before["verdictText"]) == expected
 
         # inspect now: the counter changes (the station is triggered: nothing else inspects)
         assert result["clicked"] is True

@@ -112,6 +112,7 @@ async def test_a_defect_reaches_entities_events_and_services(
         "defect_rate",
         "yield",
         "last_defect_class",
+        "last_verdict",
         "latency",
         "false_reject_rate",
         "false_accept_rate",
@@ -360,7 +361,7 @@ def test_manifest_translations_and_services_are_consistent() -> None:
             assert "name" in strings["entity"][platform][key], (platform, key)
             assert key in icons["entity"][platform], (platform, key)
             keys.add(key)
-    assert len(keys) == 18
+    assert len(keys) == 21
     quality = yaml.safe_load((COMPONENT / "quality_scale.yaml").read_text())
     assert quality["rules"]["config-flow"] == "done"
     assert (COMPONENT / "brand" / "icon.png").read_bytes()[:4] == b"\x89PNG"

@@ -125,7 +125,7 @@ mqtt: {{node_id: line2}}
             return {e.entity_id for e in er.async_entries_for_device(registry, device.id)}
 
         # discovery registers the components one by one: wait for the last of them
-        await _until(hass, lambda: len(entities()) >= 15)
+        await _until(hass, lambda: len(entities()) >= 16)
         assert entities() == {
             "sensor.belt_inspections",
             "sensor.belt_defects",
@@ -135,6 +135,7 @@ mqtt: {{node_id: line2}}
             "sensor.belt_false_accept_rate",
             "binary_sensor.belt_out_of_control",
             "sensor.belt_last_defect_class",
+            "sensor.belt_last_verdict",
             "sensor.belt_latency",
             "binary_sensor.belt_defect",
             "event.belt_defect_event",

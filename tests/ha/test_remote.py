@@ -348,7 +348,7 @@ async def test_the_engines_vlm_actions_run_home_assistant_services(
     from tests.ollama_server import FakeOllama, Reply
 
     def model(body: dict[str, Any]) -> Reply:
-        if not body.get("tools"):
+        if body.get("format"):  # the classification (the tool loop has no schema)
             return Reply.json(
                 {
                     "defect_type": "scratch",
@@ -422,6 +422,16 @@ async def test_the_engines_vlm_actions_run_home_assistant_services(
         actions = {a["tool"]: a for a in record()["actions"]}  # type: ignore[index]
         assert actions["stop_line"]["status"] == "executed"
         assert actions["stop_line"]["detail"] == "called input_boolean.turn_off"
+        # the VLM's backlog comes over too (the camera goes on finding defects, so its figures
+        # are whatever they are now): its status, and the station's sensors, fed by the states
+        # the service pushes
+        status = await entry.runtime_data.engine.vlm_status()
+        assert status is not None and status.queue_depth is not None
+        assert status.skipped is not None and status.coalesced is not None
+        waiting = hass.states.get(f"sensor.{DOCK}_incidents_waiting_for_the_vlm")
+        assert waiting is not None and waiting.state.isdigit(), waiting
+        longest = hass.states.get(f"sensor.{DOCK}_longest_vlm_wait")
+        assert longest is not None and float(longest.state) >= 0, longest
         assert await hass.config_entries.async_unload(entry.entry_id)
     finally:
         service.stop()

@@ -60,6 +60,11 @@ const STYLE = `
   .report h3 { margin: 4px 0; font-size: 1em; font-weight: 500; }
   .report .meta { font-size: 0.85em; color: var(--secondary-text-color); }
   .report ol { margin: 4px 0 4px 20px; padding: 0; }
+  .report .verdict { display: inline-block; margin: 4px 0; padding: 1px 8px; border-radius: 10px;
+    font-size: 0.8em; color: var(--text-primary-color, #fff); background: var(--disabled-color, #9e9e9e); }
+  .report .verdict.confirmed { background: var(--error-color, #db4437); }
+  .report .verdict.disputed { background: var(--warning-color, #ffa600); }
+  .report .verdict.reclassified { background: var(--info-color, #039be5); }
   .actions { display: flex; gap: 8px; justify-content: flex-end; padding: 8px 16px 12px;
     border-top: 1px solid var(--divider-color); }
   button { font: inherit; border: none; border-radius: 4px; padding: 6px 14px; cursor: pointer;
@@ -68,6 +73,17 @@ const STYLE = `
   button[disabled] { opacity: 0.4; cursor: default; }
   .error { padding: 12px 16px; color: var(--error-color, #db4437); }
 `;
+
+// The model's verdict on the detector's call, as the card says it.
+const verdictText = (last) => {
+  const said = last.classification?.defect_type;
+  return {
+    confirmed: `Model confirms: ${last.defect_class}`,
+    disputed: "Model sees no defect",
+    reclassified: said && said !== "other" ? `Model says: ${said}` : "Model says: another kind of defect",
+    unconfirmed: "Not confirmed by the model in time",
+  }[last.vlm_verdict];
+};
 
 class EdgeInspectorCard extends HTMLElement {
   constructor() {
@@ -218,6 +234,7 @@ class EdgeInspectorCard extends HTMLElement {
     const last = this._overview.last_incident;
     if (!last) return `<div class="report"><span class="meta">No incidents recorded.</span></div>`;
     const report = last.report;
+    const verdict = verdictText(last);
     const steps = (report?.fix_steps || []).map((s) => `<li>${esc(s)}</li>`).join("");
     const refs = (report?.manual_refs || [])
       .map((r) => esc([r.file, r.section, r.page ? `p. ${r.page}` : ""].filter(Boolean).join(" – ")))
@@ -236,6 +253,7 @@ class EdgeInspectorCard extends HTMLElement {
     return `<div class="report">
       <h3>${esc(last.defect_class)} on ${esc(last.station)}</h3>
       <div class="meta">${esc(fmtTime(last.created_at))} · ${Math.round(last.confidence * 100)} %${last.part_id ? ` · part ${esc(last.part_id)}` : ""} · ${esc(last.state)}</div>
+      ${verdict ? `<div class="verdict ${esc(last.vlm_verdict)}" data-verdict="${esc(last.vlm_verdict)}">${esc(verdict)}</div>` : ""}
       ${body}
     </div>`;
   }

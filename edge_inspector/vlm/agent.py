@@ -216,7 +216,12 @@ class VlmAgent:
                 if run.classification is not None:
                     if on_classified is not None:
                         await on_classified(self._early(run))
-                    await self._act(run, images)
+                    try:
+                        await self._act(run, images)
+                    except VlmUnavailableError as exc:
+                        # after the classification and maybe actions: a retry would repeat
+                        # them, so the run ends here with what it did (the engine's report)
+                        status, run.error = VlmStatus.FAILED, f"the tool loop stopped: {exc}"
         except TimeoutError:
             if run.classification is None:
                 raise VlmUnavailableError(

@@ -213,7 +213,12 @@ class OllamaVlm:
         caps = shown.get("capabilities")
         if isinstance(caps, list):
             return ModelProfile(self.model, tuple(str(c) for c in caps))
-        return await self._find_capabilities(shown)
+        try:
+            return await self._find_capabilities(shown)
+        except (ValueError, TypeError, AttributeError) as exc:  # an answer that is not Ollama's
+            raise VlmUnavailableError(
+                f"{self.host} does not answer like Ollama: {_describe(exc)}"
+            ) from None
 
     async def _show(self) -> dict[str, Any]:
         """/api/show's answer as it came (the client's model drops `projector_info`)."""
@@ -267,7 +272,9 @@ class OllamaVlm:
                         keep_alive=self.config.keep_alive,
                         options={"temperature": 0, "num_predict": 8},
                     )
-            except (ollama.ResponseError, httpx.HTTPError, ConnectionError, TimeoutError) as exc:
+            except ollama.ResponseError:
+                return False  # e.g. "this model is missing data required for image input"
+            except (httpx.HTTPError, ConnectionError, TimeoutError) as exc:
                 raise self._unavailable(exc) from None
             if colour not in (answer.message.content or "").lower():
                 return False

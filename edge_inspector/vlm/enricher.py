@@ -281,12 +281,12 @@ class IncidentEnricher(EventSink):
     async def _sweeper(self) -> None:
         first = True
         while True:
-            await self._expire()
-            if self.breaker.state != "open":
-                if self.agent.profile is None and self.breaker.allow():
-                    await self._check_server(first)
-                if self.agent.profile is not None:
-                    await self._offer_pending()
+            try:
+                await self._sweep(first)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the sweep must outlive a bad round (a locked store, say)
+                _LOGGER.exception("VLM: the sweep for waiting incidents failed; retrying")
             first = False
             if not self.backlog:
                 self.idle.set()
@@ -294,6 +294,14 @@ class IncidentEnricher(EventSink):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.vlm.retry_interval):
                     await self._wake.wait()
+
+    async def _sweep(self, first: bool) -> None:
+        await self._expire()
+        if self.breaker.state != "open":
+            if self.agent.profile is None and self.breaker.allow():
+                await self._check_server(first)
+            if self.agent.profile is not None:
+                await self._offer_pending()
 
     async def _offer_pending(self) -> None:
         """Offer the oldest incidents the store has waiting (pending or unavailable): those a
@@ -335,7 +343,11 @@ class IncidentEnricher(EventSink):
         cutoff = self._now() - timedelta(seconds=self.max_age)
         for item in self.backlog.expire(cutoff):
             self._backlog_changed(item.station_id)
-            incident = await self._store.incident(item.incident_id)
+            try:
+                incident = await self._store.incident(item.incident_id)
+            except EdgeInspectorError as exc:  # still pending in the store: the sweep retries
+                _LOGGER.error("VLM: cannot read incident %s: %s", item.incident_id, exc)
+                continue
             if incident is not None:
                 await self._skip(incident)
 
@@ -367,6 +379,10 @@ class IncidentEnricher(EventSink):
             profile = await self.agent.prepare()
         except VlmUnavailableError as exc:
             self._failed(exc)
+            return
+        except Exception as exc:  # a check that failed oddly is a failed check
+            _LOGGER.exception("VLM: checking the server failed")
+            self._failed(VlmUnavailableError(f"checking the server failed: {exc!r}"))
             return
         self._recovered()
         if first:
@@ -463,6 +479,12 @@ class IncidentEnricher(EventSink):
             self._failed(exc)
             await self._unavailable(group, str(exc))
             return []
+        except Exception:
+            # not the server's answer (a picture that would not decode, a store error): the
+            # worker logs it and the sweep offers the incident again; a half-open breaker's
+            # probe must not stay taken
+            self.breaker.failure()
+            raise
         self._recovered()
         updated = await self._store.modify_incident(
             leader.incident_id, lambda current: current.model_copy(update={"vlm": outcome.result})
@@ -494,7 +516,11 @@ class IncidentEnricher(EventSink):
                 return None
             return current.model_copy(update={"vlm": early})
 
-        updated = await self._store.modify_incident(incident_id, change)
+        try:
+            updated = await self._store.modify_incident(incident_id, change)
+        except EdgeInspectorError as exc:  # the whole answer still follows
+            _LOGGER.error("VLM: cannot record incident %s's verdict: %s", incident_id, exc)
+            return
         if updated is not None:
             await self._sink.on_incident_update(updated)
 

@@ -6,7 +6,8 @@ Each image goes through the engine's VLM stage: an `Incident` is made from the d
 its crop and annotated frame are made and sent as the engine stores and the enricher sends them,
 and `VlmAgent.run` classifies it and runs the tool loop, against any Ollama server and model.
 Actions are a dry run: the `ActionGuard` decides as in the engine, but every target records
-the call instead of carrying it out (no MQTT message, webhook, PLC write or service call).
+the call instead of carrying it out (no MQTT message, webhook, PLC write or service call), and
+answers the model as a target that did it would; operator alerts go nowhere.
 
 Figures (`score`):
 - accuracy per true class (`none` for clean images): the model's `defect_type` equals the
@@ -56,6 +57,7 @@ from ..demo import DEMO_CONFIG
 from ..demo.runner import percentile
 from ..errors import ConfigError
 from ..events import (
+    ActionStatus,
     BoundingBox,
     Classification,
     Detection,
@@ -89,6 +91,7 @@ from .labelled_set import (
 )
 
 __all__ = [
+    "DRY_RUN_ANSWER",
     "EvalReport",
     "ImageResult",
     "ToolCallCheck",
@@ -100,6 +103,7 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 _ANSWER_LIMIT = 500
+DRY_RUN_ANSWER = "carried out"  # what a dry-run target answers (the model reads it)
 
 
 # -- the station, the VLM settings, the manuals ----------------------------------------------
@@ -223,7 +227,9 @@ class _RecordingVlm(OllamaVlm):
 
 
 class _DryRunPort:
-    """An action target that records the call and does nothing."""
+    """An action target that records the call and does nothing. What the model reads back is a
+    plain success, as from a real target: told "dry run", a model changes what it does (a
+    1.5B model called the action again with a `dry_run` argument)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
@@ -232,7 +238,7 @@ class _DryRunPort:
         self, action: ActionConfig, arguments: dict[str, Any], context: ActionContext
     ) -> str:
         self.calls.append((action.name, arguments))
-        return f"dry run: the {action.target.type} target was not called"
+        return DRY_RUN_ANSWER
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,8 +358,14 @@ class ImageResult:
             "report_by": r.report.written_by if r and r.report else None,
             "report": r.report.summary if r and r.report else None,
             "tool_calls": [t.as_json() for t in self.tool_calls],
+            # nothing was carried out: "executed" is what the engine would have done
             "actions": [
-                {"tool": a.tool, "status": a.status, "detail": a.detail}
+                {
+                    "tool": a.tool,
+                    "status": a.status,
+                    "detail": a.detail,
+                    "dry_run": a.status == ActionStatus.EXECUTED,
+                }
                 for a in (r.actions if r else ())
             ],
             "error": self.error or (r.error if r else None),

@@ -1057,3 +1057,29 @@ def test_tool_calls_in_text_are_read_only_when_they_are_calls(
     names = {"alert_operator", "divert_part", "write_incident_report"}
     got = [(c.name, c.arguments) for c in parse_text_tool_calls(text, names)]
     assert got == expected
+
+
+async def test_a_server_fault_in_the_tool_loop_ends_the_run_without_repeating_its_actions(
+    ollama: FakeOllama,
+    vlm_config: Callable[..., EngineConfig],
+    scenes: list[ConveyorFrame],
+    webhook: Webhook,
+) -> None:
+    """The part was diverted, then Ollama failed: retrying the incident would divert it
+    again, so it ends `failed` with the classification, the action and the engine's report."""
+    ollama.queue(
+        classification(),
+        Reply.tools(("divert_part", {"bin": "reject"})),
+        Reply(status=500, error="out of memory"),
+    )
+    sink = Recorder()
+    async with Engine(vlm_config(ollama.url), sinks=[sink]) as engine:
+        done = await sink.final((await _defect(engine, scenes[0])).incident_id)
+    vlm = done.vlm
+    assert vlm is not None and vlm.status == VlmStatus.FAILED
+    assert "the tool loop stopped" in (vlm.error or "") and "HTTP 500" in (vlm.error or "")
+    assert vlm.classification is not None and vlm.report is not None
+    assert vlm.report.written_by == "engine"
+    assert [(a.tool, a.status) for a in vlm.actions] == [("divert_part", ActionStatus.EXECUTED)]
+    assert [path for path, _ in webhook.calls] == ["/divert"]  # once
+    assert [u.vlm.status for u in sink.updates if u.vlm] == [VlmStatus.FAILED]

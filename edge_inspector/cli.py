@@ -412,8 +412,9 @@ def cmd_vlm_eval(args: argparse.Namespace) -> int:
     from .vlm import evaluate as ev
     from .vlm.labelled_set import load_labelled_set
 
-    if not args.verbose:  # the run records what the agent would log about the model's answers
-        logging.getLogger("edge_inspector.vlm").setLevel(logging.ERROR)
+    if not args.verbose:  # the run records what the agent and the guard would log
+        for name in ("edge_inspector.vlm", "edge_inspector.tools"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit {args.limit}: give at least 1 image")
     labelled = load_labelled_set(args.dir or EVAL_SET_DIR)

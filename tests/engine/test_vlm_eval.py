@@ -27,7 +27,13 @@ from aiohttp import web
 from edge_inspector.config import load_config
 from edge_inspector.demo.eval_set import EVAL_SET_DIR
 from edge_inspector.demo.runner import percentile
-from edge_inspector.vlm.evaluate import EvalReport, eval_config, evaluate, format_report
+from edge_inspector.vlm.evaluate import (
+    DRY_RUN_ANSWER,
+    EvalReport,
+    eval_config,
+    evaluate,
+    format_report,
+)
 from edge_inspector.vlm.labelled_set import LabelledSetError, load_labelled_set
 from tests.ollama_server import DEFAULT_MODEL, FakeOllama, Reply
 from tests.real_ollama import SMALL_MODEL
@@ -158,8 +164,11 @@ async def test_the_model_gets_the_crop_and_frame_and_actions_only_pretend(
     assert "scratch (confidence 0.76)" in first[1]["content"]
     divert = report.results[0].result.actions[0]  # type: ignore[union-attr]
     assert (divert.tool, divert.status) == ("divert_part", "executed")
-    assert divert.detail.startswith("dry run")
     assert report.dry_run_calls == 1
+    told = [m["content"] for r in ollama.requests for m in r["messages"] if m["role"] == "tool"]
+    assert f"divert_part: done ({DRY_RUN_ANSWER})" in told, "answered as a real target would"
+    assert not any("dry run" in t for t in told), "told it is a dry run, a model acts otherwise"
+    assert report.results[0].as_json()["actions"][0]["dry_run"] is True
     assert report.results[0].result.report.manual_refs  # type: ignore[union-attr]
     table = format_report(report)
     assert "DRY RUN" in table
@@ -257,8 +266,12 @@ async def test_the_command_scores_writes_json_and_never_runs_an_action(
     assert data["station"]["name"] == "Line A", "the configuration's station"
     assert data["metrics"]["overall_accuracy"] == {"count": 0, "total": 1, "rate": 0.0}
     action = data["results"][0]["actions"][0]
-    assert (action["tool"], action["status"]) == ("divert_part", "executed")
-    assert action["detail"].startswith("dry run")
+    assert (action["tool"], action["status"], action["dry_run"]) == (
+        "divert_part",
+        "executed",
+        True,
+    )
+    assert "executed" not in err, "no log line may say an action ran"
 
 
 async def test_an_unreachable_server_or_a_missing_model_is_a_clear_error(

@@ -2,8 +2,10 @@
 
 The LLM tools (`llm_api.py`), the intents (`intents.py`) and the dashboard card's websocket
 commands (`websocket.py`) all call these functions, so a question asked by voice, by an LLM or
-read off the card gets the same, exact figures, offline. Each answer is a JSON-able dict with a
-`speech` line a voice assistant can say as is.
+read off the card gets the same, exact figures, offline. Each answer is a JSON-able dict that
+starts with a `speech` line a voice assistant can say as is; the figures follow, and the ids
+(which nobody should read out) come last: a small model reads a result from the top and repeats
+what it read first.
 """
 
 from __future__ import annotations
@@ -181,14 +183,14 @@ async def defect_count(
             overall[cls] = overall.get(cls, 0) + n
         rows.append(
             {
-                "station_id": ref.station_id,
                 "station": ref.info.name,
                 "line": ref.info.line,
+                "defects": sum(by_class.values()),
+                "by_class": by_class,
                 "inspections": figures.inspections,
                 "failed": figures.failed,
                 "defect_rate_percent": figures.defect_rate_percent,
-                "defects": sum(by_class.values()),
-                "by_class": by_class,
+                "station_id": ref.station_id,
             }
         )
     word = next(iter(classes)).replace("_", " ") if classes else "defect"
@@ -199,13 +201,13 @@ async def defect_count(
         ]
         speech += f": {_join(parts)}"
     return {
+        "speech": speech + ".",
+        "total": total,
+        "defect_class": sorted(classes) if classes else None,
         "period": report.period,
         "since": report.since.isoformat(),
         "until": report.until.isoformat() if report.complete else None,
-        "defect_class": sorted(classes) if classes else None,
-        "total": total,
         "stations": rows,
-        "speech": speech + ".",
     }
 
 
@@ -217,7 +219,6 @@ def _status_row(ref: StationRef) -> dict[str, Any]:
     error = hub.cameras.health[ref.station_id].error or (state.error if state else None)
     last = snapshot.last_incident
     return {
-        "station_id": ref.station_id,
         "station": info.name,
         "line": info.line,
         "running": available and enabled,
@@ -230,10 +231,11 @@ def _status_row(ref: StationRef) -> dict[str, Any]:
         "last_defect": None
         if last is None
         else {
-            "incident_id": last.incident_id,
             "defect_class": last.defect_class,
             "at": last.created_at.isoformat(),
+            "incident_id": last.incident_id,
         },
+        "station_id": ref.station_id,
     }
 
 
@@ -262,23 +264,24 @@ async def station_status(hass: HomeAssistant, *, station: str | None = None) -> 
     speech = "; ".join(
         _status_speech(r) + f", {_count(r['defects_today'], 'defect')} today" for r in rows
     )
-    return {"stations": rows, "speech": speech + "."}
+    return {"speech": speech + ".", "stations": rows}
 
 
 def incident_summary(incident: Incident) -> dict[str, Any]:
     vlm = incident.vlm
     return {
-        "incident_id": incident.incident_id,
-        "station_id": incident.station_id,
-        "station": incident.station_name,
         "defect_class": incident.defect_class,
-        "confidence": round(incident.confidence, 3),
+        "station": incident.station_name,
         "created_at": incident.created_at.isoformat(),
+        "summary": vlm.report.summary if vlm and vlm.report else None,
+        "confidence": round(incident.confidence, 3),
         "part_id": incident.part_id,
         "lot_id": incident.lot_id,
         "state": str(incident.state),
         "vlm_status": str(vlm.status) if vlm else None,
-        "summary": vlm.report.summary if vlm and vlm.report else None,
+        "vlm_verdict": str(vlm.verdict) if vlm and vlm.verdict else None,
+        "incident_id": incident.incident_id,
+        "station_id": incident.station_id,
     }
 
 
@@ -315,7 +318,7 @@ async def latest_incidents(
         )
         if last.vlm and last.vlm.report:
             speech += f" {last.vlm.report.summary}"
-    return {"incidents": [incident_summary(i) for i in found], "speech": speech}
+    return {"speech": speech, "incidents": [incident_summary(i) for i in found]}
 
 
 async def incident_report(
@@ -339,7 +342,7 @@ async def incident_report(
 
 def report_data(incident: Incident) -> dict[str, Any]:
     """An incident's summary, VLM report, actions and verdicts, with a line to say."""
-    data = incident_summary(incident)
+    data: dict[str, Any] = {"speech": None, **incident_summary(incident)}  # said first
     vlm = incident.vlm
     report = vlm.report if vlm else None
     data["report"] = report.model_dump(mode="json") if report else None
@@ -399,7 +402,7 @@ async def manual_search(hass: HomeAssistant, *, query: str, limit: int = 3) -> d
         if hits
         else f"Nothing about {query!r} in the manuals."
     )
-    return {"query": query, "results": results, "speech": speech}
+    return {"speech": speech, "query": query, "results": results}
 
 
 async def inspect_now(
@@ -418,11 +421,11 @@ async def inspect_now(
         defects = [d.class_name for d in result.defects]
         results.append(
             {
-                "station_id": ref.station_id,
                 "station": ref.info.name,
-                "inspection_id": result.inspection_id,
                 "verdict": str(result.verdict),
                 "defects": defects,
+                "station_id": ref.station_id,
+                "inspection_id": result.inspection_id,
                 "new_incident_ids": list(result.new_incident_ids),
             }
         )
@@ -432,7 +435,7 @@ async def inspect_now(
             else "the part passed"
         )
         lines.append(f"{ref.info.name}: {found}")
-    return {"inspections": results, "speech": "Inspected. " + "; ".join(lines) + "."}
+    return {"speech": "Inspected. " + "; ".join(lines) + ".", "inspections": results}
 
 
 async def station_overview(

@@ -1,7 +1,7 @@
 """Assist without an LLM: intents for the common questions, and the sentences that reach them.
 
-Four intents are registered with Home Assistant's intent helper (so `intent_script`, other
-agents and the Assist LLM API can use them too):
+Four intents are registered with Home Assistant's intent helper (so `intent_script` and other
+callers of `intent.async_handle` can use them too):
 
 - `EdgeInspectorDefectCount` (slots `station`, `defect_class`, `period`)
 - `EdgeInspectorLastDefect` (slot `station`)
@@ -15,6 +15,12 @@ the configured stations' names, ids and lines and their defect classes (no free 
 they never catch questions meant for other intents ("how many lights are on"); they are rebuilt
 whenever the stations change (the entry reloads). The station, defect class and time range are
 then read from the words by the same rules the LLM tools use (`answers`).
+
+The intents are not LLM tools: Assist's LLM API (before 2026.11) offered every intent whose
+handler names no entity domain, so an agent with Assist's API and ours saw each question twice
+under near names, and a small model mixed them up (`assist__EdgeInspectorCountDefects`). Our
+handlers say they act on no entity domain (`platforms` is empty), which Assist's API leaves out;
+models use the Edge Inspector LLM API's tools (`llm_api.py`), which answer the same.
 """
 
 from __future__ import annotations
@@ -162,6 +168,12 @@ class _AnswerIntent(intent.IntentHandler):
     """An intent answered by one of `answers`' functions."""
 
     slots: tuple[str, ...] = ("station",)
+    platforms: set[str] | None = set()  # noqa: RUF012 (read only: no entity domain, see above)
+
+    @callback
+    def async_can_handle(self, intent_obj: intent.Intent) -> bool:
+        """Any caller may ask (Home Assistant reads `platforms` here as the callers' names)."""
+        return True
 
     @property
     def slot_schema(self) -> dict[Any, Any]:

@@ -3,16 +3,31 @@
 Select "Edge Inspector" under the agent's "Control Home Assistant" options (the Ollama
 integration, for one) and it can answer "how many scratches on line 2 since 6am?" from the
 engine's store: exact figures, offline.
+
+Made for small local models (a 1.5B Qwen on a CPU answers with it), which is why:
+- tool names are short, distinct words (`defect_count`, `last_defect`): a model copies a short
+  name right, also with the `<api>__` prefix Home Assistant puts before every tool's name when an
+  agent has more than one API (before 2026.11; since, only before names that collide);
+- each tool has few parameters, all of them plain words the answers understand ('Press',
+  'scratches', 'since 6am');
+- our intents are not offered again as tools by Assist's API (`intents.py`), so a model with
+  both APIs sees each question's tool once;
+- the prompt never changes while the stations do not, and the API carries Home Assistant's own
+  date-and-time tool, so Home Assistant leaves the time (to the second) out of the system prompt:
+  the system prompt comes before the tools in the model's prompt, and one changed character there
+  made Ollama read the whole prompt again (about 25 s on two cores) for every question;
+- every result starts with `speech`, the sentence to say; ids come last.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers import llm
-from homeassistant.util import dt as dt_util
 from homeassistant.util.json import JsonObjectType
 
 from edge_inspector.quality import PERIOD_HELP
@@ -23,8 +38,27 @@ from .validation import vol
 
 API_NAME = "Edge Inspector"
 
-STATION = "Station name, station id or production line (e.g. 'Press' or 'line 2'); omit for all."
+STATION = "Station name or line, e.g. 'Press'. Omit for all stations."
 PERIOD = f"Time range: {PERIOD_HELP}. Default: today."
+DEFECT_CLASS = "A defect class, e.g. 'scratch'. Omit for all defects."
+
+# What the API says to the model, then the stations; nothing here may change from one question
+# to the next (see above).
+PROMPT = (
+    "For every question about the inspection stations, their defects or inspections, call a "
+    "tool; never answer from memory."
+)
+# Ollama reads a model's tool calls out of the text it writes, and a 1.5B model often wrote one
+# the server does not read (`{"defect_count": {...}}`) until it was shown one (in the form of
+# Qwen's template, which Home Assistant's default model uses). Only said to Ollama's models:
+# others call tools natively. The name stays a placeholder: Home Assistant may prefix it.
+OLLAMA_CALL = (
+    "Write the call in this form only:\n"
+    "<tool_call>\n"
+    '{{"name": "<the tool\'s name>", "arguments": {arguments}}}\n'
+    "</tool_call>"
+)
+SAY = "When its result comes, say the result's `speech`."
 
 type Answer = Callable[..., Awaitable[dict[str, Any]]]
 
@@ -72,81 +106,71 @@ class AnswerTool(llm.Tool):
 def _tools() -> list[llm.Tool]:
     return [
         AnswerTool(
-            "edge_inspector_station_status",
-            "Whether inspection stations are running (and why not), with today's inspections "
-            "and defects.",
-            vol.Schema({vol.Optional("station", description=STATION): str}),
-            answers.station_status,
-        ),
-        AnswerTool(
-            "edge_inspector_count_defects",
-            "Count defects found, by defect class, station and time range, with the number "
-            "of inspections and the defect rate. Use for 'how many ...' questions.",
+            "defect_count",
+            "How many defects (or scratches, dents, ...) were found, at a station, in a time "
+            "range (default today).",
             vol.Schema(
                 {
                     vol.Optional("station", description=STATION): str,
-                    vol.Optional(
-                        "defect_class",
-                        description="A defect class such as 'scratch'; omit for all defects.",
-                    ): str,
+                    vol.Optional("defect_class", description=DEFECT_CLASS): str,
                     vol.Optional("period", description=PERIOD): str,
                 }
             ),
             answers.defect_count,
         ),
         AnswerTool(
-            "edge_inspector_latest_incidents",
-            "The latest defect incidents, newest first, with their VLM summaries.",
-            vol.Schema(
-                {
-                    vol.Optional("station", description=STATION): str,
-                    vol.Optional("limit", default=5): vol.All(
-                        vol.Coerce(int), vol.Range(min=1, max=50)
-                    ),
-                    vol.Optional("period", description=PERIOD): str,
-                }
-            ),
-            answers.latest_incidents,
+            "last_defect",
+            "What was the last defect found (at a station): what, where and when.",
+            vol.Schema({vol.Optional("station", description=STATION): str}),
+            partial(answers.latest_incidents, limit=1),
         ),
         AnswerTool(
-            "edge_inspector_incident_report",
-            "One incident's full report: classification, summary, probable cause, fix steps "
-            "with manual references, actions taken. Omit incident_id for the latest incident.",
+            "station_status",
+            "Is a station running? Its status (and why it is not running), with today's defects.",
+            vol.Schema({vol.Optional("station", description=STATION): str}),
+            answers.station_status,
+        ),
+        AnswerTool(
+            "inspect_station",
+            "Inspect a station now: take a picture and look for defects.",
+            vol.Schema({vol.Required("station", description=STATION): str}),
+            answers.inspect_now,
+            read_only=False,
+        ),
+        AnswerTool(
+            "incident_report",
+            "A defect's report: its probable cause and how to fix it. Without an incident_id: "
+            "the last defect's.",
             vol.Schema(
                 {
-                    vol.Optional("incident_id"): str,
                     vol.Optional("station", description=STATION): str,
+                    vol.Optional("incident_id"): str,
                 }
             ),
             answers.incident_report,
         ),
         AnswerTool(
-            "edge_inspector_search_manual",
-            "Search the equipment manuals; returns passages with file, section and page.",
-            vol.Schema(
-                {
-                    vol.Required("query"): str,
-                    vol.Optional("limit", default=3): vol.All(
-                        vol.Coerce(int), vol.Range(min=1, max=10)
-                    ),
-                }
-            ),
+            "search_manual",
+            "Look something up in the equipment manuals.",
+            vol.Schema({vol.Required("query", description="What to look up."): str}),
             answers.manual_search,
         ),
-        AnswerTool(
-            "edge_inspector_inspect_now",
-            "Take a picture at a station now and inspect it; returns the verdict and defects.",
-            vol.Schema(
-                {
-                    vol.Required("station", description=STATION): str,
-                    vol.Optional("part_id"): str,
-                    vol.Optional("lot_id"): str,
-                }
-            ),
-            answers.inspect_now,
-            read_only=False,
-        ),
+        _date_time_tool(),
     ]
+
+
+def _date_time_tool() -> llm.Tool:
+    """Home Assistant's own tool that tells the date and time.
+
+    While an agent's tools include one named `...GetDateTime`, Home Assistant leaves the time
+    out of the system prompt (Assist's API carries it for the same reason). Since 2026.11 its
+    instances are equal, so an agent with Assist's API and ours is offered it once.
+    """
+    try:
+        from homeassistant.components.llm.llm import GetDateTimeTool
+    except ImportError:  # before the `llm` integration (2026.2): the helper module's
+        return llm.GetDateTimeTool()  # type: ignore[attr-defined,no-any-return,unused-ignore]
+    return GetDateTimeTool()
 
 
 class EdgeInspectorAPI(llm.API):
@@ -154,17 +178,15 @@ class EdgeInspectorAPI(llm.API):
 
     async def async_get_api_instance(self, llm_context: llm.LLMContext) -> llm.APIInstance:
         stations = answers.all_stations(self.hass)
-        lines = [
-            "You answer questions about visual inspection on the production line with the "
-            "edge_inspector tools. Figures come from the inspection store: quote them exactly "
-            "and never guess counts.",
-            f"Local time now: {dt_util.now():%Y-%m-%d %H:%M} ({self.hass.config.time_zone}).",
-            "Stations:",
-        ]
+        lines = [PROMPT]
+        if llm_context.platform == "ollama":
+            example = {"station": stations[0].info.name} if stations else {}
+            lines.append(OLLAMA_CALL.format(arguments=json.dumps(example)))
+        lines += [SAY, "Inspection stations:"]
         for ref in stations:
             line = f" on {ref.info.line}" if ref.info.line else ""
             classes = ", ".join(ref.info.defects)
-            lines.append(f"- {ref.info.name} (id {ref.station_id}{line}): finds {classes}")
+            lines.append(f"- {ref.info.name}{line}: finds {classes}")
         if not stations:
             lines.append("- none set up yet")
         return llm.APIInstance(

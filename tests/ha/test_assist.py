@@ -3,8 +3,10 @@ from the engine's store by a real Home Assistant's conversation and intent handl
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import datetime, timedelta
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,11 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 from custom_components.edge_inspector import answers
 from custom_components.edge_inspector.const import DOMAIN
 from custom_components.edge_inspector.intents import parse_text, split_period
+
+# Imported before a test freezes the clock (the integration imports the engine when an entry is
+# set up): pydantic builds no model in a module imported while freezegun's datetime stands in
+# for datetime, and the engine imports pydantic models (ollama's).
+from edge_inspector import engine as _engine  # noqa: F401
 from edge_inspector.events import (
     BoundingBox,
     Incident,
@@ -33,6 +40,10 @@ from tests.ha_release import station_object_id
 from .test_integration import set_up_station
 
 PRESS = station_object_id("Press", area="Line 2")  # its entities' id prefix
+
+# Home Assistant's date-and-time tool, which our API carries: the `llm` integration's since
+# there is one, the helper module's before (2026.2)
+_DATE_TIME_TOOL = "llm__GetDateTime" if find_spec("homeassistant.components.llm") else "GetDateTime"
 
 MODEL = ModelInfo(name="demo.pt", sha256="0" * 64)
 NOW = datetime(2026, 11, 27, 9, 30)  # local time; the shifts start 06:00, 14:00, 22:00
@@ -73,8 +84,15 @@ def _incident(n: int, cls: str, when: datetime, sid: str, summary: str | None = 
 async def station(
     hass: HomeAssistant, tmp_path: Path, camera_file: Path, freezer: FrozenDateTimeFactory
 ) -> tuple[MockConfigEntry, str]:
-    """Press on Line 2 with a history: scratches at 05:50, 06:10, 09:00, a dent at 09:20, a
-    scratch yesterday."""
+    """Press on Line 2 with a history (`set_up_press`)."""
+    return await set_up_press(hass, tmp_path, freezer)
+
+
+async def set_up_press(
+    hass: HomeAssistant, tmp_path: Path, freezer: FrozenDateTimeFactory
+) -> tuple[MockConfigEntry, str]:
+    """Press on Line 2 (its camera: `camera_file`) at 09:30 with a history: scratches at 05:50,
+    06:10, 09:00, a dent at 09:20, a scratch yesterday. The entry and the station's id."""
     await hass.config.async_update(time_zone="Europe/Berlin")
     freezer.move_to(dt_util.as_utc(NOW.replace(tzinfo=dt_util.get_default_time_zone())))
     assert await _setup_conversation(hass)
@@ -145,16 +163,25 @@ async def test_the_llm_api_tools_answer_from_the_store(
         device_id=None,
     )
     api = await llm.async_get_api(hass, DOMAIN, context)
-    assert "Press (id " in api.api_prompt and "on Line 2" in api.api_prompt
-    assert "scratch" in api.api_prompt and "09:30" in api.api_prompt
+    assert api.api_prompt.endswith("\n- Press on Line 2: finds crack, dent, scratch, spot")
+    assert sid not in api.api_prompt  # an id is nothing to say
+    # Ollama's models are shown how a call is written (the server reads calls out of the text);
+    # models that call tools natively are not
+    call = '{"name": "<the tool\'s name>", "arguments": {"station": "Press"}}'
+    assert call in api.api_prompt
+    native = await llm.async_get_api(
+        hass, DOMAIN, dataclasses.replace(context, platform="openai_conversation")
+    )
+    assert "<tool_call>" not in native.api_prompt and "speech" in native.api_prompt
     names = {tool.name for tool in api.tools}
     assert names == {
-        "edge_inspector_station_status",
-        "edge_inspector_count_defects",
-        "edge_inspector_latest_incidents",
-        "edge_inspector_incident_report",
-        "edge_inspector_search_manual",
-        "edge_inspector_inspect_now",
+        "defect_count",
+        "last_defect",
+        "station_status",
+        "inspect_station",
+        "incident_report",
+        "search_manual",
+        _DATE_TIME_TOOL,
     }
 
     async def call(name: str, **args: Any) -> dict[str, Any]:
@@ -165,41 +192,43 @@ async def test_the_llm_api_tools_answer_from_the_store(
 
     # "how many scratches on line 2 since 6am?"
     answer = await call(
-        "edge_inspector_count_defects",
-        station="line 2",
-        defect_class="scratches",
-        period="since 6am",
+        "defect_count", station="line 2", defect_class="scratches", period="since 6am"
     )
     assert answer["total"] == 2
     assert answer["speech"] == "2 scratches on Press since 06:00."
+    assert next(iter(answer)) == "speech"  # what to say comes first, ids last
+    assert list(answer["stations"][0])[-1] == "station_id"
     assert answer["stations"][0]["by_class"] == {"scratch": 2}
     assert answer["since"] == _local(6).isoformat()
-    today = await call("edge_inspector_count_defects")
+    today = await call("defect_count")
     assert today["total"] == 4
     assert today["speech"] == "4 defects on all stations today: 3 scratches and 1 dent."
-    shift = await call("edge_inspector_count_defects", period="this shift")
+    shift = await call("defect_count", period="this shift")
     assert shift["total"] == 3
-    hour = await call("edge_inspector_count_defects", period="last hour", defect_class="dent")
+    hour = await call("defect_count", period="last hour", defect_class="dent")
     assert (hour["total"], hour["speech"]) == (1, "1 dent on all stations the last hour.")
-    yesterday = await call("edge_inspector_count_defects", period="yesterday")
+    yesterday = await call("defect_count", period="yesterday")
     assert yesterday["total"] == 1
 
-    latest = await call("edge_inspector_latest_incidents", limit=2)
-    assert [i["incident_id"] for i in latest["incidents"]] == ["inc5", "inc4"]
+    latest = await call("last_defect")
+    assert [i["incident_id"] for i in latest["incidents"]] == ["inc5"]
     assert latest["speech"].startswith("The last defect was a dent on Press at 09:20, part P5.")
-    report = await call("edge_inspector_incident_report")
+    on_press = await call("last_defect", station="Press")
+    assert on_press["speech"] == latest["speech"]
+    report = await call("incident_report")
     assert report["incident_id"] == "inc5"
     assert report["report"]["fix_steps"] == ["Stop the press", "Replace the guide rail"]
     assert "Probable cause: worn guide rail. Fix: 1. Stop the press" in report["speech"]
-    older = await call("edge_inspector_incident_report", incident_id="inc2")
+    assert next(iter(report)) == "speech"
+    older = await call("incident_report", incident_id="inc2")
     assert "No report" in older["speech"]
 
-    status = await call("edge_inspector_station_status", station="Press")
+    status = await call("station_status", station="Press")
     row = status["stations"][0]
     assert row["station_id"] == sid and row["running"] is True and row["defects_today"] == 4
     assert status["speech"] == "Press is running, 4 defects today."
 
-    inspected = await call("edge_inspector_inspect_now", station="press", part_id="P-77")
+    inspected = await call("inspect_station", station="press")
     result = inspected["inspections"][0]
     assert result["verdict"] == "fail" and "Press: found" in inspected["speech"]
     store = hass.config_entries.async_entries(DOMAIN)[0].runtime_data.engine.store
@@ -207,17 +236,58 @@ async def test_the_llm_api_tools_answer_from_the_store(
         if stored := await store.inspection(result["inspection_id"]):
             break
         await hass.async_add_executor_job(time.sleep, 0.05)  # the test's clock is frozen
-    assert stored is not None and stored.part_id == "P-77"
+    assert stored is not None and stored.station_id == sid
+
+    # the date and time come from Home Assistant's own tool, not from the prompt
+    clock = await call(_DATE_TIME_TOOL)
+    clock = clock.get("result", clock)  # 2026.2 wraps it in {"success": ..., "result": ...}
+    assert (clock["date"], clock["time"]) == ("2026-11-27", "09:30:00")
 
     # wrong arguments are errors the model can read, never guesses
     with pytest.raises(HomeAssistantError, match="no station called 'line 9'"):
-        await call("edge_inspector_count_defects", station="line 9")
+        await call("defect_count", station="line 9")
     with pytest.raises(HomeAssistantError, match="no station looks for 'bubbles'"):
-        await call("edge_inspector_count_defects", defect_class="bubbles")
+        await call("defect_count", defect_class="bubbles")
     with pytest.raises(HomeAssistantError, match="no equipment manuals"):
-        await call("edge_inspector_search_manual", query="guide rail")
+        await call("search_manual", query="guide rail")
     with pytest.raises(HomeAssistantError, match="no incident 'nope'"):
-        await call("edge_inspector_incident_report", incident_id="nope")
+        await call("incident_report", incident_id="nope")
+
+
+async def test_an_agent_with_assists_api_and_ours_is_offered_each_tool_once(
+    hass: HomeAssistant, station: tuple[MockConfigEntry, str]
+) -> None:
+    """Assist's API leaves our intents out (2026.2 offered every intent as a tool, and a small
+    model mixed them up with ours); the date-and-time tool both APIs carry comes once where Home
+    Assistant merges equal tools (2026.11), and only there are names left unprefixed."""
+    from homeassistant.setup import async_setup_component
+
+    merged_clock = find_spec("homeassistant.components.llm") is not None
+    if merged_clock:
+        assert await async_setup_component(hass, "llm", {})
+    context = llm.LLMContext(
+        platform="ollama",
+        context=Context(),
+        language="en",
+        assistant="conversation",
+        device_id=None,
+    )
+    api = await llm.async_get_api(hass, [llm.LLM_API_ASSIST, DOMAIN], context)
+    names = [tool.name for tool in api.tools]
+    assert not [name for name in names if "EdgeInspector" in name], names
+    ours = [name for name in names if name.startswith("edge-inspector__") or "__" not in name]
+    assert sorted(name.removeprefix("edge-inspector__") for name in ours) == sorted(
+        [
+            "defect_count",
+            "last_defect",
+            "station_status",
+            "inspect_station",
+            "incident_report",
+            "search_manual",
+            *([] if merged_clock else ["GetDateTime"]),
+        ]
+    ), names
+    assert sum(name.endswith("GetDateTime") for name in names) == (1 if merged_clock else 2)
 
 
 async def test_sentences_get_exact_answers_from_the_default_agent(
@@ -340,7 +410,7 @@ async def test_home_assistants_ollama_agent_answers_with_the_edge_inspector_tool
         if not results:
             return Reply.tools(
                 (
-                    "edge_inspector_count_defects",
+                    "defect_count",
                     {"station": "line 2", "defect_class": "scratch", "period": "since 6am"},
                 )
             )
@@ -377,8 +447,12 @@ async def test_home_assistants_ollama_agent_answers_with_the_edge_inspector_tool
         assert result.response.speech["plain"]["speech"] == "2 scratches on line 2 since 6 am."
         # the model was offered our tools and the API's prompt, and got the store's figures
         offered = {t["function"]["name"] for t in seen[0]["tools"]}
-        assert "edge_inspector_count_defects" in offered
-        assert "Press (id " in seen[0]["messages"][0]["content"]
+        assert "defect_count" in offered
+        system = seen[0]["messages"][0]["content"]
+        assert "- Press on Line 2: finds crack, dent, scratch, spot" in system
+        # no time in the system prompt, which the model reads before the tools: Home Assistant
+        # leaves it out while the tools tell it, and the model's prompt cache holds
+        assert "Current time" not in system and "09:30" not in system
         tool_result = _tool_data(
             json.loads(next(m for m in seen[1]["messages"] if m.get("role") == "tool")["content"])
         )

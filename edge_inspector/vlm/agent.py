@@ -136,6 +136,7 @@ class _Run:
     evidence: str = "text"
     tool_calls: int = 0
     bad_tool_calls: int = 0
+    made: set[str] = field(default_factory=set)  # the tool calls made, as _call_key has them
 
     @property
     def context(self) -> ActionContext:
@@ -384,10 +385,15 @@ class VlmAgent:
                     {"function": {"name": name, "arguments": args}} for name, args in structured
                 ]
             messages.append(echo)
-            if not calls:
+            fresh = [c for c in calls if _call_key(c) not in run.made]
+            if not fresh:  # nothing, or only calls already made: the model is done
                 return
             for call in calls[:_MAX_CALLS_PER_ROUND]:
-                answer = await self._dispatch(run, call)
+                if _call_key(call) in run.made:  # never run twice (small models repeat)
+                    answer = f"{call.name}: already done; do not call it again"
+                else:
+                    run.made.add(_call_key(call))
+                    answer = await self._dispatch(run, call)
                 messages.append({"role": "tool", "content": answer, "tool_name": call.name})
             for call in calls[_MAX_CALLS_PER_ROUND:]:
                 messages.append(
@@ -620,6 +626,13 @@ class VlmAgent:
             manual_refs=tuple(run.refs),
             written_by="engine",
         )
+
+
+def _call_key(call: ToolCall) -> str:
+    """One tool call's identity: its tool and arguments (as written, when not an object)."""
+    args = call.argument_object()
+    written = json.dumps(args, sort_keys=True, default=str) if args is not None else call.raw
+    return f"{call.name}\n{written}"
 
 
 def _hits_text(hits: list[ManualHit]) -> str:

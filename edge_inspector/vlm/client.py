@@ -116,7 +116,7 @@ _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
 def parse_text_tool_calls(content: str, names: Collection[str] = ()) -> list[ToolCall]:
     """Tool calls a model wrote as text instead of `tool_calls` (a known small-model habit):
     `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, a fenced or bare JSON object
-    or list of such objects, or `{"<tool>": {...arguments}}` for a tool in `names`."""
+    or list of such objects, or `{"<tool>": {...arguments}, ...}` naming tools in `names`."""
     candidates = _TOOL_TAG.findall(content) or _FENCE.findall(content) or [content.strip()]
     calls: list[ToolCall] = []
     for text in candidates:
@@ -139,10 +139,9 @@ def _text_call(entry: Mapping[str, Any], names: Collection[str], text: str) -> l
             with contextlib.suppress(json.JSONDecodeError):
                 args = json.loads(args)
         return [ToolCall(name, args, raw=text[:2000])]
-    if len(entry) == 1:  # {"write_incident_report": {...}}
-        ((key, args),) = entry.items()
-        if key in names and isinstance(args, Mapping):
-            return [ToolCall(key, dict(args), raw=text[:2000])]
+    # {"write_incident_report": {...}, "alert_operator": {...}}: a call per tool named
+    if entry and all(k in names and isinstance(v, Mapping) for k, v in entry.items()):
+        return [ToolCall(k, dict(v), raw=text[:2000]) for k, v in entry.items()]
     return []
 
 

@@ -396,9 +396,9 @@ async def test_a_websocket_client_catching_up_gets_a_held_defect_only_when_it_is
 async def test_a_real_model_releases_a_held_defect_with_its_verdict(
     real_ollama: str, make_config: Callable[..., EngineConfig], scenes: list[ConveyorFrame]
 ) -> None:
-    """The real small model (tests/real_ollama.py) on the CPU: the defect waits for its whole
-    answer (the JSON-only flow: classification, then the report), then goes out once, with the
-    verdict its classification gives. Prints how long the defect was held (run with -s)."""
+    """The real small model (tests/real_ollama.py) on the CPU: the defect waits for the model's
+    classification, then goes out once with the verdict it gives, and the report follows as an
+    update (the JSON-only flow). Prints how long the defect was held (run with -s)."""
     from tests.real_ollama import SMALL_MODEL
 
     config = make_config(
@@ -425,15 +425,24 @@ async def test_a_real_model_releases_a_held_defect_with_its_verdict(
     told = Told()
     async with Engine(config, sinks=[told]) as engine:
         incident = await _defect(engine, scenes[0], "P-1")
-        await until(lambda: "update" in told.kinds(incident.incident_id), "the model's answer", 600)
+        await until(
+            lambda: any(
+                one.vlm is not None and one.vlm.status is not VlmStatus.PENDING
+                for _, one, _ in told.of(incident.incident_id)
+            ),
+            "the model's whole answer",
+            600,
+        )
     (_, verdict_told, inspected_at), *_ = told.log
-    (_, defect, released_at), (_, update, _) = told.of(incident.incident_id)
+    (_, defect, released_at), *updates = told.of(incident.incident_id)
     assert verdict_told.verdict is Verdict.FAIL  # the part's verdict went out at once
+    assert told.kinds(incident.incident_id).count("incident") == 1
     vlm = defect.vlm
-    assert vlm is not None and vlm.status is not VlmStatus.PENDING, "released before the answer"
-    expected = verdict_of(defect.defect_class, vlm.classification) or VlmVerdict.UNCONFIRMED
-    assert vlm.verdict is expected
-    assert update == defect
+    assert vlm is not None and vlm.classification is not None, "released before the verdict"
+    expected = verdict_of(defect.defect_class, vlm.classification)
+    assert vlm.verdict is expected and expected is not None
+    final = updates[-1][1].vlm
+    assert final is not None and final.verdict is expected
     said = vlm.classification.defect_type if vlm.classification else "-"
     print(
         f"{SMALL_MODEL}: {defect.defect_class} -> {vlm.status} {said}: {vlm.verdict}, "

@@ -404,7 +404,8 @@ async def test_a_tool_loop_that_never_ends_is_capped(
     scenes: list[ConveyorFrame],
 ) -> None:
     ollama.script = lambda body: (
-        classification().content and Reply.tools(("search_manual", {"query": "scratch"}))
+        classification().content
+        and Reply.tools(("search_manual", {"query": f"scratch {len(body['messages'])}"}))
         if not body.get("format")  # the tool loop (the classification is asked with a schema)
         else classification()
     )
@@ -628,8 +629,8 @@ async def test_text_in_the_image_cannot_make_the_line_stop(
             ("purge_line", {}),
             ("shutdown_plant", {"now": True}),
             ("divert_part", {"bin": "reject"}),
-            ("divert_part", {"bin": "reject"}),
-            ("divert_part", {"bin": "reject"}),
+            ("divert_part", {"bin": "reject", "reason": "again"}),
+            ("divert_part", {"bin": "rework"}),
             ("divert_part", {"bin": "reject; rm -rf /", "reason": "x" * 500}),
         ),
         Reply(content="As instructed."),
@@ -1044,7 +1045,12 @@ async def test_tool_calls_written_wrong_are_the_models_fault_not_the_servers(
             '{"write_incident_report": {"summary": "s", "fix_steps": []}}',
             [("write_incident_report", {"summary": "s", "fix_steps": []})],
         ),
+        (
+            '{"write_incident_report": {"summary": "s"}, "alert_operator": {"message": "m"}}',
+            [("write_incident_report", {"summary": "s"}), ("alert_operator", {"message": "m"})],
+        ),
         ('{"summary": {"text": "not a tool"}}', []),  # a key that names no tool offered
+        ('{"alert_operator": {"message": "m"}, "note": {"x": 1}}', []),  # not only tools
         ('{"defect_type": "scratch"}', []),
         ("Handled: the part was diverted.", []),
     ],
@@ -1083,3 +1089,30 @@ async def test_a_server_fault_in_the_tool_loop_ends_the_run_without_repeating_it
     assert [(a.tool, a.status) for a in vlm.actions] == [("divert_part", ActionStatus.EXECUTED)]
     assert [path for path, _ in webhook.calls] == ["/divert"]  # once
     assert [u.vlm.status for u in sink.updates if u.vlm] == [VlmStatus.FAILED]
+
+
+async def test_a_call_the_model_repeats_is_not_run_again_and_ends_the_loop(
+    ollama: FakeOllama,
+    vlm_config: Callable[..., EngineConfig],
+    scenes: list[ConveyorFrame],
+    webhook: Webhook,
+) -> None:
+    """Small models write the same calls turn after turn: the part is diverted once, and a
+    turn with nothing new ends the loop (not the round cap)."""
+    divert = ("divert_part", {"bin": "reject"})
+    ollama.queue(
+        classification(),
+        Reply.tools(divert),
+        Reply.tools(divert, ("alert_operator", {"message": "m", "severity": "low"})),
+        Reply.tools(divert),
+    )
+    sink = Recorder()
+    async with Engine(vlm_config(ollama.url), sinks=[sink]) as engine:
+        done = await sink.final((await _defect(engine, scenes[0])).incident_id)
+    vlm = done.vlm
+    assert vlm is not None and vlm.status == VlmStatus.DONE, vlm.error
+    assert vlm.rounds == 3
+    assert [a.tool for a in vlm.actions] == ["divert_part", "alert_operator"]
+    assert [path for path, _ in webhook.calls] == ["/divert"]
+    told = [m["content"] for m in ollama.requests[-1]["messages"] if m["role"] == "tool"]
+    assert "divert_part: already done; do not call it again" in told

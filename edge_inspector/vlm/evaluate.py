@@ -11,8 +11,8 @@ answers the model as a target that did it would; operator alerts go nowhere.
 
 Figures (`score`):
 - accuracy per true class (`none` for clean images): the model's `defect_type` equals the
-  label (`no_defect` for `none`); an image without a classification counts as wrong, and one
-  whose run failed after a valid classification (a server error in the tool loop) keeps it;
+  label (`no_defect` for `none`); an image without a classification counts as wrong (a run
+  that failed after its classification, in the tool loop, keeps it);
 - disputes: detector false alarms removed (label `none`, model `no_defect`) and true defects
   wrongly disputed (label a class, model `no_defect`);
 - severity: right, and within one step, over the defects the model classified as a defect;
@@ -23,7 +23,10 @@ Figures (`score`):
   They are read from the model's turns, recorded at the Ollama client, and judged as the agent
   judges them (tool calls, or calls written as text): that gives each call's tool and reason,
   and counts the calls of a run that failed half-way too (`VlmResult.tool_calls` and
-  `invalid_tool_calls` count the same for a finished run);
+  `invalid_tool_calls` count the same for a finished run). A turn the agent reads as no call
+  but that starts with a JSON object keyed by offered tools' names (`{"write_incident_report":
+  {...}} Done.`) counts as an invalid call of each: the model meant them, the agent did not
+  see them (and does not count them);
 - rounds of the tool loop, and seconds from the start of the run to its report (p50, p95).
 """
 
@@ -104,6 +107,7 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 _ANSWER_LIMIT = 500
 DRY_RUN_ANSWER = "carried out"  # what a dry-run target answers (the model reads it)
+UNREAD = "written in a shape the agent does not read as a call"
 
 
 # -- the station, the VLM settings, the manuals ----------------------------------------------
@@ -269,10 +273,30 @@ def _judge_calls(exchanges: Sequence[_Exchange]) -> list[ToolCallCheck]:
             continue
         turn = exchange.turn
         as_text = not turn.tool_calls
-        for call in turn.tool_calls or parse_text_tool_calls(turn.content):
+        calls = turn.tool_calls or parse_text_tool_calls(turn.content, list(exchange.tools))
+        for call in calls:
             problem = _call_problem(call, exchange.tools)
             checks.append(ToolCallCheck(call.name, problem is None, problem, as_text))
+        if not calls:
+            checks += [
+                ToolCallCheck(name, False, UNREAD, as_text=True)
+                for name in _unread_calls(turn.content, exchange.tools)
+            ]
     return checks
+
+
+def _unread_calls(content: str, offered: Mapping[str, Any]) -> list[str]:
+    """Tools the model meant to call in a shape the agent does not read as a call, taking it
+    for a closing sentence: a JSON object keyed by tool names with more after it (prose, or
+    a second tool in the same object)."""
+    start = content.find("{")
+    if start < 0:
+        return []
+    try:
+        data, _ = json.JSONDecoder().raw_decode(content[start:])
+    except ValueError:
+        return []
+    return [name for name in data if name in offered] if isinstance(data, dict) else []
 
 
 def _call_problem(call: ToolCall, offered: Mapping[str, Mapping[str, Any]]) -> str | None:
@@ -317,11 +341,7 @@ class ImageResult:
 
     @property
     def classification(self) -> Classification | None:
-        """The model's classification: the result's, or a valid one given before the run
-        failed (the engine would retry the incident; the answer counts for the accuracy)."""
-        if self.result is not None:
-            return self.result.classification
-        return next((a for a in self.attempts if a is not None), None)
+        return self.result.classification if self.result else None
 
     @property
     def predicted(self) -> str | None:
@@ -415,6 +435,7 @@ class Metrics:
     json_at_all: Ratio
     tool_calls: Ratio
     tool_calls_as_text: int
+    tool_calls_unread: int
     tool_calls_by_tool: dict[str, Ratio]
     rounds_mean: float | None
     rounds_max: int | None
@@ -439,6 +460,7 @@ class Metrics:
             "valid_json_at_all": self.json_at_all.as_json(),
             "valid_tool_calls": self.tool_calls.as_json(),
             "tool_calls_as_text": self.tool_calls_as_text,
+            "tool_calls_unread": self.tool_calls_unread,
             "tool_calls_by_tool": {k: v.as_json() for k, v in self.tool_calls_by_tool.items()},
             "rounds": {"mean": self.rounds_mean, "max": self.rounds_max},
             "seconds_to_report": {"p50": self.seconds_p50, "p95": self.seconds_p95},
@@ -486,6 +508,7 @@ def score(results: Sequence[ImageResult], classes: Sequence[str] = ()) -> Metric
         json_at_all=_ratio([any(a is not None for a in r.attempts) for r in answered]),
         tool_calls=_ratio([call.valid for call in calls]),
         tool_calls_as_text=sum(call.as_text for call in calls),
+        tool_calls_unread=sum(call.reason == UNREAD for call in calls),
         tool_calls_by_tool={k: _ratio(v) for k, v in sorted(by_tool.items())},
         rounds_mean=round(sum(d.rounds for d in done) / len(done), 2) if done else None,
         rounds_max=max((d.rounds for d in done), default=None),
@@ -722,8 +745,8 @@ async def _server_gone(vlm: OllamaVlm) -> str | None:
 # -- the printed report ----------------------------------------------------------------------
 
 
-def _num(value: float | None, unit: str = "") -> str:
-    return "n/a" if value is None else f"{value:g}{unit}"
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:g}"
 
 
 def format_report(report: EvalReport) -> str:
@@ -780,7 +803,8 @@ def format_report(report: EvalReport) -> str:
         f"valid JSON classification, first try              {m.json_first_try}",
         f"valid JSON classification, at all (1 retry)       {m.json_at_all}",
         f"valid tool calls                                   {m.tool_calls}"
-        + (f" ({m.tool_calls_as_text} written as text)" if m.tool_calls_as_text else ""),
+        + (f"; {m.tool_calls_as_text} written as text" if m.tool_calls_as_text else "")
+        + (f", {m.tool_calls_unread} of them unread by the agent" if m.tool_calls_unread else ""),
         f"rounds of the tool loop                            mean {_num(m.rounds_mean)}, "
         f"max {_num(m.rounds_max)}",
         f"seconds to a report                                p50 {_num(m.seconds_p50)}, "

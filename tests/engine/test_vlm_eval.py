@@ -76,9 +76,10 @@ def script_five(ollama: FakeOllama) -> None:
         Reply.tools(("search_manual", {"query": "scratch"})),
         Reply.tools(("write_incident_report", REPORT), ("divert_part", {"bin": "reject"})),
         Reply(content="Done."),
-        # 02 clean: the model disputes the false alarm
+        # 02 clean: the model disputes the false alarm, then writes a report in a shape the
+        # agent does not read as a call (a tool's object, then prose)
         classification("no_defect", "low"),
-        Reply(content="No defect, nothing to do."),
+        Reply(content=json.dumps({"write_incident_report": REPORT}) + "\nNo defect, no action."),
         # 03 dent: called a crack; a tool that was not offered, a report without its fields,
         # then a valid call written as text
         classification("crack", "high"),
@@ -127,13 +128,13 @@ async def test_every_figure_comes_from_the_models_answers(ollama: FakeOllama) ->
     assert (m.severity_within_one.count, m.severity_within_one.total) == (2, 2)
     assert (m.json_first_try.count, m.json_first_try.total) == (3, 5)
     assert (m.json_at_all.count, m.json_at_all.total) == (4, 5)
-    assert (m.tool_calls.count, m.tool_calls.total) == (4, 6)
-    assert m.tool_calls_as_text == 1
+    assert (m.tool_calls.count, m.tool_calls.total) == (4, 7)
+    assert (m.tool_calls_as_text, m.tool_calls_unread) == (2, 1)
     assert {k: (v.count, v.total) for k, v in m.tool_calls_by_tool.items()} == {
         "divert_part": (1, 1),
         "explode_line": (0, 1),
         "search_manual": (2, 2),
-        "write_incident_report": (1, 2),
+        "write_incident_report": (1, 3),
     }
     assert m.statuses == {"done": 4, "invalid": 1}
     assert (m.rounds_mean, m.rounds_max) == (1.6, 3)
@@ -147,10 +148,12 @@ async def test_every_figure_comes_from_the_models_answers(ollama: FakeOllama) ->
     agent_counted = [
         (r.result.tool_calls, r.result.invalid_tool_calls) for r in report.results if r.result
     ]
-    assert agent_counted == [(3, 0), (0, 0), (3, 2), (0, 0), (0, 0)], "the agent counts alike"
+    # the agent counts the same calls, except the one it did not read as a call
+    assert agent_counted == [(3, 0), (0, 0), (3, 2), (0, 0), (0, 0)]
     reasons = [c.reason for r in report.results for c in r.tool_calls if not c.valid]
-    assert reasons[0] == "not offered"
-    assert "probable_cause: required" in str(reasons[1])
+    assert reasons[0] == "written in a shape the agent does not read as a call"
+    assert reasons[1] == "not offered"
+    assert "probable_cause: required" in str(reasons[2])
 
 
 async def test_the_model_gets_the_crop_and_frame_and_actions_only_pretend(
@@ -175,18 +178,21 @@ async def test_the_model_gets_the_crop_and_frame_and_actions_only_pretend(
     assert "02-clean.jpg" in table
 
 
-async def test_a_valid_classification_before_a_server_failure_still_counts(
-    ollama: FakeOllama,
-) -> None:
-    ollama.queue(classification("scratch"), Reply(status=500, error="runner crashed"))
+async def test_a_server_failure_is_that_images_and_the_run_goes_on(ollama: FakeOllama) -> None:
+    ollama.queue(
+        Reply(status=500, error="runner crashed"),  # 01: no classification
+        classification("no_defect", "low"),  # 02: classified, then the tool loop fails
+        Reply(status=500, error="runner crashed"),
+    )
     labelled = load_labelled_set(EVAL_SET_DIR)
     config, station = eval_config(labelled, None, host=ollama.url, model=DEFAULT_MODEL)
-    report = await evaluate(labelled, config, station, limit=1)
+    report = await evaluate(labelled, config, station, limit=2)
 
-    only = report.results[0]
-    assert only.status == "no_answer"
-    assert only.predicted == "scratch"
-    assert "HTTP 500" in str(only.error)
+    first, second = report.results
+    assert (first.status, first.predicted) == ("no_answer", None)
+    assert "HTTP 500" in str(first.error)
+    assert (second.status, second.predicted) == ("failed", "none"), "its classification counts"
+    assert report.metrics.false_alarms_removed.count == 1
     assert report.aborted is None, "the server still answers: the run goes on"
 
 

@@ -16,7 +16,8 @@ Made for small local models (a 1.5B Qwen on a CPU answers with it), which is why
   date-and-time tool, so Home Assistant leaves the time (to the second) out of the system prompt:
   the system prompt comes before the tools in the model's prompt, and one changed character there
   made Ollama read the whole prompt again (about 25 s on two cores) for every question;
-- every result starts with `speech`, the sentence to say; ids come last.
+- every result starts with `speech`, the sentence to say, and holds no ids: a small model read
+  out the hex id of an incident it was given.
 """
 
 from __future__ import annotations
@@ -62,6 +63,17 @@ SAY = "When its result comes, say the result's `speech`."
 
 type Answer = Callable[..., Awaitable[dict[str, Any]]]
 
+# Ids, which the dashboard card and the intents' data keep, are nothing to say.
+_IDS = frozenset({"station_id", "incident_id", "inspection_id", "new_incident_ids"})
+
+
+def _without_ids(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _without_ids(item) for key, item in value.items() if key not in _IDS}
+    if isinstance(value, list):
+        return [_without_ids(item) for item in value]
+    return value
+
 
 class AnswerTool(llm.Tool):
     """A tool that validates its arguments and returns one of `answers`' dicts.
@@ -97,7 +109,7 @@ class AnswerTool(llm.Tool):
         self, hass: HomeAssistant, tool_input: llm.ToolInput, llm_context: llm.LLMContext
     ) -> llm.ToolResult | JsonObjectType:
         args = self.parameters(tool_input.tool_args)
-        result: JsonObjectType = await self._answer(hass, **args)
+        result: JsonObjectType = _without_ids(await self._answer(hass, **args))
         if hasattr(llm, "ToolResult"):
             return llm.ToolResult(data=result)
         return result

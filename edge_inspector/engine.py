@@ -419,8 +419,11 @@ class Engine:
     async def inspect_now(
         self, station_id: str, *, part_id: str | None = None, lot_id: str | None = None
     ) -> InspectionResult:
-        """Inspect one fresh frame of a station now and return the result."""
-        return await self.station(station_id).inspect_now(part_id=part_id, lot_id=lot_id)
+        """Inspect one fresh frame of a station now and return the result, once it is stored
+        (its incidents can be read at once)."""
+        return await self.station(station_id).inspect_now(
+            part_id=part_id, lot_id=lot_id, wait_recorded=True
+        )
 
     async def incidents(
         self,

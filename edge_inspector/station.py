@@ -54,6 +54,7 @@ __all__ = ["Station"]
 
 _LOGGER = logging.getLogger(__name__)
 _OUTPUT_LIMIT = 64  # plain inspections waiting for the store and sinks
+_RECORD_WAIT_S = 10.0  # the longest a caller waits for its inspection to be stored
 
 
 @dataclass(slots=True)
@@ -61,10 +62,16 @@ class _Output:
     result: InspectionResult
     incidents: list[Incident]
     frame: Frame | None  # kept only when images must be written
+    recorded: asyncio.Future[None] | None = None  # set once stored and told (or dropped)
 
 
 def _new_id() -> str:
     return uuid.uuid4().hex
+
+
+def _settle(recorded: asyncio.Future[None] | None) -> None:
+    if recorded is not None and not recorded.done():
+        recorded.set_result(None)
 
 
 class Station:
@@ -306,11 +313,14 @@ class Station:
         lot_id: str | None = None,
         identify: Awaitable[tuple[str | None, str | None]] | None = None,
         timeout: float = 30.0,
+        wait_recorded: bool = False,
     ) -> InspectionResult:
         """Inspect one fresh frame now (a trigger: a part arrived, a button was pressed).
 
         `identify`: the part and lot id still being read (from a PLC), awaited once the frame
-        is captured; if that fails, the part is inspected without them."""
+        is captured; if that fails, the part is inspected without them. `wait_recorded`:
+        return once the inspection and its incidents are stored and told (a caller that reads
+        them next: the HTTP API, Home Assistant), not as soon as the verdict is known (a PLC)."""
         if not self.enabled:
             raise RefusedError(f"station {self.id} is disabled")
         if isinstance(self.source, PushSource):
@@ -350,7 +360,11 @@ class Station:
                     part_id=part_id or frame.part_id,
                     lot_id=lot_id or frame.lot_id,
                 )
-            return await self._inspect(frame)
+            recorded = asyncio.get_running_loop().create_future() if wait_recorded else None
+            result = await self._inspect(frame, recorded=recorded)
+        if recorded is not None:
+            await self._until_recorded(recorded)
+        return result
 
     async def inspect_image(
         self, image: bytes, *, part_id: str | None = None, lot_id: str | None = None
@@ -360,13 +374,30 @@ class Station:
             raise RefusedError(f"station {self.id} does not take pushed images")
         if not self.enabled:
             raise RefusedError(f"station {self.id} is disabled")
+        recorded = asyncio.get_running_loop().create_future()
         async with self._lock:
             # Not through the hand-off: a continuous station's loop would race us for it.
             frame = await self.source.frame(image, part_id=part_id, lot_id=lot_id)
             self._set_available()
-            return await self._inspect(frame)
+            result = await self._inspect(frame, recorded=recorded)
+        # Answered once stored: the caller may read the inspection or its incident next.
+        await self._until_recorded(recorded)
+        return result
 
-    async def _inspect(self, frame: Frame) -> InspectionResult:
+    async def _until_recorded(self, recorded: asyncio.Future[None]) -> None:
+        """Wait for the output worker to store and tell an inspection; a store that hangs
+        delays the answer by at most `_RECORD_WAIT_S` (the verdict is right either way)."""
+        done, _ = await asyncio.wait({recorded}, timeout=_RECORD_WAIT_S)
+        if not done:
+            _LOGGER.warning(
+                "station %s: the inspection was not stored within %.0f s; answered anyway",
+                self.id,
+                _RECORD_WAIT_S,
+            )
+
+    async def _inspect(
+        self, frame: Frame, *, recorded: asyncio.Future[None] | None = None
+    ) -> InspectionResult:
         loop = asyncio.get_running_loop()
         self.frames += 1
         batched = await self._inference.infer(frame.image, conf=self._conf_floor, client=self.id)
@@ -426,7 +457,7 @@ class Station:
             or self.config.images.save == "all"
         )
         await self._sink.on_verdict(result)  # the line's controller first: it is waiting
-        self._enqueue(_Output(result, incidents, frame if keep_frame else None))
+        self._enqueue(_Output(result, incidents, frame if keep_frame else None, recorded))
         return result
 
     def _incident(
@@ -467,6 +498,7 @@ class Station:
             for index, queued in enumerate(self._outputs):
                 if queued is not None and not queued.incidents:
                     del self._outputs[index]
+                    _settle(queued.recorded)
                     self.dropped_outputs += 1
                     if self.dropped_outputs in (1, 10, 100) or self.dropped_outputs % 1000 == 0:
                         _LOGGER.warning(
@@ -496,6 +528,8 @@ class Station:
                         output.result.inspection_id,
                         exc,
                     )
+                finally:
+                    _settle(output.recorded)
             await self._publish_state()
 
     async def _deliver(self, output: _Output) -> None:

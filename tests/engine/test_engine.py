@@ -249,12 +249,15 @@ async def test_triggered_inspection_returns_the_verdict_with_the_part_id(
             pushed = await engine.stations["pushed"].inspect_image(
                 jpeg(defect_scenes[1].image), part_id="P-7"
             )
-            # each station's output worker tells the sinks just after: an inspection's
-            # incidents first, then the inspection
-            await until(
-                lambda: {r.part_id for r in sink.inspections} >= {"P-100", "P-101", "P-7"},
-                "the sink heard of the three inspections",
-            )
+            # a caller is answered once the inspection is stored and told (it reads the
+            # incident next): an inspection's incidents first, then the inspection
+            assert {r.part_id for r in sink.inspections} == {"P-100", "P-101", "P-7"}
+            assert {i.inspection_id for i in sink.incidents} == {
+                bad.inspection_id,
+                pushed.inspection_id,
+            }
+            stored = await engine.incidents(station_id="pushed")
+            assert {i.incident_id for i in stored} == set(pushed.new_incident_ids) != set()
             with pytest.raises(StationNotFoundError):
                 await engine.inspect_now("nope")
             engine.stations["gate"].set_enabled(False)

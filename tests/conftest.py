@@ -18,7 +18,7 @@ import custom_components  # noqa: F401
 from edge_inspector.config import EngineConfig, load_config
 from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.demo.synthetic import ConveyorCamera, ConveyorFrame, random_scene
-from tests.mosquitto import Mosquitto
+from tests.mosquitto import Mosquitto, Watcher
 from tests.real_ollama import RealOllama, installed
 
 # every process a test starts must be gone when the run ends (tests/leftovers.py)
@@ -32,10 +32,12 @@ os.environ.setdefault(
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A real Mosquitto on free loopback ports, stopped after the test."""
+    """A real Mosquitto on free loopback ports, stopped after the test, with any subscriber a
+    failing test left open."""
     server = Mosquitto(tmp_path / "mosquitto")
     server.start()
     yield server
+    Watcher.close_all()
     server.stop()
 
 

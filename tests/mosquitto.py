@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -117,7 +118,12 @@ keyfile {key}
 
 
 class Watcher:
-    """A subscriber with a persistent session, as a Node-RED flow or a service would have."""
+    """A subscriber with a persistent session, as a Node-RED flow or a service would have.
+
+    Closed by the test; one a failing test left open is closed by `close_all` (an autouse
+    fixture), so its network thread does not outlive the test."""
+
+    _open: ClassVar[set[Watcher]] = set()
 
     def __init__(self, port: int, *topics: str, client_id: str = "watcher") -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
@@ -135,6 +141,7 @@ class Watcher:
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+        Watcher._open.add(self)
         assert subscribed.wait(10), "the test subscriber could not subscribe"
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
@@ -154,5 +161,11 @@ class Watcher:
             time.sleep(0.05)
 
     def close(self) -> None:
+        Watcher._open.discard(self)
         self.client.loop_stop()
         self.client.disconnect()
+
+    @classmethod
+    def close_all(cls) -> None:
+        for watcher in list(cls._open):
+            watcher.close()

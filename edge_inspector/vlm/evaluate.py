@@ -24,9 +24,9 @@ Figures (`score`):
   judges them (tool calls, or calls written as text): that gives each call's tool and reason,
   and counts the calls of a run that failed half-way too (`VlmResult.tool_calls` and
   `invalid_tool_calls` count the same for a finished run). A turn the agent reads as no call
-  but that starts with a JSON object keyed by offered tools' names (`{"write_incident_report":
-  {...}} Done.`) counts as an invalid call of each: the model meant them, the agent did not
-  see them (and does not count them);
+  but holds objects keyed by offered tools' names (`{"write_incident_report": {...},
+  {"alert_operator": {...}}`: broken JSON, as a 1.5B model writes it) counts as an invalid call
+  of each: the model meant them, the agent did not see them (and does not count them);
 - rounds of the tool loop, and seconds from the start of the run to its report (p50, p95).
 """
 
@@ -36,6 +36,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import tempfile
 import uuid
 from collections import Counter
@@ -287,16 +288,11 @@ def _judge_calls(exchanges: Sequence[_Exchange]) -> list[ToolCallCheck]:
 
 def _unread_calls(content: str, offered: Mapping[str, Any]) -> list[str]:
     """Tools the model meant to call in a shape the agent does not read as a call, taking it
-    for a closing sentence: a JSON object keyed by tool names with more after it (prose, or
-    a second tool in the same object)."""
-    start = content.find("{")
-    if start < 0:
-        return []
-    try:
-        data, _ = json.JSONDecoder().raw_decode(content[start:])
-    except ValueError:
-        return []
-    return [name for name in data if name in offered] if isinstance(data, dict) else []
+    for a closing sentence: an object keyed by the tool's name, `"write_incident_report": {`,
+    in JSON that is broken or has more after it."""
+    return [
+        name for name in offered for _ in re.finditer(rf'"{re.escape(name)}"\s*:\s*\{{', content)
+    ]
 
 
 def _call_problem(call: ToolCall, offered: Mapping[str, Mapping[str, Any]]) -> str | None:

@@ -76,10 +76,14 @@ def script_five(ollama: FakeOllama) -> None:
         Reply.tools(("search_manual", {"query": "scratch"})),
         Reply.tools(("write_incident_report", REPORT), ("divert_part", {"bin": "reject"})),
         Reply(content="Done."),
-        # 02 clean: the model disputes the false alarm, then writes a report in a shape the
-        # agent does not read as a call (a tool's object, then prose)
+        # 02 clean: the model disputes the false alarm, then writes two calls in broken JSON
+        # the agent does not read as calls (as qwen2.5-coder:1.5b does)
         classification("no_defect", "low"),
-        Reply(content=json.dumps({"write_incident_report": REPORT}) + "\nNo defect, no action."),
+        Reply(
+            content='{"write_incident_report": '
+            + json.dumps(REPORT)
+            + ', {"alert_operator": {"message": "look", "severity": "low"}}'
+        ),
         # 03 dent: called a crack; a tool that was not offered, a report without its fields,
         # then a valid call written as text
         classification("crack", "high"),
@@ -128,9 +132,10 @@ async def test_every_figure_comes_from_the_models_answers(ollama: FakeOllama) ->
     assert (m.severity_within_one.count, m.severity_within_one.total) == (2, 2)
     assert (m.json_first_try.count, m.json_first_try.total) == (3, 5)
     assert (m.json_at_all.count, m.json_at_all.total) == (4, 5)
-    assert (m.tool_calls.count, m.tool_calls.total) == (4, 7)
-    assert (m.tool_calls_as_text, m.tool_calls_unread) == (2, 1)
+    assert (m.tool_calls.count, m.tool_calls.total) == (4, 8)
+    assert (m.tool_calls_as_text, m.tool_calls_unread) == (3, 2)
     assert {k: (v.count, v.total) for k, v in m.tool_calls_by_tool.items()} == {
+        "alert_operator": (0, 1),
         "divert_part": (1, 1),
         "explode_line": (0, 1),
         "search_manual": (2, 2),
@@ -151,9 +156,9 @@ async def test_every_figure_comes_from_the_models_answers(ollama: FakeOllama) ->
     # the agent counts the same calls, except the one it did not read as a call
     assert agent_counted == [(3, 0), (0, 0), (3, 2), (0, 0), (0, 0)]
     reasons = [c.reason for r in report.results for c in r.tool_calls if not c.valid]
-    assert reasons[0] == "written in a shape the agent does not read as a call"
-    assert reasons[1] == "not offered"
-    assert "probable_cause: required" in str(reasons[2])
+    assert reasons[:2] == ["written in a shape the agent does not read as a call"] * 2
+    assert reasons[2] == "not offered"
+    assert "probable_cause: required" in str(reasons[3])
 
 
 async def test_the_model_gets_the_crop_and_frame_and_actions_only_pretend(

@@ -28,6 +28,18 @@ echo "== mypy --strict"
 "$CURRENT/bin/mypy"
 echo "== actionlint"
 "$CURRENT/bin/actionlint" .github/workflows/*.yml
+# One real Ollama (tests/real_ollama.py) for every suite, rather than one per suite: the models
+# load once and the prompt cache carries over. A REAL_OLLAMA_HOST you set is used as it is.
+if [ -z "${REAL_OLLAMA_HOST:-}" ]; then
+  coproc OLLAMA { exec "$CURRENT/bin/python" -m tests.real_ollama; }
+  if read -r -t 180 REAL_OLLAMA_HOST <&"${OLLAMA[0]}"; then
+    export REAL_OLLAMA_HOST
+    echo "== the real Ollama serves at $REAL_OLLAMA_HOST"
+  else
+    echo "== no real Ollama (not installed?): the tests that need it start their own or skip"
+  fi
+  trap '[ -n "${OLLAMA_PID:-}" ] && kill "$OLLAMA_PID" 2>/dev/null; wait' EXIT
+fi
 echo "== engine tests (Python $("$CURRENT/bin/python" -c 'import platform; print(platform.python_version())'))"
 # The engine's tests run without Home Assistant's pytest plugin, which blocks sockets and
 # checks for Home Assistant's own leftovers after every test.

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -118,3 +119,19 @@ class RealOllama:
             os.killpg(process.pid, signal.SIGKILL)  # a runner that outlived the server
         if self._log is not None:
             self._log.unlink(missing_ok=True)
+
+
+def main() -> int:
+    """Serve for a whole test run (scripts/test.sh): print the URL, then keep the server until
+    standard input closes or a signal comes, so every suite reuses one server and its cache."""
+    if not installed():
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with RealOllama() as server:
+        print(server.url, flush=True)
+        sys.stdin.read()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

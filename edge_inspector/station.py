@@ -565,7 +565,8 @@ class Station:
         quality = self.config.images.jpeg_quality
 
         def _encode() -> tuple[bytes, bytes, bytes]:
-            drawn = annotate(frame.image, result.detections)
+            # the incident's own defects on top; the frame's other detections as faint context
+            drawn = annotate(frame.image, result.detections, confirmed=incident.detections)
             return (
                 encode_jpeg(drawn, quality),
                 encode_jpeg(crop(frame.image, incident.boxes), quality),

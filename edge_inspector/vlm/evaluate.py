@@ -604,7 +604,7 @@ def _evidence(
     out: list[bytes] = []
     for kind, picture in (
         ("crop", crop(image, incident.boxes)),
-        ("frame", annotate(image, incident.detections)),
+        ("frame", annotate(image, incident.detections, confirmed=incident.detections)),
     ):
         stored = workdir / f"{kind}.jpg"
         stored.write_bytes(encode_jpeg(picture, quality))

@@ -98,10 +98,16 @@ class Latency(_Event):
 
 
 class ModelInfo(_Event):
-    """Which model made a result: its file name and the SHA-256 of its content."""
+    """Which model made a result: its file name and the SHA-256 of its content (the model as
+    configured, before any export), and the runtime that ran it."""
 
     name: str
     sha256: str
+    runtime: str | None = Field(
+        default=None,
+        description="pytorch, onnx, openvino, tensorrt, torchscript or other: what ran the "
+        "model (`runtime: auto` may run an export of the configured file).",
+    )
 
 
 class InspectionResult(_Event):

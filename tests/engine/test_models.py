@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,6 +50,33 @@ def test_exported_models_agree_with_the_pytorch_model(
     assert agree >= 7, f"{fmt} disagrees with PyTorch: {got} vs {expected}"
     truth = [{t.class_name for t in s.truths} for s in scenes]
     assert sum(t <= g for t, g in zip(truth, got, strict=True)) >= 6
+
+
+@pytest.mark.parametrize("fmt", ["pytorch", "onnx", "openvino"])
+def test_the_direct_path_finds_what_ultralytics_predict_finds(
+    fmt: str, exported: dict[str, Path], demo_model: Path, defect_scenes: list[ConveyorFrame]
+) -> None:
+    """The detector calls the predictor's steps itself, without `predict`'s per-call machinery
+    (detect/detector.py): the same boxes, scores and classes, one frame at a time and in a batch,
+    on every runtime."""
+    detector = YoloDetector(demo_model if fmt == "pytorch" else exported[fmt], imgsz=320)
+    detector.load()
+    assert detector._predictor is not None  # the direct path is the one in use
+    model = detector._model
+    frames = [s.image for s in defect_scenes[:4]]
+    singles = [detector.predict([frame], conf=0.3)[0] for frame in frames]
+    batched = detector.predict(frames, conf=0.3)
+    for frame, one, many in zip(frames, singles, batched, strict=True):
+        [result] = model.predict(frame, imgsz=320, conf=0.3, verbose=False)
+        expected = result.boxes.data.cpu().numpy()
+        assert len(one) == len(expected) > 0
+        np.testing.assert_allclose(one.boxes, expected[:, :4], atol=0.05)
+        np.testing.assert_allclose(one.confidences, expected[:, 4], atol=1e-4)
+        np.testing.assert_array_equal(one.class_ids, expected[:, 5].astype(np.int64))
+        assert min(one.preprocess_ms, one.inference_ms, one.postprocess_ms) > 0
+        # a batch finds the same things (floating-point sums may differ in the last digits)
+        np.testing.assert_array_equal(np.sort(many.class_ids), np.sort(one.class_ids))
+        np.testing.assert_allclose(np.sort(many.confidences), np.sort(one.confidences), atol=2e-3)
 
 
 def test_backend_detection() -> None:

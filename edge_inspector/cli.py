@@ -5,6 +5,7 @@ edge-inspector run -c FILE            run every station until SIGINT/SIGTERM
 edge-inspector inspect IMAGE... --model PATH [--json]
 edge-inspector demo [--frames N | --duration S]
 edge-inspector train --data DATA.yaml  /  export --model PATH --format onnx
+edge-inspector bench-model MODEL      time the model on each runtime installed; which runs it
 edge-inspector schema [--out DIR]     write the JSON Schema of the events
 edge-inspector dataset export --out DIR  confirmed/rejected incidents as a YOLO dataset
 edge-inspector manuals index DIR      index equipment manuals (Markdown, text, PDF)
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .config import EngineConfig, StationConfig, load_config
+from .config import EngineConfig, ModelConfig, StationConfig, load_config
 from .errors import ConfigError, EdgeInspectorError, ImageDecodeError
 from .events import Incident
 from .redact import RedactingFilter
@@ -50,31 +51,56 @@ def _setup_logging(verbose: int) -> None:
 # -- check / run ----------------------------------------------------------------------------
 
 
-async def _check_models(config: EngineConfig) -> list[str]:
+def _load_model(model: ModelConfig) -> tuple[set[str], str]:
+    """Choose what runs a model as `run` would (exported and timed, cached) and load it:
+    its class names, and what runs it (blocking)."""
+    from .detect.autoruntime import choose_runtime
     from .detect.detector import YoloDetector
 
+    choice = choose_runtime(
+        model.path,
+        runtime=model.runtime,
+        imgsz=model.imgsz,
+        device=model.device,
+        half=model.half,
+    )
+    detector = YoloDetector(choice.path, imgsz=model.imgsz, device=model.device)
+    detector.load()
+    runs = f"{choice.runtime} ({choice.reason})"
+    return set(detector.names.values()), runs + (f"; {choice.batching}" if choice.batching else "")
+
+
+async def _check_models(config: EngineConfig) -> tuple[list[str], dict[str, str]]:
+    """Problems with the stations' models, and what runs each station's model."""
+    from .detect.batcher import inference_thread
+
     problems: list[str] = []
-    loaded: dict[Path, set[str]] = {}
+    loaded: dict[ModelConfig, set[str]] = {}
+    runs: dict[ModelConfig, str] = {}
     loop = asyncio.get_running_loop()
-    for station in config.stations:
-        path = station.model.path
-        if path not in loaded:
-            detector = YoloDetector(path, imgsz=station.model.imgsz, device=station.model.device)
-            try:
-                await loop.run_in_executor(None, detector.load)
-            except EdgeInspectorError as exc:
-                problems.append(f"stations[{station.id}].model.path: {exc}")
-                loaded[path] = set()
-                continue
-            loaded[path] = set(detector.names.values())
-        names = loaded[path]
-        if names:
-            for cls in sorted(set(station.defects) - names):
-                problems.append(
-                    f"stations[{station.id}].defects.{cls}: not a class of {path.name} "
-                    f"(it knows: {', '.join(sorted(names))})"
-                )
-    return problems
+    inference = inference_thread()  # one thread runs every model (detect.batcher)
+    try:
+        for station in config.stations:
+            model = station.model
+            if model not in loaded:
+                try:
+                    loaded[model], runs[model] = await loop.run_in_executor(
+                        inference, _load_model, model
+                    )
+                except EdgeInspectorError as exc:
+                    problems.append(f"stations[{station.id}].model.path: {exc}")
+                    loaded[model] = set()
+                    continue
+            names = loaded[model]
+            problems += [
+                f"stations[{station.id}].defects.{cls}: not a class of {model.path.name} "
+                f"(it knows: {', '.join(sorted(names))})"
+                for cls in sorted(set(station.defects) - names)
+                if names
+            ]
+    finally:
+        inference.shutdown(wait=True)
+    return problems, {s.id: runs[s.model] for s in config.stations if s.model in runs}
 
 
 async def _check_plcs(config: EngineConfig) -> list[str]:
@@ -118,7 +144,7 @@ def _plc_map(station: StationConfig) -> list[str]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    problems = [] if args.no_load else asyncio.run(_check_models(config))
+    problems, runs = ([], {}) if args.no_load else asyncio.run(_check_models(config))
     if not args.no_plc:
         problems += asyncio.run(_check_plcs(config))
     if problems:
@@ -131,6 +157,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"{station.id}: {station.name} — {station.source.type} source, {station.mode}, "
             f"model {station.model.path.name}, defects {', '.join(station.defects)}"
         )
+        if station.id in runs:
+            print(f"  runs on {runs[station.id]}")
         for line in _plc_map(station):
             print(line)
     print(f"{args.config}: OK ({len(config.stations)} station(s))")
@@ -296,6 +324,23 @@ def cmd_export(args: argparse.Namespace) -> int:
         verbose=False,
     )
     print(out)
+    return 0
+
+
+def cmd_bench_model(args: argparse.Namespace) -> int:
+    from .detect.autoruntime import choose_runtime
+
+    if not args.model.exists():
+        raise EdgeInspectorError(f"{args.model}: model file not found")
+    if args.imgsz < 32:
+        raise ConfigError(f"--imgsz {args.imgsz}: give at least 32")
+    choice = choose_runtime(
+        args.model.resolve(), imgsz=args.imgsz, device=args.device, fresh=args.fresh
+    )
+    if args.json:
+        print(json.dumps(choice.as_json(), indent=2))
+    else:
+        print(choice.table())
     return 0
 
 
@@ -550,6 +595,17 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915
     p.add_argument("--int8", action="store_true")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "bench-model",
+        help="time a model on each runtime installed (exports cached); print which runs it",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL", help=".pt (or an exported model)")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--fresh", action="store_true", help="time again instead of the cached table")
+    p.add_argument("--json", action="store_true", help="the table as one JSON object")
+    p.set_defaults(func=cmd_bench_model)
 
     p = sub.add_parser("schema", help="write the JSON Schema of the published events")
     p.add_argument("--out", type=Path, default=Path("schema"))

@@ -168,6 +168,20 @@ type SourceConfig = Annotated[
 ]
 
 
+def _exported_for(path: Path) -> str | None:
+    """The runtime an exported model is for; None for a PyTorch model (.pt, .yaml), which can
+    be exported to any."""
+    name = path.name.lower()
+    if name.endswith("_openvino_model") or path.suffix.lower() == ".xml":
+        return "openvino"
+    suffix = path.suffix.lower()
+    if suffix in {".pt", ".yaml", ".yml"}:
+        return None
+    return {".onnx": "onnx", ".engine": "tensorrt", ".torchscript": "torchscript"}.get(
+        suffix, suffix.lstrip(".") or "another runtime"
+    )
+
+
 class ModelConfig(_Model):
     """A detection model in any format Ultralytics loads (.pt, ONNX, OpenVINO folder, TensorRT)."""
 
@@ -175,6 +189,26 @@ class ModelConfig(_Model):
     imgsz: Annotated[int, Field(ge=32, le=4096)] = 640
     device: str = "cpu"
     half: bool = False
+    runtime: Literal["auto", "pytorch", "onnx", "openvino"] = Field(
+        default="auto",
+        description="What runs the model. `auto`: a PyTorch model (.pt) is exported to every "
+        "runtime installed (cached by the model's hash), each is timed on a few frames, and the "
+        "fastest runs; batches of frames are used only where they pay. An exported model runs as "
+        "it is, batched only where that pays. A named runtime is always used: a .pt is exported "
+        "to it (cached); an exported model must be for it. Nothing is timed then, and "
+        "`detection.max_batch` applies as set.",
+    )
+
+    @model_validator(mode="after")
+    def _runtime_fits_the_file(self) -> Self:
+        exported = _exported_for(self.path)
+        if self.runtime == "auto" or exported is None or exported == self.runtime:
+            return self
+        raise ValueError(
+            f"runtime {self.runtime} cannot run {self.path.name}, a model exported for "
+            f"{exported}: give the .pt model to have it exported for {self.runtime}, or leave "
+            "runtime out (auto) to run this file as it is"
+        )
 
 
 class DefectClassConfig(_Model):

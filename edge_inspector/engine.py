@@ -16,6 +16,7 @@ import aiohttp
 
 from .config import EngineConfig, StationConfig
 from .contract import ImageKind, VlmStatus
+from .detect.autoruntime import choose_runtime
 from .detect.batcher import InferenceQueue, inference_thread
 from .detect.detector import YoloDetector
 from .errors import (
@@ -60,12 +61,12 @@ _MIN_BUCKET_S = 10.0  # the finest rate series
 _LOGGER = logging.getLogger(__name__)
 _RETENTION_INTERVAL = 3600.0
 
-type ModelKey = tuple[Path, int, str, bool]
+type ModelKey = tuple[Path, int, str, bool, str]
 
 
 def _model_key(station: StationConfig) -> ModelKey:
     m = station.model
-    return (m.path, m.imgsz, m.device, m.half)
+    return (m.path, m.imgsz, m.device, m.half, m.runtime)
 
 
 class Engine:
@@ -141,22 +142,8 @@ class Engine:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         for key in dict.fromkeys(_model_key(s) for s in self.config.stations):
-            path, imgsz, device, half = key
-            queue = InferenceQueue(
-                YoloDetector(
-                    path, imgsz=imgsz, device=device, half=half, cache_dir=self._cache_dir
-                ),
-                max_batch=self.config.detection.max_batch,
-                batch_window=self.config.detection.batch_window_ms / 1000,
-                executor=self._inference_executor,
-            )
-            try:
-                await queue.start()
-            except ModelError as exc:
-                _LOGGER.error("%s", exc)
-                await queue.close()
-                continue
-            self._inference[key] = queue
+            if (queue := await self._start_model(key)) is not None:
+                self._inference[key] = queue
         await self._open_manuals()
         vlm_initial: VlmResult | None = None
         if self.config.vlm.enabled:
@@ -170,6 +157,57 @@ class Engine:
         self._retention_task = asyncio.create_task(
             self._retention(), name="edge_inspector retention"
         )
+
+    async def _start_model(self, key: ModelKey) -> InferenceQueue | None:
+        """Choose what runs a model (`runtime: auto` exports and times it, once: see
+        detect.autoruntime), then load it; all of it on the inference thread."""
+        path, imgsz, device, half, runtime = key
+        loop = asyncio.get_running_loop()
+        try:
+            choice = await loop.run_in_executor(
+                self._inference_executor,
+                functools.partial(
+                    choose_runtime,
+                    path,
+                    runtime=runtime,
+                    imgsz=imgsz,
+                    device=device,
+                    half=half,
+                    cache_dir=self._cache_dir,
+                ),
+            )
+        except ModelError as exc:
+            _LOGGER.error("%s", exc)
+            return None
+        if choice.timings:
+            _LOGGER.info("model %s @%d:\n%s", path.name, imgsz, choice.table())
+        elif choice.path != path:
+            _LOGGER.info(
+                "model %s @%d: runs %s (%s)", path.name, imgsz, choice.runtime, choice.reason
+            )
+        max_batch = self.config.detection.max_batch
+        if choice.max_batch is not None:  # batches do not pay on this runtime, here
+            max_batch = min(max_batch, choice.max_batch)
+        queue = InferenceQueue(
+            YoloDetector(
+                choice.path,
+                imgsz=imgsz,
+                device=device,
+                half=half,
+                cache_dir=self._cache_dir,
+                source=path,
+            ),
+            max_batch=max_batch,
+            batch_window=self.config.detection.batch_window_ms / 1000,
+            executor=self._inference_executor,
+        )
+        try:
+            await queue.start()
+        except ModelError as exc:
+            _LOGGER.error("%s", exc)
+            await queue.close()
+            return None
+        return queue
 
     async def _start_plc(self) -> None:
         """A PLC link for each running station that has one (it connects in the background:

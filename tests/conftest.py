@@ -128,7 +128,11 @@ def camera_station(url: str, *, sid: str = "gate", name: str = "Gate", extra: st
 def make_config(
     tmp_path: Path, demo_model: Path, write_config: Callable[[str], Path]
 ) -> Callable[..., EngineConfig]:
-    """A one-or-more-station configuration on the demo model, as a user would write it."""
+    """A one-or-more-station configuration on the demo model, as a user would write it.
+
+    A station that names no `model.runtime` runs PyTorch here, not `auto`: which runtime a
+    machine's timing picks, and whether it batches, must not change what these tests see
+    (tests/engine/test_autoruntime.py tests the choice)."""
 
     def _make(*stations: str, extra: str = "") -> EngineConfig:
         body = "stations:\n" + "".join(
@@ -136,6 +140,17 @@ def make_config(
         )
         body = body.replace("MODEL", str(demo_model))
         body += f"store:\n  path: {tmp_path / 'store'}\n" + textwrap.dedent(extra)
-        return load_config(write_config(body))
+        return on_pytorch(load_config(write_config(body)))
 
     return _make
+
+
+def on_pytorch(config: EngineConfig) -> EngineConfig:
+    """`config` with `runtime: pytorch` for every station that leaves the runtime unset."""
+    stations = tuple(
+        s
+        if "runtime" in s.model.model_fields_set
+        else s.model_copy(update={"model": s.model.model_copy(update={"runtime": "pytorch"})})
+        for s in config.stations
+    )
+    return config.model_copy(update={"stations": stations})

@@ -11,7 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["default_cache_dir", "prepare_ultralytics", "use_threads_for"]
+__all__ = ["default_cache_dir", "no_openvino_telemetry", "prepare_ultralytics", "use_threads_for"]
 
 _FONT_NAMES = ("Arial.ttf", "Arial.Unicode.ttf")
 
@@ -56,12 +56,23 @@ def prepare_ultralytics(cache_dir: Path | None = None) -> Path:
                 target = folder / name
                 if not target.exists():
                     shutil.copyfile(font, target)
+    no_openvino_telemetry()
     if "ultralytics" in sys.modules:
         from ultralytics.utils import SETTINGS
 
         if SETTINGS.get("sync"):
             SETTINGS.update({"sync": False})
     return config_dir
+
+
+def no_openvino_telemetry() -> None:
+    """OpenVINO's converter, which Ultralytics imports to export and to load an OpenVINO model,
+    sends usage statistics to Google Analytics from a child process on each use (no network
+    at run time but loopback: this is a factory line); its modules fall back to a stub when
+    `openvino_telemetry` cannot be imported."""
+    if "openvino_telemetry" not in sys.modules:
+        # None in sys.modules makes the import fail (ImportError), as if not installed
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
 
 
 def use_threads_for(backend: str) -> int:

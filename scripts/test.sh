@@ -43,7 +43,7 @@ fi
 echo "== engine tests (Python $("$CURRENT/bin/python" -c 'import platform; print(platform.python_version())'))"
 # The engine's tests run without Home Assistant's pytest plugin, which blocks sockets and
 # checks for Home Assistant's own leftovers after every test.
-suite "$CURRENT/bin/pytest" -p no:homeassistant -p no:cacheprovider tests/engine tests/flows "$@"
+suite "$CURRENT/bin/pytest" -p no:homeassistant -p no:cacheprovider --durations=15 tests/engine tests/flows "$@"
 for venv in "$CURRENT" "$OLDEST"; do
   echo "== Home Assistant $(release "$venv") (Python $("$venv/bin/python" -c 'import platform; print(platform.python_version())'))"
   suite "$venv/bin/pytest" -p no:cacheprovider --cov=custom_components/edge_inspector \

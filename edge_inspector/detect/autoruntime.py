@@ -52,7 +52,7 @@ import yaml
 from ..errors import ModelError
 from ..frames import Image
 from .detector import YoloDetector, model_backend, model_sha256
-from .runtime import default_cache_dir, no_openvino_telemetry, prepare_ultralytics
+from .runtime import default_cache_dir, no_openvino_telemetry, prepare_ultralytics, use_threads_for
 
 __all__ = [
     "BATCH_PROBE",
@@ -72,10 +72,10 @@ EXPORTS = ("onnx", "openvino")  # the runtimes a .pt is exported to
 _TIE = 0.03  # within this of the fastest, PyTorch is kept
 _WARMUP = 3
 _SINGLE_RUNS = 20
-_BATCH_RUNS = 5
+_ROUNDS = 5  # turns: each runtime gets _SINGLE_RUNS / _ROUNDS single frames and a batch
 _FRAMES = 8
 _CONF = 0.25
-_TABLE_FORMAT = 1  # bump when the timing method changes: older tables are then re-timed
+_TABLE_FORMAT = 2  # bump when the timing method changes: older tables are then re-timed
 # What each export needs installed, as import names (Ultralytics pip-installs what is missing)
 _NEEDS = {"onnx": ("onnx", "onnxslim", "onnxruntime"), "openvino": ("openvino",)}
 _VERSIONS = ("torch", "ultralytics", "onnx", "onnxruntime", "openvino", "numpy")
@@ -214,11 +214,8 @@ def choose_runtime(
     if source:
         candidates += [_exported(model, name, folder, imgsz, cache_dir) for name in EXPORTS]
     frames = _frames(imgsz)
-    timings = tuple(
-        t
-        if t.excluded is not None
-        else _time(t, frames, imgsz=imgsz, device=device, half=half, cache_dir=cache_dir)
-        for t in candidates
+    timings = _time_all(
+        candidates, frames, imgsz=imgsz, device=device, half=half, cache_dir=cache_dir
     )
     if any(t.single_ms is not None for t in timings):
         _write_table(folder, key, model, timings)
@@ -309,7 +306,7 @@ def _exported(
     return RuntimeTiming(runtime, path)
 
 
-def _time(
+def _ready(
     row: RuntimeTiming,
     frames: Sequence[Image],
     *,
@@ -317,38 +314,78 @@ def _time(
     device: str,
     half: bool,
     cache_dir: Path | None,
-) -> RuntimeTiming:
-    """Load the model on its runtime and time single frames and batches of BATCH_PROBE."""
+) -> tuple[YoloDetector, int | None] | str:
+    """A runtime's model loaded and warmed up, with its fixed batch size; or why it cannot run."""
     assert row.path is not None
-    fixed = _fixed_batch(row.path, row.runtime)
     detector = YoloDetector(row.path, imgsz=imgsz, device=device, half=half, cache_dir=cache_dir)
+    fixed = _fixed_batch(row.path, row.runtime)
     try:
         detector.load()
         for frame in frames[:_WARMUP]:
             detector.predict([frame], conf=_CONF)
-        single = statistics.median(
-            _seconds(detector, [frames[i % len(frames)]]) for i in range(_SINGLE_RUNS)
-        )
-        batch = None
-        if fixed is None:
-            batches = [
-                [frames[(n * BATCH_PROBE + i) % len(frames)] for i in range(BATCH_PROBE)]
-                for n in range(_BATCH_RUNS + 1)
-            ]
-            _seconds(detector, batches[0])  # the first batch sets the runtime up for its shape
-            batch = statistics.median(_seconds(detector, b) for b in batches[1:]) / BATCH_PROBE
+        if fixed is None:  # the first batch sets the runtime up for its shape
+            _seconds(detector, [frames[i % len(frames)] for i in range(BATCH_PROBE)])
     except ModelError as exc:
         _LOGGER.warning("%s left out: %s", row.runtime, exc)
-        return replace(row, excluded=f"could not run: {exc}")
-    finally:
-        del detector
-        gc.collect()  # the runtime's memory goes before the next one loads
-    return replace(
-        row,
-        single_ms=round(single * 1000, 2),
-        batch_ms=None if batch is None else round(batch * 1000, 2),
-        fixed_batch=fixed,
-    )
+        return f"could not run: {exc}"
+    return detector, fixed
+
+
+def _time_all(
+    rows: Sequence[RuntimeTiming],
+    frames: Sequence[Image],
+    *,
+    imgsz: int,
+    device: str,
+    half: bool,
+    cache_dir: Path | None,
+) -> tuple[RuntimeTiming, ...]:
+    """Load every runtime's model, then time them in turns: each round gives each runtime a
+    few single frames and one batch of BATCH_PROBE. A machine whose speed drifts over seconds
+    (another process, a neighbour on the host, the clock) then slows every runtime alike,
+    where timing one runtime after the other would hand the race to whichever ran in a quiet
+    moment."""
+    loaded: dict[int, tuple[YoloDetector, int | None]] = {}
+    out = list(rows)
+    for index, row in enumerate(rows):
+        if row.excluded is not None or row.path is None:
+            continue
+        ready = _ready(row, frames, imgsz=imgsz, device=device, half=half, cache_dir=cache_dir)
+        if isinstance(ready, str):
+            out[index] = replace(row, excluded=ready)
+        else:
+            loaded[index] = ready
+    singles: dict[int, list[float]] = {index: [] for index in loaded}
+    batches: dict[int, list[float]] = {index: [] for index in loaded}
+    per_round = _SINGLE_RUNS // _ROUNDS
+    for turn in range(_ROUNDS):
+        for index, (detector, fixed) in list(loaded.items()):
+            use_threads_for(detector.backend)  # each runtime with the threads it runs with
+            start = turn * per_round
+            try:
+                singles[index] += [
+                    _seconds(detector, [frames[(start + i) % len(frames)]])
+                    for i in range(per_round)
+                ]
+                if fixed is None:
+                    batch = [
+                        frames[(turn * BATCH_PROBE + i) % len(frames)] for i in range(BATCH_PROBE)
+                    ]
+                    batches[index].append(_seconds(detector, batch) / BATCH_PROBE)
+            except ModelError as exc:
+                _LOGGER.warning("%s left out: %s", rows[index].runtime, exc)
+                out[index] = replace(rows[index], excluded=f"could not run: {exc}")
+                del loaded[index]
+    for index, (_, fixed) in loaded.items():
+        out[index] = replace(
+            rows[index],
+            single_ms=round(statistics.median(singles[index]) * 1000, 2),
+            batch_ms=round(statistics.median(batches[index]) * 1000, 2) if batches[index] else None,
+            fixed_batch=fixed,
+        )
+    loaded.clear()
+    gc.collect()  # the runtimes' memory goes now, not whenever
+    return tuple(out)
 
 
 def _seconds(detector: YoloDetector, frames: list[Image]) -> float:

@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,6 +51,17 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def chosen(cache: Path) -> RuntimeChoice:
     """The demo model exported and timed once for the module (the expensive part)."""
     return choose_runtime(DEMO_MODEL, imgsz=IMGSZ, cache_dir=cache)
+
+
+def _each(time_one: Callable[..., RuntimeTiming]) -> Callable[..., tuple[RuntimeTiming, ...]]:
+    """A stand-in for the timing of every runtime, from one for a single runtime."""
+
+    def time_all(
+        rows: Sequence[RuntimeTiming], *_: object, **__: object
+    ) -> tuple[RuntimeTiming, ...]:
+        return tuple(row if row.excluded is not None else time_one(row) for row in rows)
+
+    return time_all
 
 
 def _no_work(*_: object, **__: object) -> RuntimeTiming:
@@ -109,7 +120,7 @@ def test_a_second_choice_reads_the_cache_and_exports_nothing(
     before = {p: p.stat().st_mtime_ns for p in files}
     assert any(p.name.startswith("timings-") for p in files)
     monkeypatch.setattr(autoruntime, "_run_exporter", _no_work)
-    monkeypatch.setattr(autoruntime, "_time", _no_work)
+    monkeypatch.setattr(autoruntime, "_time_all", _no_work)
     again = choose_runtime(DEMO_MODEL, imgsz=IMGSZ, cache_dir=cache)
     assert again.cached
     assert (again.runtime, again.path, again.max_batch) == (
@@ -131,7 +142,7 @@ def test_fresh_times_again_on_the_cached_exports(
         return replace(row, single_ms=10.0, batch_ms=5.0)
 
     monkeypatch.setattr(autoruntime, "_run_exporter", _no_work)
-    monkeypatch.setattr(autoruntime, "_time", fake_time)
+    monkeypatch.setattr(autoruntime, "_time_all", _each(fake_time))
     monkeypatch.setattr(autoruntime, "_write_table", lambda *_: None)  # keep the real table
     again = choose_runtime(DEMO_MODEL, imgsz=IMGSZ, cache_dir=cache, fresh=True)
     assert timed == [t.runtime for t in chosen.timings if t.excluded is None]
@@ -263,7 +274,7 @@ async def test_the_engine_does_not_batch_where_batches_do_not_pay(
         single, batch = times[row.runtime]
         return replace(row, single_ms=single, batch_ms=batch)
 
-    monkeypatch.setattr(autoruntime, "_time", fake_time)
+    monkeypatch.setattr(autoruntime, "_time_all", _each(fake_time))
     monkeypatch.setattr(autoruntime, "_read_table", lambda *_: None)
     monkeypatch.setattr(autoruntime, "_write_table", lambda *_: None)  # keep the real table
     caplog.set_level(logging.INFO, logger="edge_inspector")
@@ -287,7 +298,7 @@ async def test_the_engine_runs_a_named_runtime_untimed(
     other = next((t for t in chosen.timings if t.runtime != chosen.runtime and t.path), None)
     if other is None:
         pytest.skip("only one runtime is installed")
-    monkeypatch.setattr(autoruntime, "_time", _no_work)
+    monkeypatch.setattr(autoruntime, "_time_all", _no_work)
     config = make_config(
         _auto_station().replace("runtime: auto", f"runtime: {other.runtime}"),
         extra="detection: {max_batch: 4}\n",

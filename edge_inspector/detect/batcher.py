@@ -3,9 +3,13 @@
 While the model runs, frames from other stations queue up; when it is free it takes all of them
 (up to `max_batch`) as one batch. Stations running freely tend to fall into step with the model
 so that each arrives just as the other's inference starts, and then nothing is ever batched; so
-when a request arrives while other stations are registered, the queue waits up to
-`batch_window` seconds for all of them. Once they are in step, every station is waiting when the
-model frees up and the window costs nothing. A lone station never waits.
+when a request arrives, the queue waits up to `batch_window` seconds for the stations whose next
+frame is due within that window (each station's frames arrive about every `period`, learned
+from its last frames). Once free-running stations are in step, every one is waiting when the
+model frees up and the window costs nothing. Cameras on their own clocks (5 fps each, not in
+step) are never waited for: the next frame of most of them is 200 ms away, and waiting for all
+of them would leave the model idle for the whole window before every batch. A lone station never
+waits.
 """
 
 from __future__ import annotations
@@ -38,6 +42,18 @@ class _Request:
     image: Image
     conf: float
     future: asyncio.Future[BatchedResult] = field(repr=False)
+    client: str = ""
+
+
+@dataclass(slots=True)
+class _Client:
+    seen: float  # loop time of its last frame
+    period: float | None = None  # its frames' usual interval (smoothed)
+
+    def arrived(self, now: float) -> None:
+        interval = now - self.seen
+        self.period = interval if self.period is None else 0.7 * self.period + 0.3 * interval
+        self.seen = now
 
 
 def inference_thread() -> ThreadPoolExecutor:
@@ -65,7 +81,7 @@ class InferenceQueue:
         self.detector = detector
         self.max_batch = max_batch
         self.batch_window = batch_window
-        self._last_seen: dict[str, float] = {}  # client -> loop time of its last frame
+        self._clients: dict[str, _Client] = {}
         self._own_executor = executor is None
         self._executor = executor or inference_thread()
         self._pending: list[_Request] = []
@@ -102,23 +118,42 @@ class InferenceQueue:
         if self._task is None or self._task.done():
             raise ModelError(f"{self.detector.path.name}: the detector is not running")
         loop = asyncio.get_running_loop()
-        self._last_seen[client] = loop.time()
+        now = loop.time()
+        known = self._clients.get(client)
+        if known is None:
+            self._clients[client] = _Client(now)
+        else:
+            known.arrived(now)
         future: asyncio.Future[BatchedResult] = loop.create_future()
-        self._pending.append(_Request(image, conf, future))
+        self._pending.append(_Request(image, conf, future, client))
         self._wakeup.set()
         return await future
 
+    def _expected(self, now: float) -> int:
+        """How many frames a batch should wait for: those waiting, and one from each other
+        station whose next frame is due within the window. A station not heard from for a
+        second (a dead camera, a triggered station between parts) is not waited for."""
+        waiting = {r.client for r in self._pending}
+        due = 0
+        for name, client in self._clients.items():
+            if name in waiting or now - client.seen >= 1.0 or client.period is None:
+                continue
+            if client.seen + client.period - now <= self.batch_window:
+                due += 1
+        return min(len(self._pending) + due, self.max_batch)
+
     async def _gather(self) -> None:
-        """Wait (up to the window) until every active client has a frame waiting."""
-        now = asyncio.get_running_loop().time()
-        # Active: sent a frame in the last second. A station with a dead camera is not waited for.
-        active = sum(1 for seen in self._last_seen.values() if now - seen < 1.0)
-        want = min(active, self.max_batch)
-        if want <= 1 or self.batch_window <= 0:
+        """Wait (up to the window) for the frames due within it. Who is due is decided once:
+        in a steady trickle of frames somebody is always due next, and counting them again
+        would always wait the whole window."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        want = self._expected(now)
+        if self.batch_window <= 0 or len(self._pending) >= want:
             return
         deadline = now + self.batch_window
         while len(self._pending) < want:
-            remaining = deadline - asyncio.get_running_loop().time()
+            remaining = deadline - loop.time()
             if remaining <= 0:
                 return
             self._wakeup.clear()

@@ -1,0 +1,85 @@
+"""The inference queue's batching window: it waits for stations that are in step with the
+model, never for cameras on their own clocks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from edge_inspector.detect.batcher import InferenceQueue
+from edge_inspector.detect.detector import RawDetections
+from edge_inspector.frames import Image
+
+MODEL_S = 0.02  # what one model call takes
+
+
+class SlowModel:
+    """A detector that takes MODEL_S a call, whatever the batch, and records the batch sizes."""
+
+    path = type("P", (), {"name": "slow"})()
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def load(self) -> None:
+        pass
+
+    def predict(self, images: Sequence[Image], *, conf: float) -> list[RawDetections]:
+        time.sleep(MODEL_S)
+        self.batches.append(len(images))
+        empty = RawDetections(
+            np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), 0, 0, 0
+        )
+        return [empty for _ in images]
+
+
+FRAME = np.zeros((8, 8, 3), np.uint8)
+
+
+async def test_free_running_stations_fall_into_batches() -> None:
+    model = SlowModel()
+    queue = InferenceQueue(model, max_batch=4, batch_window=0.2)  # type: ignore[arg-type]
+    await queue.start()
+    try:
+
+        async def station(name: str) -> None:
+            for _ in range(15):
+                await queue.infer(FRAME, conf=0.5, client=name)
+
+        await asyncio.gather(*(station(f"cam{n}") for n in range(4)))
+    finally:
+        await queue.close()
+    assert sum(model.batches) == 60
+    # once the stations know each other's pace, the model takes all four at a time
+    assert model.batches[-5:] == [4] * 5, model.batches
+    assert len(model.batches) <= 25, model.batches
+
+
+async def test_cameras_on_their_own_clocks_are_not_waited_for() -> None:
+    """Four 5-fps cameras, not in step (a frame every 50 ms from one of them): a frame goes to
+    the model at once, not after waiting the window (40 ms here) for the others."""
+    model = SlowModel()
+    queue = InferenceQueue(model, max_batch=4, batch_window=0.04)  # type: ignore[arg-type]
+    await queue.start()
+    waits: list[float] = []
+    try:
+
+        async def camera(name: str, offset: float) -> None:
+            await asyncio.sleep(offset)
+            for _ in range(6):
+                started = time.monotonic()
+                await queue.infer(FRAME, conf=0.5, client=name)
+                waits.append(time.monotonic() - started)
+                await asyncio.sleep(0.2 - (time.monotonic() - started))
+
+        await asyncio.gather(*(camera(f"cam{n}", n * 0.05) for n in range(4)))
+    finally:
+        await queue.close()
+    assert sum(model.batches) == 24
+    waits.sort()
+    # The median frame waits for its own model call (20 ms), where waiting for every active
+    # camera held it for the window too (60 ms).
+    assert waits[len(waits) // 2] < 0.045, waits

@@ -514,10 +514,6 @@ class Station:
         while True:
             await self._output_ready.wait()
             self._output_ready.clear()
-            # Woken while the station was still inspecting: let it hand its next frame to the
-            # model first (its turn is queued behind ours), so storing and telling run while
-            # the model works, not in the gap between two frames.
-            await asyncio.sleep(0)
             while self._outputs:
                 output = self._outputs.popleft()
                 if output is None:  # stop() asked for the end

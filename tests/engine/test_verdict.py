@@ -9,7 +9,7 @@ import json
 import re
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -102,20 +102,6 @@ def answers(plan: dict[str, str], delay: float = 0.0) -> Callable[[dict[str, Any
         )
 
     return script
-
-
-@pytest.fixture
-def scenes(defect_scenes: list[ConveyorFrame]) -> list[ConveyorFrame]:
-    """Frames with exactly one defect: one incident each."""
-    return [s for s in defect_scenes if len(s.truths) == 1]
-
-
-@pytest.fixture
-async def ollama() -> AsyncIterator[FakeOllama]:
-    server = FakeOllama()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

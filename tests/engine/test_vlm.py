@@ -104,20 +104,6 @@ class Webhook:
 
 
 @pytest.fixture
-def scenes(defect_scenes: list[ConveyorFrame]) -> list[ConveyorFrame]:
-    """Frames with exactly one defect: one incident each, so scripted replies line up."""
-    return [s for s in defect_scenes if len(s.truths) == 1]
-
-
-@pytest.fixture
-async def ollama() -> AsyncIterator[FakeOllama]:
-    server = FakeOllama()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def webhook() -> AsyncIterator[Webhook]:
     hook = Webhook()
     await hook.start()

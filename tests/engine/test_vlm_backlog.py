@@ -494,14 +494,6 @@ async def test_each_stations_backlog_and_oldest_wait_are_counted(
     assert {"belt", "press"} <= set(h.changed), "each station told when its incidents left"
 
 
-@pytest.fixture
-async def ollama() -> AsyncIterator[FakeOllama]:
-    server = FakeOllama()
-    await server.start()
-    yield server
-    await server.stop()
-
-
 async def test_the_station_state_and_the_vlm_status_show_the_backlog(
     make_config: Callable[..., EngineConfig],
     ollama: FakeOllama,

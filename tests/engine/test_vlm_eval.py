@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +39,6 @@ from tests.ollama_server import DEFAULT_MODEL, FakeOllama, Reply
 from tests.real_ollama import SMALL_MODEL
 
 CLI = [sys.executable, "-m", "edge_inspector.cli"]
-
-
-@pytest.fixture
-async def ollama() -> AsyncIterator[FakeOllama]:
-    server = FakeOllama()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def classification(defect: str, severity: str = "medium") -> Reply:

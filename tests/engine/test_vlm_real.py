@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from edge_inspector.config import EngineConfig
 from edge_inspector.demo.synthetic import ConveyorFrame
 from edge_inspector.engine import Engine
@@ -158,8 +156,3 @@ async def test_a_server_that_does_not_list_capabilities_is_asked_with_pictures(
     assert profile.source == "probe"
     caps: Any = profile.capabilities
     assert "tools" in caps and "vision" not in caps and not profile.vision
-
-
-@pytest.fixture
-def scenes(defect_scenes: list[ConveyorFrame]) -> list[ConveyorFrame]:
-    return [s for s in defect_scenes if len(s.truths) == 1]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import cv2
@@ -14,6 +14,7 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from edge_inspector.demo.synthetic import ConveyorFrame
 from tests.ha_release import DEPRECATED_USE
+from tests.ollama_server import FakeOllama
 
 
 @pytest.fixture(autouse=True)
@@ -64,3 +65,13 @@ def no_deprecated_use() -> Iterator[None]:
     finally:
         logging.getLogger().removeHandler(handler)
     assert not reports, "deprecated use reported by Home Assistant:\n" + "\n".join(reports)
+
+
+@pytest.fixture
+async def ollama(socket_enabled: None) -> AsyncIterator[FakeOllama]:
+    """A scripted Ollama on a free loopback port (sockets opened for it), stopped after the
+    test."""
+    server = FakeOllama()
+    await server.start()
+    yield server
+    await server.stop()

@@ -4,11 +4,9 @@ engine; device triggers fire automations; the flows check Ollama before saving."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from homeassistant.components import persistent_notification
 from homeassistant.components.device_automation import DeviceAutomationType
 from homeassistant.config_entries import ConfigEntryState
@@ -44,14 +42,6 @@ ACTIONS = """\
   target: {type: service, service: input_boolean.turn_on, data: {entity_id: input_boolean.alarm}}
   confirm: true
 """
-
-
-@pytest.fixture
-async def ollama(socket_enabled: None) -> AsyncIterator[FakeOllama]:
-    server = FakeOllama()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def _setup(hass: HomeAssistant, tmp_path: Path, ollama: FakeOllama) -> MockConfigEntry:

@@ -5,7 +5,7 @@ discovered over MQTT shows the verdict too."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,14 +45,6 @@ def broker(tmp_path: Path, socket_enabled: None) -> Iterator[Mosquitto]:
     server.start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-async def ollama(socket_enabled: None) -> AsyncIterator[FakeOllama]:
-    server = FakeOllama()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_the_models_verdict_reaches_the_bus_the_defect_event_and_a_sensor(

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench_memory import rss_mb  # bench/ is on the path when run as a script
+
 from edge_inspector.config import EngineConfig
 from edge_inspector.demo import DEMO_MODEL
 from edge_inspector.demo.runner import percentile
@@ -116,15 +118,29 @@ class Trial:
         )
 
 
-def _start_cameras(
-    cameras: dict[str, TickingCamera], go: asyncio.Event, fps: float, seconds: float
-) -> None:
-    """Start every camera's schedule: a second of warm-up, then `seconds`; the cameras are not
-    in step with each other (their ticks spread over the period), as real ones are not."""
-    began = time.monotonic() + 0.2
-    for index, cam in enumerate(cameras.values()):
-        cam.schedule(began + index / (fps * len(cameras)), began + 1.0 + seconds)
-    go.set()
+class Cameras:
+    """The ticking cameras of one run, one per station, made by the engine's source factory;
+    they start together once the engine is up (start-up is not timed)."""
+
+    def __init__(self, images: list[Image], fps: float) -> None:
+        self._images = images
+        self._fps = fps
+        self._go = asyncio.Event()
+        self.by_station: dict[str, TickingCamera] = {}
+
+    def __call__(self, station: Any) -> TickingCamera:
+        camera = TickingCamera(self._images, self._fps, self._go)
+        self.by_station[station.id] = camera
+        return camera
+
+    def start(self, seconds: float) -> None:
+        """A second of warm-up, then `seconds`; the cameras are not in step with each other
+        (their ticks spread over the period), as real ones are not."""
+        began = time.monotonic() + 0.2
+        count = len(self.by_station)
+        for index, camera in enumerate(self.by_station.values()):
+            camera.schedule(began + index / (self._fps * count), began + 1.0 + seconds)
+        self._go.set()
 
 
 def _config(count: int, args: argparse.Namespace, store: Path, *, triggered: bool) -> EngineConfig:
@@ -151,29 +167,14 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 async def trial(count: int, args: argparse.Namespace, images: list[Image], store: Path) -> Trial:
-    go = asyncio.Event()
-    cameras: dict[str, TickingCamera] = {}
-
-    def camera(station: Any) -> TickingCamera:
-        cam = TickingCamera(images, args.fps, go)
-        cameras[station.id] = cam
-        return cam
-
+    cameras = Cameras(images, args.fps)
     config = _config(count, args, store, triggered=False)
-    clock = EventClock(cameras)
-    engine = Engine(config, sinks=[clock], source_factory=camera, inference_executor=args.executor)
+    clock = EventClock(cameras.by_station)
+    engine = Engine(config, sinks=[clock], source_factory=cameras, inference_executor=args.executor)
     # The cameras start ticking once the model is loaded; the first second is a warm-up.
     async with engine:
-        _start_cameras(cameras, go, args.fps, args.seconds)
+        cameras.start(args.seconds)
         cpu0, wall0 = _cpu(), time.monotonic()
         await engine.wait_finished()
         cpu = (_cpu() - cpu0) / (time.monotonic() - wall0) * 100
@@ -185,7 +186,7 @@ async def trial(count: int, args: argparse.Namespace, images: list[Image], store
     return Trial(
         stations=count,
         frames=len(latencies),
-        dropped=sum(c.dropped for c in cameras.values()),
+        dropped=sum(c.dropped for c in cameras.by_station.values()),
         p50=percentile(measured, 50),
         p99=percentile(measured, 99),
         batch_mean=batch_mean,
@@ -220,7 +221,7 @@ async def per_station(
         measured = {}
         for count in (1, n):
             gc.collect()
-            rss0 = _rss_mb()
+            rss0 = rss_mb()
             if kind == "idle":
                 engine = Engine(
                     _config(count, args, tmp / f"{kind}{count}", triggered=True),
@@ -231,7 +232,7 @@ async def per_station(
                     cpu0, wall0 = _cpu(), time.monotonic()
                     await asyncio.sleep(seconds)
                     cpu = (_cpu() - cpu0) / (time.monotonic() - wall0) * 100
-                    rss = _rss_mb()
+                    rss = rss_mb()
             else:
                 result = await _running(count, args, images, tmp / f"{kind}{count}", seconds)
                 cpu, rss = result
@@ -249,26 +250,19 @@ async def per_station(
 async def _running(
     count: int, args: argparse.Namespace, images: list[Image], store: Path, seconds: float
 ) -> tuple[float, float]:
-    go = asyncio.Event()
-    cameras: dict[str, TickingCamera] = {}
-
-    def camera(station: Any) -> TickingCamera:
-        cam = TickingCamera(images, args.fps, go)
-        cameras[station.id] = cam
-        return cam
-
+    cameras = Cameras(images, args.fps)
     engine = Engine(
         _config(count, args, store, triggered=False),
-        source_factory=camera,
+        source_factory=cameras,
         inference_executor=args.executor,
     )
     async with engine:
-        _start_cameras(cameras, go, args.fps, seconds)
+        cameras.start(seconds)
         await asyncio.sleep(1.2)
         cpu0, wall0 = _cpu(), time.monotonic()
         await engine.wait_finished()
         cpu = (_cpu() - cpu0) / (time.monotonic() - wall0) * 100
-        rss = _rss_mb()
+        rss = rss_mb()
     return cpu, rss
 
 

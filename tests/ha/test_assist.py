@@ -185,6 +185,11 @@ async def test_the_llm_api_tools_answer_from_the_store(
         "search_manual",
         _DATE_TIME_TOOL,
     }
+    # the prompt says which tool answers what, by the names the model is offered
+    routed = re.findall(
+        r"^- [^:\n]+: (\w+)$", api.api_prompt.split("Inspection stations:")[0], re.M
+    )
+    assert routed and set(routed) <= names, routed
 
     async def call(name: str, **args: Any) -> dict[str, Any]:
         result = await api.async_call_tool(llm.ToolInput(tool_name=name, tool_args=args))

@@ -365,6 +365,11 @@ class StationState(_Event):
     line: str | None = Field(default=None, description="The production line.")
     product: str | None = None
     model: str | None = Field(default=None, description="The model file's name.")
+    runtime: str | None = Field(
+        default=None,
+        description="What runs the model (pytorch, onnx, openvino, ...); with `runtime: auto`, "
+        "the fastest on this machine.",
+    )
     push: bool = Field(default=False, description="Inspects pictures sent to it (POST .../frames).")
     started: bool = Field(
         default=True,

@@ -196,6 +196,7 @@ class Station:
             line=self.config.line,
             product=self.config.product,
             model=self.config.model.path.name,
+            runtime=self._inference.detector.backend,
             push=self._pushed,
             plc=self.plc,
             plc_error=self.plc_error,

@@ -250,6 +250,8 @@ async def test_the_engine_logs_the_table_and_runs_the_chosen_runtime(
         assert queue.detector.backend == chosen.runtime
         assert queue.max_batch == (4 if chosen.max_batch is None else 1)
         result = await engine.stations["pushed"].inspect_image(jpeg(defect_scenes[0].image))
+        # its state says what runs it (the API, MQTT and Home Assistant's diagnostics show it)
+        assert engine.stations["pushed"].state().runtime == chosen.runtime
     assert result.detections
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "edge_inspector.engine")
     assert f"model {DEMO_MODEL.name} @{IMGSZ}:" in logged

@@ -539,7 +539,7 @@ class Station:
         images = self.config.images
         if output.frame is not None and images.save == "all" and not output.incidents:
             data = await loop.run_in_executor(
-                self._executor, encode_jpeg, output.frame.image, images.jpeg_quality
+                self._picture_thread(), encode_jpeg, output.frame.image, images.jpeg_quality
             )
             path = await self._store.save_image(
                 result.inspection_id,
@@ -556,6 +556,11 @@ class Station:
             await self._sink.on_incident(incident)
         await self._store.add_inspection(result)
         await self._sink.on_inspection(result)
+
+    def _picture_thread(self) -> Executor | None:
+        """Where pictures are drawn and encoded: between batches on a CPU model's thread
+        (`InferenceQueue.cpu_thread`), else beside the model."""
+        return self._inference.cpu_thread or self._executor
 
     def _image_name(self, moment: datetime, ident: str, kind: str) -> str:
         return f"{self.id}/{moment:%Y-%m-%d}/{moment:%H%M%S}_{ident[:12]}_{kind}.jpg"
@@ -575,7 +580,7 @@ class Station:
             )
 
         frame_jpeg, crop_jpeg, raw_jpeg = await asyncio.get_running_loop().run_in_executor(
-            self._executor, _encode
+            self._picture_thread(), _encode
         )
         when, ident = incident.created_at, incident.incident_id
         frame_path = await self._store.save_image(

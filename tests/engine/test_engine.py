@@ -128,6 +128,45 @@ async def test_an_incident_is_stored_before_any_sink_hears_of_it(
     assert engine.stations["belt"].incidents == len(sink.incidents)
 
 
+async def test_a_cpu_models_incident_pictures_are_made_between_its_batches(
+    tmp_path: Path,
+    make_config: Callable[..., EngineConfig],
+    defect_scenes: list[ConveyorFrame],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Drawn and encoded beside a CPU model, they took a core from its thread team and slowed the
+    # frames in flight (p99); on the model's own thread they wait for the batch to end.
+    from edge_inspector import station as station_module
+
+    threads: list[str] = []
+    encode = station_module.encode_jpeg
+
+    def recorded(image: object, quality: int = 85) -> bytes:
+        threads.append(threading.current_thread().name)
+        return encode(image, quality)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(station_module, "encode_jpeg", recorded)
+    _write_frames(tmp_path / "frames", [s for s in defect_scenes for _ in range(3)])
+    config = make_config(f"""
+        - id: belt
+          name: Belt
+          source: {{type: folder, path: {tmp_path / "frames"}}}
+          model: {{path: MODEL, imgsz: 320}}
+          defects: {{scratch: 0.4, dent: 0.4, crack: 0.4, spot: 0.4}}
+          fps: null
+    """)
+    sink = Recorder()
+    engine = await _run_until_finished(config, sink)
+    assert engine.stations["belt"].incidents and sink.incidents
+    assert all(i.frame_path and i.crop_path and i.raw_path for i in sink.incidents)
+    assert threads and all(name.startswith("edge_inspector_yolo") for name in threads), threads
+    # on a GPU the model leaves the cores free: its thread is kept for the next batch
+    queue = engine.stations["belt"]._inference
+    assert queue.cpu_thread is not None
+    monkeypatch.setattr(queue.detector, "device", "cuda:0")
+    assert queue.cpu_thread is None
+
+
 async def test_stations_sharing_a_model_are_batched(
     tmp_path: Path,
     make_config: Callable[..., EngineConfig],

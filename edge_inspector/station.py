@@ -24,6 +24,7 @@ from typing import Literal
 from .annotate import annotate, crop
 from .config import StationConfig
 from .detect.batcher import InferenceQueue
+from .detect.detector import RawDetections
 from .detect.rules import DefectRules
 from .detect.tracking import Confirmation, DefectTracker
 from .errors import (
@@ -401,15 +402,23 @@ class Station:
     ) -> InspectionResult:
         loop = asyncio.get_running_loop()
         self.frames += 1
-        batched = await self._inference.infer(frame.image, conf=self._conf_floor, client=self.id)
-        raw = batched.detections
-        rules_started = time.perf_counter()
         width, height = frame.size
-        detections = self.rules.apply(raw, width, height)
-        detections, confirmed = self._tracker.update(detections, frame.image)
+
+        def rules(raw: RawDetections) -> tuple[list[Detection], list[Confirmation], float]:
+            # on the inference thread, right after the model (InferenceQueue.infer); one frame
+            # of this station at a time (the station's lock), so the tracker is never shared
+            started = time.perf_counter()
+            detections = self.rules.apply(raw, width, height)
+            detections, confirmed = self._tracker.update(detections, frame.image)
+            return detections, confirmed, (time.perf_counter() - started) * 1000
+
+        batched = await self._inference.infer(
+            frame.image, conf=self._conf_floor, client=self.id, after=rules
+        )
+        raw = batched.detections
+        detections, confirmed, rules_ms = batched.after
         self.last_view = (frame, tuple(detections))
         self.view_seq += 1
-        rules_ms = (time.perf_counter() - rules_started) * 1000
         now = loop.time()
         total_ms = (now - frame.captured_at) * 1000
         verdict = Verdict.FAIL if any(d.defect for d in detections) else Verdict.PASS

@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ModelError
 from ..frames import Image
@@ -35,6 +37,7 @@ class BatchedResult:
     detections: RawDetections
     batch_size: int
     started_at: float  # loop.time() when the batch went into the model
+    after: Any = None  # what the request's `after` returned (on the inference thread)
 
 
 @dataclass(slots=True)
@@ -43,6 +46,7 @@ class _Request:
     conf: float
     future: asyncio.Future[BatchedResult] = field(repr=False)
     client: str = ""
+    after: Callable[[RawDetections], Any] | None = None
 
 
 @dataclass(slots=True)
@@ -126,8 +130,22 @@ class InferenceQueue:
         if self._own_executor:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def infer(self, image: Image, *, conf: float, client: str = "") -> BatchedResult:
-        """Detect objects in one frame; waits its turn in the next batch."""
+    async def infer(
+        self,
+        image: Image,
+        *,
+        conf: float,
+        client: str = "",
+        after: Callable[[RawDetections], Any] | None = None,
+    ) -> BatchedResult:
+        """Detect objects in one frame; waits its turn in the next batch.
+
+        `after` (the station's rules and tracking) runs on the inference thread as soon as the
+        batch is out of the model; its value comes back as `BatchedResult.after`, and what it
+        raises is raised here. Run there, it costs no hop back to the event loop and does not
+        wait for the loop, and it runs while the model's thread team is idle instead of beside
+        it: on two cores the same tracking took about 1.2 ms a frame on the loop against 0.4 ms
+        alone."""
         if self._task is None or self._task.done():
             raise ModelError(f"{self.detector.path.name}: the detector is not running")
         loop = asyncio.get_running_loop()
@@ -138,7 +156,7 @@ class InferenceQueue:
         else:
             known.arrived(now)
         future: asyncio.Future[BatchedResult] = loop.create_future()
-        self._pending.append(_Request(image, conf, future, client))
+        self._pending.append(_Request(image, conf, future, client, after))
         self._wakeup.set()
         return await future
 
@@ -190,9 +208,8 @@ class InferenceQueue:
                 conf = min(r.conf for r in batch)
                 started = loop.time()
                 try:
-                    images = [r.image for r in batch]
                     results = await loop.run_in_executor(
-                        self._executor, functools.partial(self.detector.predict, images, conf=conf)
+                        self._executor, functools.partial(self._predict, batch, conf)
                     )
                 except ModelError as exc:
                     _LOGGER.error("%s", exc)
@@ -202,6 +219,26 @@ class InferenceQueue:
                     continue
                 self.batches += 1
                 self.frames += len(batch)
-                for request, result in zip(batch, results, strict=True):
-                    if not request.future.done():
-                        request.future.set_result(BatchedResult(result, len(batch), started))
+                for request, (result, after, error) in zip(batch, results, strict=True):
+                    if request.future.done():
+                        continue
+                    if error is not None:
+                        request.future.set_exception(error)
+                    else:
+                        request.future.set_result(BatchedResult(result, len(batch), started, after))
+
+    def _predict(
+        self, batch: list[_Request], conf: float
+    ) -> list[tuple[RawDetections, Any, BaseException | None]]:
+        """The model on a batch, then each request's `after` (on the inference thread). What an
+        `after` raises is its request's alone."""
+        results = self.detector.predict([r.image for r in batch], conf=conf)
+        out: list[tuple[RawDetections, Any, BaseException | None]] = []
+        for request, result in zip(batch, results, strict=True):
+            try:
+                value = None if request.after is None else request.after(result)
+            except Exception as exc:  # a bug in one station's rules costs its frame only
+                out.append((result, None, exc))
+            else:
+                out.append((result, value, None))
+        return out

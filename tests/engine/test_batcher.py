@@ -83,3 +83,31 @@ async def test_cameras_on_their_own_clocks_are_not_waited_for() -> None:
     # The median frame waits for its own model call (20 ms), where waiting for every active
     # camera held it for the window too (60 ms).
     assert waits[len(waits) // 2] < 0.045, waits
+
+
+async def test_after_runs_on_the_inference_thread_and_its_error_is_its_requests_alone() -> None:
+    # The station's rules and tracking run right after the model, on its thread: no hop back
+    # to the event loop before them. A bug there costs that frame, not its batch-mates'.
+    import threading
+
+    model = SlowModel()
+    queue = InferenceQueue(model, max_batch=4, batch_window=0.2)  # type: ignore[arg-type]
+    await queue.start()
+
+    def where(_raw: RawDetections) -> str:
+        return threading.current_thread().name
+
+    def broken(_raw: RawDetections) -> str:
+        raise ValueError("a bug in the rules")
+
+    try:
+        good, bad = await asyncio.gather(
+            queue.infer(FRAME, conf=0.5, client="a", after=where),
+            queue.infer(FRAME, conf=0.5, client="b", after=broken),
+            return_exceptions=True,
+        )
+    finally:
+        await queue.close()
+    assert not isinstance(good, BaseException)
+    assert good.after.startswith("edge_inspector_yolo") and good.batch_size == 2
+    assert isinstance(bad, ValueError)

@@ -107,11 +107,13 @@ async def test_recorded_conveyor_gives_one_incident_per_defect_with_the_right_cl
         assert len(incident.model.sha256) == 64
 
 
-async def test_an_incident_is_stored_before_any_sink_hears_of_it(
+async def _run_belt(
     tmp_path: Path,
     make_config: Callable[..., EngineConfig],
     defect_scenes: list[ConveyorFrame],
-) -> None:
+    sink: Recorder,
+) -> Engine:
+    """A belt station on a folder of the defect scenes, each three times, run to the end."""
     _write_frames(tmp_path / "frames", [s for s in defect_scenes for _ in range(3)])
     config = make_config(f"""
         - id: belt
@@ -121,8 +123,16 @@ async def test_an_incident_is_stored_before_any_sink_hears_of_it(
           defects: {{scratch: 0.4, dent: 0.4, crack: 0.4, spot: 0.4}}
           fps: null
     """)
+    return await _run_until_finished(config, sink)
+
+
+async def test_an_incident_is_stored_before_any_sink_hears_of_it(
+    tmp_path: Path,
+    make_config: Callable[..., EngineConfig],
+    defect_scenes: list[ConveyorFrame],
+) -> None:
     sink = Recorder()
-    engine = await _run_until_finished(config, sink)
+    engine = await _run_belt(tmp_path, make_config, defect_scenes, sink)
     assert sink.incidents
     assert all(sink.stored_before_told)
     assert engine.stations["belt"].incidents == len(sink.incidents)
@@ -146,17 +156,8 @@ async def test_a_cpu_models_incident_pictures_are_made_between_its_batches(
         return encode(image, quality)  # type: ignore[arg-type]
 
     monkeypatch.setattr(station_module, "encode_jpeg", recorded)
-    _write_frames(tmp_path / "frames", [s for s in defect_scenes for _ in range(3)])
-    config = make_config(f"""
-        - id: belt
-          name: Belt
-          source: {{type: folder, path: {tmp_path / "frames"}}}
-          model: {{path: MODEL, imgsz: 320}}
-          defects: {{scratch: 0.4, dent: 0.4, crack: 0.4, spot: 0.4}}
-          fps: null
-    """)
     sink = Recorder()
-    engine = await _run_until_finished(config, sink)
+    engine = await _run_belt(tmp_path, make_config, defect_scenes, sink)
     assert engine.stations["belt"].incidents and sink.incidents
     assert all(i.frame_path and i.crop_path and i.raw_path for i in sink.incidents)
     assert threads and all(name.startswith("edge_inspector_yolo") for name in threads), threads

@@ -138,6 +138,24 @@ class EventClock(EventSink):
             self._reached.set()
 
 
+class Turns:
+    """An engine's turns on a `BlockSource`: each hands it `size` more frames and times them
+    until the last one's inspection has reached the clock."""
+
+    def __init__(self, source: BlockSource, clock: EventClock) -> None:
+        self._source = source
+        self._clock = clock
+        self.done = 0  # frames handed out and inspected
+
+    async def take(self, size: int) -> float:
+        reached = self._clock.until(self.done + size)
+        started = time.perf_counter()
+        await self._source.release(size)
+        await reached.wait()
+        self.done += size
+        return time.perf_counter() - started
+
+
 def bare_loop(
     model: object, images: list[Image], *, imgsz: int, device: str
 ) -> tuple[float, list[float]]:
@@ -200,19 +218,10 @@ async def interleaved(
     bare_time = engine_time = 0.0
     bare_ms: list[float] = []
     ratios: list[float] = []
-    done = 0
-
-    async def engine_block(size: int) -> float:
-        nonlocal done
-        reached = clock.until(done + size)
-        started = time.perf_counter()
-        await source.release(size)
-        await reached.wait()
-        done += size
-        return time.perf_counter() - started
+    engine_turns = Turns(source, clock)
 
     async with engine:
-        await engine_block(block)  # warm-up, as the bare model's
+        await engine_turns.take(block)  # warm-up, as the bare model's
         warm = len(clock.result_ms)
         for index, frames in enumerate(_blocks(images, block)):
             turns: dict[str, float] = {}
@@ -221,7 +230,7 @@ async def interleaved(
                     turns[who], latencies = await loop.run_in_executor(executor, bare, frames)
                     bare_ms.extend(latencies)
                 else:
-                    turns[who] = await engine_block(len(frames))
+                    turns[who] = await engine_turns.take(len(frames))
             bare_time += turns["bare"]
             engine_time += turns["engine"]
             ratios.append(turns["engine"] / turns["bare"])

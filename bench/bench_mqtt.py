@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from bench_engine import BlockSource, EventClock  # bench/ is on the path when run as a script
+from bench_engine import BlockSource, EventClock, Turns  # bench/ is on the path as a script
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_inspector.config import EngineConfig, MqttConfig
@@ -170,15 +170,7 @@ async def detection(
         for name, source in sources.items()
     }
     bridge = attach_mqtt(engines["on"], f"mqtt://127.0.0.1:{port}")
-    done = {"off": 0, "on": 0}
-
-    async def turn(name: str, size: int) -> float:
-        reached = clocks[name].until(done[name] + size)
-        started = time.perf_counter()
-        await sources[name].release(size)
-        await reached.wait()
-        done[name] += size
-        return time.perf_counter() - started
+    turns = {name: Turns(sources[name], clocks[name]) for name in sources}
 
     for engine in engines.values():
         await engine.start()
@@ -186,13 +178,13 @@ async def detection(
     await asyncio.to_thread(bridge.connected.wait, 10)
     try:
         for name in engines:
-            await turn(name, block)  # warm-up
+            await turns[name].take(block)  # warm-up
         total = {"off": 0.0, "on": 0.0}
         ratios = []
         for index in range(0, len(images) - block, block):
             took = {}
             for name in ("off", "on") if (index // block) % 2 == 0 else ("on", "off"):
-                took[name] = await turn(name, block)
+                took[name] = await turns[name].take(block)
                 total[name] += took[name]
             ratios.append(took["off"] / took["on"])
     finally:
@@ -200,7 +192,7 @@ async def detection(
             await source.close()
             await engines[name].stop()
         await bridge.stop()
-    frames = done["off"] - block
+    frames = turns["off"].done - block
     return frames / total["off"], frames / total["on"], ratios
 
 

@@ -3,8 +3,6 @@ the agent are only as good as this."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import ollama
 import pytest
@@ -13,11 +11,10 @@ from tests.ollama_server import DEFAULT_MODEL, FakeOllama, Reply
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[FakeOllama]:
-    fake = FakeOllama()
-    await fake.start()
-    yield fake
-    await fake.stop()
+def server(ollama: FakeOllama) -> FakeOllama:
+    """The shared scripted server (conftest's `ollama`), by another name: here `ollama` is the
+    official client module the tests drive it with."""
+    return ollama
 
 
 async def test_models_show_and_embed(server: FakeOllama) -> None:

@@ -1,9 +1,10 @@
 """Tracking and debounce: one scratch seen on 30 frames is one defect, not 30.
 
-Defect detections are followed across frames with Ultralytics' own trackers (ByteTrack or
-BoT-SORT), one tracker per station. A track becomes an incident once it is seen in `n` of the
-last `m` frames, and only once. Without tracking, the class plays the part of the track: one
-incident per class until that class has been absent for `m` frames.
+Defect detections are followed across frames, one tracker per station: by default the lean IoU
+tracker of `iou_tracker` (constant-velocity prediction, greedy IoU matching, tens of
+microseconds a frame), or Ultralytics' own ByteTrack or BoT-SORT. A track becomes an incident
+once it is seen in `n` of the last `m` frames, and only once. Without tracking, the class plays
+the part of the track: one incident per class until that class has been absent for `m` frames.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from ..config import DebounceConfig, TrackingConfig
 from ..events import Detection
 from ..frames import Image
+from .iou_tracker import IouTracker
 
 __all__ = ["Confirmation", "Debouncer", "DefectTracker"]
 
@@ -97,8 +99,11 @@ class DefectTracker:
         self._tracking = tracking.enabled and not triggered
         self._debounce = Debouncer(debounce.n, debounce.m)
         self._tracker: Any = None
+        self._iou: IouTracker | None = None
         self._box_scale = tracking.box_scale
-        if self._tracking:
+        if self._tracking and tracking.tracker == "iou":
+            self._iou = IouTracker(tracking.lost_frames)
+        elif self._tracking:
             from ultralytics.trackers.bot_sort import BOTSORT
             from ultralytics.trackers.byte_tracker import BYTETracker
 
@@ -106,9 +111,12 @@ class DefectTracker:
             self._tracker = cls(args=_tracker_args(tracking))
 
     def reset(self) -> None:
-        """Forget every track (after a camera outage, say)."""
+        """Forget every track and every debounce window (after a camera outage, say)."""
+        if self._iou is not None:
+            self._iou.reset()
         if self._tracker is not None:
-            self._tracker.reset()
+            self._tracker.reset()  # Ultralytics' ids start again at 1: so must the debounce
+        self._debounce = Debouncer(self._debounce.n, self._debounce.m)
 
     def update(
         self,
@@ -127,7 +135,7 @@ class DefectTracker:
                 for name, idx in sorted(by_class.items())
             ]
         keys: dict[str, list[int]] = collections.defaultdict(list)
-        if self._tracker is not None:
+        if self._iou is not None or self._tracker is not None:
             detections = list(detections)
             for i, track_id in self._track(detections, defect_idx, image).items():
                 detections[i] = detections[i].model_copy(update={"track_id": track_id})
@@ -147,6 +155,8 @@ class DefectTracker:
     def _track(
         self, detections: list[Detection], defect_idx: list[int], image: Image
     ) -> dict[int, int]:
+        if self._iou is not None:
+            return self._track_iou(detections, defect_idx)
         from ultralytics.engine.results import Boxes
 
         tracker = self._tracker
@@ -175,3 +185,18 @@ class DefectTracker:
             if 0 <= local < len(defect_idx):
                 assigned[defect_idx[local]] = int(track[4])
         return assigned
+
+    def _track_iou(self, detections: list[Detection], defect_idx: list[int]) -> dict[int, int]:
+        tracker = self._iou
+        assert tracker is not None
+        if not defect_idx and not tracker.tracks:
+            return {}
+        scale = self._box_scale / 2
+        boxes = []
+        for i in defect_idx:
+            # Matched on enlarged boxes, as with ByteTrack (see below).
+            b = detections[i].box
+            cx, cy = (b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2
+            hw, hh = (b.x2 - b.x1) * scale, (b.y2 - b.y1) * scale
+            boxes.append((cx - hw, cy - hh, cx + hw, cy + hh))
+        return dict(zip(defect_idx, tracker.update(boxes), strict=True))

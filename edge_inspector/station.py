@@ -283,6 +283,10 @@ class Station:
                 pushed = await self.source.read() if self._pushed else None
                 async with self._lock:
                     frame = pushed or await self.source.read()
+                    if self.error is not None:
+                        # Back from an outage: the parts seen before it have gone on, and a
+                        # track of theirs must not take over a new defect where they would be.
+                        self._tracker.reset()
                     self._set_available()
                     backoff.reset()
                     await self._inspect(frame)

@@ -235,6 +235,35 @@ async def test_a_dead_camera_does_not_stop_the_others_and_recovers(
             assert any(s.station_id == "flaky" and s.available for s in sink.states)
 
 
+async def test_after_a_camera_outage_the_station_tracks_afresh(
+    make_config: Callable[..., EngineConfig], defect_scenes: list[ConveyorFrame]
+) -> None:
+    # The same defect before and after the outage: the belt moved on meanwhile, so it is a new
+    # part. Kept, the old track would take it over, and the debounce, which already reported
+    # that track, would stay silent.
+    async with camera() as cam:
+        cam.snapshot_body = jpeg(defect_scenes[0].image)
+        config = make_config(f"""
+            - id: belt
+              name: Belt
+              source: {{type: http_snapshot, url: "{cam.url}/snapshot.jpg", timeout: 2}}
+              model: {{path: MODEL, imgsz: 320}}
+              defects: {{scratch: 0.4, dent: 0.4, crack: 0.4, spot: 0.4}}
+              fps: 20
+        """)
+        sink = Recorder()
+        async with Engine(config, sinks=[sink]) as engine:
+            belt = engine.stations["belt"]
+            await until(lambda: sink.incidents and belt.inspections > 5, "an incident")
+            before = {i.track_id for i in sink.incidents}
+            cam.down = True
+            await until(lambda: belt.error, "the outage")
+            count = len(sink.incidents)
+            cam.down = False
+            await until(lambda: len(sink.incidents) > count, "an incident after the outage")
+            assert {i.track_id for i in sink.incidents[count:]}.isdisjoint(before)
+
+
 async def test_a_bad_frame_is_skipped_and_counted(
     tmp_path: Path,
     make_config: Callable[..., EngineConfig],

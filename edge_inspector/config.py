@@ -238,7 +238,7 @@ class TrackingConfig(_Model):
         default="iou",
         description="`iou`: constant-velocity prediction and greedy IoU matching, made for a "
         "line's few defects moving one way (tens of microseconds a frame); `bytetrack` and "
-        "`botsort`: Ultralytics' trackers (0.3 to 1 ms of Python a frame on a 2-core CPU).",
+        "`botsort`: Ultralytics' trackers (0.2 to 0.6 ms of Python a frame on a 2-core CPU).",
     )
     lost_frames: Annotated[int, Field(ge=1, le=10000)] = 30
     box_scale: Annotated[float, Field(ge=1.0, le=10.0)] = Field(

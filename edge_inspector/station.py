@@ -111,6 +111,8 @@ class Station:
             config.tracking, config.debounce, triggered=config.mode == "triggered"
         )
         self._conf_floor = self._detector_floor()
+        self._last_frame_at: float | None = None  # when the last frame was inspected (loop time)
+        self._frame_period = 0.0  # smoothed seconds between frames, measured
         self._lock = asyncio.Lock()
         self._enabled = asyncio.Event()
         if config.enabled:
@@ -253,9 +255,22 @@ class Station:
         if not self.available:
             if self.error is not None:
                 _LOGGER.info("station %s is available again", self.id)
+                self._frames_missed()
             self.available = True
             self.error = None
             self._mark_state(urgent=True)
+
+    def _frames_missed(self) -> None:
+        """Back from an outage: tell the tracker how many frames went by unseen, so the tracks
+        of parts that moved on meanwhile move on too (or age out) instead of taking over a new
+        defect where those parts would have been, and a line that stood still reports nothing
+        twice. Counted at the station's frame rate, or its measured one when free-running."""
+        if self._last_frame_at is None:
+            return
+        period = 1.0 / self.config.fps if self.config.fps else self._frame_period
+        if period:
+            elapsed = asyncio.get_running_loop().time() - self._last_frame_at
+            self._tracker.skip(int(elapsed / period) - 1)
 
     def set_plc(self, status: Literal["connected", "unavailable"], error: str | None) -> None:
         """The PLC link's status, shown in the station's state (told at once)."""
@@ -283,10 +298,6 @@ class Station:
                 pushed = await self.source.read() if self._pushed else None
                 async with self._lock:
                     frame = pushed or await self.source.read()
-                    if self.error is not None:
-                        # Back from an outage: the parts seen before it have gone on, and a
-                        # track of theirs must not take over a new defect where they would be.
-                        self._tracker.reset()
                     self._set_available()
                     backoff.reset()
                     await self._inspect(frame)
@@ -406,11 +417,19 @@ class Station:
     ) -> InspectionResult:
         loop = asyncio.get_running_loop()
         self.frames += 1
+        now = loop.time()
+        if self._last_frame_at is not None and self.available:
+            gap = now - self._last_frame_at
+            self._frame_period = (
+                gap if not self._frame_period else 0.9 * self._frame_period + 0.1 * gap
+            )
+        self._last_frame_at = now
         width, height = frame.size
 
         def rules(raw: RawDetections) -> tuple[list[Detection], list[Confirmation], float]:
             # on the inference thread, right after the model (InferenceQueue.infer); one frame
             # of this station at a time (the station's lock), so the tracker is never shared
+            # (`skip` from the event loop only leaves a count for the next update)
             started = time.perf_counter()
             detections = self.rules.apply(raw, width, height)
             detections, confirmed = self._tracker.update(detections, frame.image)

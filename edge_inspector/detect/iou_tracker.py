@@ -7,19 +7,22 @@ of Python a frame (2 to 6% of a 9 ms model on a 2-core CPU); this tracker does t
 centre per frame); a frame's boxes are matched to the tracks' predicted boxes by IoU, best pair
 first, and a box that matches nothing starts a track. As in ByteTrack, tracks seen more than
 once are matched before new ones, a track seen once and not on the next frame is dropped as
-noise, and a track not seen for `lost_frames` frames is forgotten.
+noise, and a track missed on more than `lost_frames` frames in a row is forgotten.
 
 A new track has no velocity of its own: it is predicted where the line's speed (the smoothed
-velocity of every match) takes it, and only then, for the boxes still unmatched, where it was (a
-defect that stands still). Its first shift is also weighed against the line's speed, since a
-box cut by the frame's edge grows as its part comes in and its centre lags. Without the line's
-speed a small defect on a fast belt, moving further than its box is wide, starts a new track on
-every frame. On the demo's conveyor (`ConveyorCamera`, seed 11, 1,200 frames, the demo model)
-it found 112 of 120 defects at 48 px a frame with 6 duplicates, 68 with 54 without the line's
-speed, and ByteTrack 43 with 16; at 24 px a frame 44 of 46 with 2, against ByteTrack's 43 with 0.
+velocity of the matches that move) takes it, and only then, for the boxes still unmatched,
+where it was (a defect that stands still). Its first shift is also weighed against the line's
+speed, since a box cut by the frame's edge grows as its part comes in and its centre lags.
+Without the line's speed a small defect on a fast belt, moving further than its box is wide,
+starts a new track on every frame. On the demo's conveyor (`ConveyorCamera`, seed 11, 1,200
+frames, the demo model) it found 112 of 120 defects at 48 px a frame with 6 duplicates, 68
+with 54 without the line's speed, and ByteTrack 43 with 16; at 24 px a frame 44 of 46 with 2,
+against ByteTrack's 43 with 0.
 
-Track ids count up for the tracker's life, `reset` included, so a key the debounce has seen is
-never reused.
+Track ids count up for the tracker's life, so a key the debounce has seen is never reused.
+After a camera outage `skip` lets the frames missed go by: tracks move on at their speed and age
+out after `lost_frames`, and a line that stood still keeps its tracks (and so reports nothing
+twice).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 __all__ = ["IouTracker"]
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2
+_MOVING = 1.0  # px per frame: a shift below this does not count towards the line's speed
 
 
 @dataclass(slots=True)
@@ -76,21 +80,23 @@ class IouTracker:
 
     @property
     def tracks(self) -> int:
-        """How many tracks are alive (seen within `lost_frames`)."""
+        """How many tracks are kept (pruned when the next frame comes)."""
         return len(self._tracks)
 
-    def reset(self) -> None:
-        """Forget every track; ids go on counting."""
-        self._tracks = []
+    def skip(self, frames: int) -> None:
+        """Let `frames` frames go by unseen (a camera outage): tracks move on at their speed and
+        age, as if the frames had come with nothing on them."""
+        self._frame += max(0, frames)
 
     def update(self, boxes: Sequence[Box]) -> list[int]:
         """Record one frame's boxes; return the track id of each, in order."""
         self._frame = frame = self._frame + 1
         tracks = self._tracks
         if tracks:
-            oldest = frame - self.lost_frames
+            # A track missed on up to `lost_frames` frames in a row is still matched (as in
+            # ByteTrack); a track seen once is tentative: missed on the next frame, it was noise.
+            oldest = frame - self.lost_frames - 1
             if any(t.last_frame < (oldest if t.hits > 1 else frame - 1) for t in tracks):
-                # A track seen once is tentative: unmatched on the next frame, it was noise.
                 tracks = self._tracks = [
                     t for t in tracks if t.last_frame >= (oldest if t.hits > 1 else frame - 1)
                 ]
@@ -115,7 +121,7 @@ class IouTracker:
                 if line is not None and len(used) < len(new) and not all(ids):
                     # A new track that did not move with the line: a defect that stands still.
                     still = [t for i, t in enumerate(new) if i not in used]
-                    self._match(still, [t.box for t in still], boxes, ids, frame)
+                    self._match(still, [t.box for t in still], boxes, ids, frame, still=True)
         for bi, box in enumerate(boxes):
             if not ids[bi]:
                 track = _Track(self._next_id, (box[0], box[1], box[2], box[3]), frame)
@@ -131,6 +137,8 @@ class IouTracker:
         boxes: Sequence[Box],
         ids: list[int],
         frame: int,
+        *,
+        still: bool = False,
     ) -> set[int]:
         """Greedy matching, best IoU first, of the boxes without an id; returns the tracks used."""
         pairs: list[tuple[float, int, int]] = []
@@ -147,17 +155,17 @@ class IouTracker:
                 continue
             used.add(ti)
             ids[bi] = tracks[ti].track_id
-            self._follow(tracks[ti], boxes[bi], frame)
+            self._follow(tracks[ti], boxes[bi], frame, still=still)
         return used
 
-    def _follow(self, track: _Track, box: Box, frame: int) -> None:
+    def _follow(self, track: _Track, box: Box, frame: int, *, still: bool) -> None:
         gap = frame - track.last_frame
         old = track.box
         vx = ((box[0] + box[2]) - (old[0] + old[2])) / 2 / gap
         vy = ((box[1] + box[3]) - (old[1] + old[3])) / 2 / gap
         line = self._line
         a = self.smoothing
-        if track.hits == 1 and line is None:
+        if still or (track.hits == 1 and line is None):
             track.vx, track.vy = vx, vy
         else:
             # A first shift starts from the line's speed: a box cut by the frame's edge grows as
@@ -165,10 +173,14 @@ class IouTracker:
             before = line if track.hits == 1 and line is not None else (track.vx, track.vy)
             track.vx = a * vx + (1 - a) * before[0]
             track.vy = a * vy + (1 - a) * before[1]
-        if line is None:
-            self._line = (vx, vy)
-        else:
-            self._line = (a * vx + (1 - a) * line[0], a * vy + (1 - a) * line[1])
+        if not still and vx * vx + vy * vy >= _MOVING * _MOVING:
+            # Only what moves tells the line's speed: dirt on the lens, matched on every frame
+            # between parts, would otherwise bring it down to nothing. A line that stops keeps
+            # its last speed, and its defects are matched where they were.
+            if line is None:
+                self._line = (vx, vy)
+            else:
+                self._line = (a * vx + (1 - a) * line[0], a * vy + (1 - a) * line[1])
         track.box = (box[0], box[1], box[2], box[3])
         track.last_frame = frame
         track.hits += 1

@@ -101,6 +101,8 @@ class DefectTracker:
         self._tracker: Any = None
         self._iou: IouTracker | None = None
         self._box_scale = tracking.box_scale
+        self._lost_frames = tracking.lost_frames
+        self._skip = 0  # frames missed, to let go by before the next frame (see skip)
         if self._tracking and tracking.tracker == "iou":
             self._iou = IouTracker(tracking.lost_frames)
         elif self._tracking:
@@ -110,13 +112,21 @@ class DefectTracker:
             cls = BOTSORT if tracking.tracker == "botsort" else BYTETracker
             self._tracker = cls(args=_tracker_args(tracking))
 
-    def reset(self) -> None:
-        """Forget every track and every debounce window (after a camera outage, say)."""
+    def skip(self, frames: int) -> None:
+        """Frames that went by unseen (a camera outage), taken into account at the next
+        `update`, on the thread that runs it: tracks move on and age out as if those frames had
+        come with nothing on them, and the debounce forgets what was absent for `m` of them.
+        Called from any thread."""
+        self._skip += max(0, frames)
+
+    def _pass(self, frames: int, image: Image) -> None:
         if self._iou is not None:
-            self._iou.reset()
-        if self._tracker is not None:
-            self._tracker.reset()  # Ultralytics' ids start again at 1: so must the debounce
-        self._debounce = Debouncer(self._debounce.n, self._debounce.m)
+            self._iou.skip(frames)
+        elif self._tracker is not None:
+            for _ in range(min(frames, self._lost_frames + 1)):  # after that all are lost
+                self._track([], [], image)
+        for _ in range(min(frames, self._debounce.m)):  # after that every window is empty
+            self._debounce.update([])
 
     def update(
         self,
@@ -124,6 +134,9 @@ class DefectTracker:
         image: Image,
     ) -> tuple[list[Detection], list[Confirmation]]:
         """Give defects track ids and return the defects confirmed by this frame."""
+        if self._skip and not self._triggered:
+            missed, self._skip = self._skip, 0
+            self._pass(missed, image)
         defect_idx = [i for i, d in enumerate(detections) if d.defect]
         if self._triggered:
             # One part per trigger: every defect class on it is an incident, no debounce.
@@ -194,7 +207,7 @@ class DefectTracker:
         scale = self._box_scale / 2
         boxes = []
         for i in defect_idx:
-            # Matched on enlarged boxes, as with ByteTrack (see below).
+            # Matched on enlarged boxes, as with ByteTrack (see _track).
             b = detections[i].box
             cx, cy = (b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2
             hw, hh = (b.x2 - b.x1) * scale, (b.y2 - b.y1) * scale

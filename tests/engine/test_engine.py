@@ -235,12 +235,21 @@ async def test_a_dead_camera_does_not_stop_the_others_and_recovers(
             assert any(s.station_id == "flaky" and s.available for s in sink.states)
 
 
-async def test_after_a_camera_outage_the_station_tracks_afresh(
-    make_config: Callable[..., EngineConfig], defect_scenes: list[ConveyorFrame]
+@pytest.mark.parametrize(
+    ("fps", "lost_frames", "new_incident"),
+    [(20, 5, True), (5, 30, False)],
+    ids=["outage-longer-than-lost-frames", "short-outage"],
+)
+async def test_a_camera_outage_counts_as_the_frames_it_missed(
+    make_config: Callable[..., EngineConfig],
+    defect_scenes: list[ConveyorFrame],
+    fps: int,
+    lost_frames: int,
+    new_incident: bool,
 ) -> None:
-    # The same defect before and after the outage: the belt moved on meanwhile, so it is a new
-    # part. Kept, the old track would take it over, and the debounce, which already reported
-    # that track, would stay silent.
+    # The same defect before and after an outage of a second or two. At 20 fps that is more
+    # than 5 frames: the part seen before has gone on, a defect there now is a new part's and
+    # is reported. At 5 fps it is under 30 frames: the line stood still, nothing is new.
     async with camera() as cam:
         cam.snapshot_body = jpeg(defect_scenes[0].image)
         config = make_config(f"""
@@ -249,19 +258,24 @@ async def test_after_a_camera_outage_the_station_tracks_afresh(
               source: {{type: http_snapshot, url: "{cam.url}/snapshot.jpg", timeout: 2}}
               model: {{path: MODEL, imgsz: 320}}
               defects: {{scratch: 0.4, dent: 0.4, crack: 0.4, spot: 0.4}}
-              fps: 20
+              tracking: {{lost_frames: {lost_frames}}}
+              fps: {fps}
         """)
         sink = Recorder()
         async with Engine(config, sinks=[sink]) as engine:
             belt = engine.stations["belt"]
-            await until(lambda: sink.incidents and belt.inspections > 5, "an incident")
+            await until(lambda: sink.incidents and belt.inspections > 3, "an incident")
             before = {i.track_id for i in sink.incidents}
             cam.down = True
             await until(lambda: belt.error, "the outage")
-            count = len(sink.incidents)
+            count, seen = len(sink.incidents), belt.inspections
             cam.down = False
-            await until(lambda: len(sink.incidents) > count, "an incident after the outage")
-            assert {i.track_id for i in sink.incidents[count:]}.isdisjoint(before)
+            if new_incident:
+                await until(lambda: len(sink.incidents) > count, "an incident after the outage")
+                assert {i.track_id for i in sink.incidents[count:]}.isdisjoint(before)
+            else:
+                await until(lambda: belt.inspections > seen + 5, "frames after the outage")
+                assert len(sink.incidents) == count
 
 
 async def test_a_bad_frame_is_skipped_and_counted(

@@ -196,15 +196,34 @@ def test_a_small_fast_defect_keeps_its_track(kind: str) -> None:
 
 
 @TRACKERS
-def test_after_a_reset_a_new_defect_is_an_incident_again(kind: str) -> None:
-    # Ultralytics' trackers number their tracks from 1 again after a reset: the debounce, which
-    # remembers the keys it confirmed, must forget them too, or the new track 1 is never news.
+def test_after_an_outage_longer_than_lost_frames_a_defect_is_new(kind: str) -> None:
+    # The camera was out for 40 frames' time: the part it saw has gone on. A defect where that
+    # part would be now is another part's, and must be reported, not taken for the old one.
     tracker = DefectTracker(TrackingConfig(tracker=kind), DebounceConfig(n=2, m=3))
-    first = [c for x in range(3) for c in tracker.update([_det(20 + 10 * x, 100)], FRAME)[1]]
-    tracker.reset()
-    again = [c for x in range(3) for c in tracker.update([_det(20 + 10 * x, 300)], FRAME)[1]]
+    first = [c for x in range(4) for c in tracker.update([_det(20 + 10 * x, 100)], FRAME)[1]]
+    tracker.skip(40)
+    again = [c for x in range(4, 8) for c in tracker.update([_det(20 + 10 * x, 100)], FRAME)[1]]
     assert len(first) == 1
     assert len(again) == 1
+    assert again[0].track_id != first[0].track_id
+
+
+@TRACKERS
+def test_after_a_short_outage_a_line_that_stood_still_reports_nothing_twice(kind: str) -> None:
+    tracker = DefectTracker(TrackingConfig(tracker=kind), DebounceConfig(n=2, m=3))
+    first = [c for _ in range(4) for c in tracker.update([_det(200, 100)], FRAME)[1]]
+    tracker.skip(5)
+    again = [c for _ in range(4) for c in tracker.update([_det(200, 100)], FRAME)[1]]
+    assert len(first) == 1
+    assert again == []
+
+
+def test_without_tracking_a_class_absent_for_an_outage_of_m_frames_re_arms() -> None:
+    tracker = DefectTracker(TrackingConfig(enabled=False), DebounceConfig(n=1, m=3))
+    assert len(tracker.update([_det(10, 10)], FRAME)[1]) == 1
+    assert tracker.update([_det(10, 10)], FRAME)[1] == []
+    tracker.skip(3)
+    assert len(tracker.update([_det(10, 10)], FRAME)[1]) == 1
 
 
 def _box(x: float, y: float, w: float = 40, h: float = 40) -> tuple[float, float, float, float]:
@@ -213,7 +232,7 @@ def _box(x: float, y: float, w: float = 40, h: float = 40) -> tuple[float, float
     return (cx - 1.25 * w, cy - 1.25 * h, cx + 1.25 * w, cy + 1.25 * h)
 
 
-def test_iou_tracker_follows_a_defect_through_a_gap_at_the_line_speed() -> None:
+def test_iou_tracker_follows_a_defect_through_a_gap_at_its_speed() -> None:
     tracker = IouTracker(lost_frames=5)
     ids = [tracker.update([_box(30 * f, 100)])[0] for f in range(4)]
     assert _box(30 * 7, 100)[0] > _box(30 * 3, 100)[2]
@@ -225,13 +244,24 @@ def test_iou_tracker_follows_a_defect_through_a_gap_at_the_line_speed() -> None:
     assert len(set(ids)) == 1
 
 
-def test_iou_tracker_forgets_a_track_after_lost_frames() -> None:
+@pytest.mark.parametrize(("missed", "kept"), [(2, True), (3, False)])
+def test_iou_tracker_forgets_a_track_missed_on_more_than_lost_frames(
+    missed: int, kept: bool
+) -> None:
     tracker = IouTracker(lost_frames=2)
-    first = [tracker.update([_box(100, 100)])[0] for _ in range(2)]
-    for _ in range(3):
+    (first,) = {tracker.update([_box(100, 100)])[0] for _ in range(2)}
+    for _ in range(missed):
         tracker.update([])
-    assert tracker.tracks == 0
-    assert tracker.update([_box(100, 100)]) != [first[0]]
+    assert (tracker.update([_box(100, 100)]) == [first]) is kept
+
+
+def test_iou_tracker_skip_moves_tracks_on_and_ages_them() -> None:
+    tracker = IouTracker(lost_frames=5)
+    (moving,) = {tracker.update([_box(30 * f, 100)])[0] for f in range(4)}
+    tracker.skip(3)  # three frames unseen: it is now at 30 * 7, beyond its enlarged box
+    assert tracker.update([_box(30 * 7, 100)]) == [moving]
+    tracker.skip(6)
+    assert tracker.update([_box(30 * 14, 100)]) != [moving]
 
 
 def test_iou_tracker_drops_a_track_seen_once_and_not_on_the_next_frame() -> None:
@@ -263,13 +293,18 @@ def test_iou_tracker_keeps_a_defect_that_stands_still_on_a_moving_line() -> None
     assert len(set(ids)) == 1
 
 
-def test_iou_tracker_reset_forgets_tracks_but_never_reuses_an_id() -> None:
+def test_iou_tracker_dirt_on_the_lens_does_not_stop_the_line() -> None:
+    # A spot of dirt is matched, standing still, on every frame, and between parts it is the
+    # only thing matched: it must not bring the line's speed down to nothing, or the next small
+    # defect on a fast belt is predicted where it was and starts a new track on every frame.
     tracker = IouTracker(lost_frames=30)
-    (before,) = tracker.update([_box(100, 100)])
-    tracker.reset()
-    assert tracker.tracks == 0
-    (after,) = tracker.update([_box(100, 100)])
-    assert after > before
+    dirt = _box(600, 20, 12, 12)
+    for f in range(4):  # a part goes by at 48 px a frame
+        tracker.update([_box(100 + 48 * f, 100, 60, 60), dirt])
+    for _ in range(10):
+        tracker.update([dirt])
+    ids = {tracker.update([_box(48 * f, 300, 16, 16), dirt])[0] for f in range(6)}
+    assert len(ids) == 1
 
 
 def test_iou_tracker_a_second_box_on_one_defect_does_not_take_its_track() -> None:

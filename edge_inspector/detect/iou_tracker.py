@@ -91,15 +91,7 @@ class IouTracker:
     def update(self, boxes: Sequence[Box]) -> list[int]:
         """Record one frame's boxes; return the track id of each, in order."""
         self._frame = frame = self._frame + 1
-        tracks = self._tracks
-        if tracks:
-            # A track missed on up to `lost_frames` frames in a row is still matched (as in
-            # ByteTrack); a track seen once is tentative: missed on the next frame, it was noise.
-            oldest = frame - self.lost_frames - 1
-            if any(t.last_frame < (oldest if t.hits > 1 else frame - 1) for t in tracks):
-                tracks = self._tracks = [
-                    t for t in tracks if t.last_frame >= (oldest if t.hits > 1 else frame - 1)
-                ]
+        tracks = self._prune(frame)
         ids = [0] * len(boxes)
         if not boxes:
             return ids
@@ -129,6 +121,19 @@ class IouTracker:
                 tracks.append(track)
                 ids[bi] = track.track_id
         return ids
+
+    def _prune(self, frame: int) -> list[_Track]:
+        """Forget the tracks missed too long; returns those kept. A track missed on up to
+        `lost_frames` frames in a row is still matched (as in ByteTrack); a track seen once is
+        tentative: missed on the next frame, it was noise."""
+        oldest = frame - self.lost_frames - 1
+
+        def kept(t: _Track) -> bool:
+            return t.last_frame >= (oldest if t.hits > 1 else frame - 1)
+
+        if not all(map(kept, self._tracks)):
+            self._tracks = [t for t in self._tracks if kept(t)]
+        return self._tracks
 
     def _match(
         self,

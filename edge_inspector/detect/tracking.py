@@ -179,18 +179,11 @@ class DefectTracker:
             return {}
         rows = np.array(
             [
-                [d.box.x1, d.box.y1, d.box.x2, d.box.y2, d.confidence, d.class_id]
-                for d in (detections[i] for i in defect_idx)
+                [*box, detections[i].confidence, detections[i].class_id]
+                for i, box in zip(defect_idx, self._boxes(detections, defect_idx), strict=True)
             ],
             np.float32,
         ).reshape(-1, 6)
-        if self._box_scale != 1.0:
-            # Match on enlarged boxes: IoU of a 24 px spot that moved 16 px is 0.2 as it is and
-            # 0.6 enlarged 2.5 times. Only the track ids are used; the boxes reported are the
-            # model's own.
-            centre = (rows[:, :2] + rows[:, 2:4]) / 2
-            half = (rows[:, 2:4] - rows[:, :2]) / 2 * self._box_scale
-            rows[:, :2], rows[:, 2:4] = centre - half, centre + half
         tracks = tracker.update(Boxes(rows, image.shape[:2]), image)
         assigned: dict[int, int] = {}
         for track in np.asarray(tracks).reshape(-1, 8):
@@ -204,12 +197,20 @@ class DefectTracker:
         assert tracker is not None
         if not defect_idx and not tracker.tracks:
             return {}
+        boxes = self._boxes(detections, defect_idx)
+        return dict(zip(defect_idx, tracker.update(boxes), strict=True))
+
+    def _boxes(
+        self, detections: list[Detection], defect_idx: list[int]
+    ) -> list[tuple[float, float, float, float]]:
+        """The defects' boxes as the tracker matches them: enlarged `box_scale` times around
+        their centre. IoU of a 24 px spot that moved 16 px is 0.2 as it is and 0.6 enlarged 2.5
+        times. Only the track ids are used; the boxes reported are the model's own."""
         scale = self._box_scale / 2
         boxes = []
         for i in defect_idx:
-            # Matched on enlarged boxes, as with ByteTrack (see _track).
             b = detections[i].box
             cx, cy = (b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2
             hw, hh = (b.x2 - b.x1) * scale, (b.y2 - b.y1) * scale
             boxes.append((cx - hw, cy - hh, cx + hw, cy + hh))
-        return dict(zip(defect_idx, tracker.update(boxes), strict=True))
+        return boxes

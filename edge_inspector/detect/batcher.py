@@ -9,7 +9,8 @@ from its last frames). Once free-running stations are in step, every one is wait
 model frees up and the window costs nothing. Cameras on their own clocks (5 fps each, not in
 step) are never waited for: the next frame of most of them is 200 ms away, and waiting for all
 of them would leave the model idle for the whole window before every batch. A lone station never
-waits.
+waits: when the model is free and no other station is due, its frame goes to the model straight
+from `infer`, without the queue's task in between.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class InferenceQueue:
         self._executor = executor or inference_thread()
         self._pending: list[_Request] = []
         self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()  # no batch in the model
+        self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.frames = 0
@@ -156,22 +159,50 @@ class InferenceQueue:
         else:
             known.arrived(now)
         future: asyncio.Future[BatchedResult] = loop.create_future()
-        self._pending.append(_Request(image, conf, future, client, after))
+        request = _Request(image, conf, future, client, after)
+        if not self._pending and self._idle.is_set() and not self._due(now, client):
+            # Nothing to batch it with: straight to the model, without the queue's task in
+            # between (two turns of the loop a frame, for a lone station on every frame).
+            return await self._direct(request)
+        self._pending.append(request)
         self._wakeup.set()
         return await future
+
+    async def _direct(self, request: _Request) -> BatchedResult:
+        loop = asyncio.get_running_loop()
+        self._idle.clear()
+        started = loop.time()
+        try:
+            ((result, after, error),) = await loop.run_in_executor(
+                self._executor, functools.partial(self._predict, [request], request.conf)
+            )
+        except ModelError as exc:
+            _LOGGER.error("%s", exc)
+            raise
+        finally:
+            self._idle.set()
+        self.batches += 1
+        self.frames += 1
+        if error is not None:
+            raise error
+        return BatchedResult(result, 1, started, after)
 
     def _expected(self, now: float) -> int:
         """How many frames a batch should wait for: those waiting, and one from each other
         station whose next frame is due within the window. A station not heard from for a
         second (a dead camera, a triggered station between parts) is not waited for."""
-        waiting = {r.client for r in self._pending}
+        due = self._due(now, *(r.client for r in self._pending))
+        return min(len(self._pending) + due, self.max_batch)
+
+    def _due(self, now: float, *exclude: str) -> int:
+        """How many stations (but `exclude`) have their next frame due within the window."""
         due = 0
         for name, client in self._clients.items():
-            if name in waiting or now - client.seen >= 1.0 or client.period is None:
+            if name in exclude or now - client.seen >= 1.0 or client.period is None:
                 continue
             if client.seen + client.period - now <= self.batch_window:
                 due += 1
-        return min(len(self._pending) + due, self.max_batch)
+        return due
 
     async def _gather(self) -> None:
         """Wait (up to the window) for the frames due within it. Who is due is decided once:
@@ -199,6 +230,7 @@ class InferenceQueue:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
+                await self._idle.wait()  # a lone station's frame in the model (`_direct`)
                 await self._gather()  # free when every active station is already waiting
                 batch = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
@@ -207,6 +239,7 @@ class InferenceQueue:
                     continue
                 conf = min(r.conf for r in batch)
                 started = loop.time()
+                self._idle.clear()
                 try:
                     results = await loop.run_in_executor(
                         self._executor, functools.partial(self._predict, batch, conf)
@@ -217,6 +250,8 @@ class InferenceQueue:
                         if not request.future.done():
                             request.future.set_exception(exc)
                     continue
+                finally:
+                    self._idle.set()
                 self.batches += 1
                 self.frames += len(batch)
                 for request, (result, after, error) in zip(batch, results, strict=True):

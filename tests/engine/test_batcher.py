@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 
 from edge_inspector.detect.batcher import InferenceQueue
 from edge_inspector.detect.detector import RawDetections
@@ -53,8 +54,11 @@ async def test_free_running_stations_fall_into_batches() -> None:
     finally:
         await queue.close()
     assert sum(model.batches) == 60
-    # once the stations know each other's pace, the model takes all four at a time
-    assert model.batches[-5:] == [4] * 5, model.batches
+    # once the stations know each other's pace, the model takes all four at a time (the
+    # first frame found the model free and went alone: that station is one frame ahead and
+    # the last batch is short)
+    assert model.batches[0] == 1, model.batches
+    assert model.batches[-6:-1] == [4] * 5, model.batches
     assert len(model.batches) <= 25, model.batches
 
 
@@ -101,13 +105,53 @@ async def test_after_runs_on_the_inference_thread_and_its_error_is_its_requests_
         raise ValueError("a bug in the rules")
 
     try:
-        good, bad = await asyncio.gather(
+        # the first finds the model free and goes alone, straight from `infer`; the other two
+        # wait for it and go together
+        alone, good, bad = await asyncio.gather(
+            queue.infer(FRAME, conf=0.5, client="first", after=where),
             queue.infer(FRAME, conf=0.5, client="a", after=where),
             queue.infer(FRAME, conf=0.5, client="b", after=broken),
             return_exceptions=True,
         )
     finally:
         await queue.close()
-    assert not isinstance(good, BaseException)
+    assert not isinstance(alone, BaseException) and not isinstance(good, BaseException)
+    assert alone.after.startswith("edge_inspector_yolo") and alone.batch_size == 1
     assert good.after.startswith("edge_inspector_yolo") and good.batch_size == 2
     assert isinstance(bad, ValueError)
+    assert model.batches == [1, 2]
+
+
+async def test_a_lone_frame_that_fails_leaves_the_queue_working() -> None:
+    """A frame that goes to the model alone (nothing to batch it with): its rules' bug or the
+    model's error is raised to its caller, and the next frames are served."""
+    from edge_inspector.errors import ModelError
+
+    class FailingOnce(SlowModel):
+        def predict(self, images: Sequence[Image], *, conf: float) -> list[RawDetections]:
+            if not self.batches:
+                self.batches.append(0)
+                raise ModelError("the model's runtime failed")
+            return super().predict(images, conf=conf)
+
+    model = FailingOnce()
+    queue = InferenceQueue(model, max_batch=4, batch_window=0.2)  # type: ignore[arg-type]
+    await queue.start()
+
+    def broken(_raw: RawDetections) -> str:
+        raise ValueError("a bug in the rules")
+
+    try:
+        with pytest.raises(ModelError, match="runtime failed"):
+            await queue.infer(FRAME, conf=0.5, client="a")
+        with pytest.raises(ValueError, match="bug in the rules"):
+            await queue.infer(FRAME, conf=0.5, client="a", after=broken)
+        # the model is free again: the next frames, alone or together, are served
+        results = await asyncio.gather(
+            *(queue.infer(FRAME, conf=0.5, client=name) for name in ("a", "b", "c"))
+        )
+    finally:
+        await queue.close()
+    assert [r.batch_size for r in results] == [1, 2, 2]
+    assert model.batches == [0, 1, 1, 2]
+    assert queue.frames == 4  # the failed model call served nobody

@@ -82,17 +82,34 @@ class SinkFanout(EventSink):
         ]
         if not sinks:
             return
-        results = await asyncio.gather(
-            *(getattr(sink, method)(payload) for sink in sinks), return_exceptions=True
-        )
-        for sink, result in zip(sinks, results, strict=False):
-            if isinstance(result, BaseException):
-                if isinstance(result, asyncio.CancelledError):
-                    raise result
+        # Eager tasks: a sink that has nothing to wait for (most, on most frames) finishes
+        # here, without a task scheduled on the loop and a loop turn per sink and frame.
+        loop = asyncio.get_running_loop()
+        tasks = [
+            asyncio.Task(getattr(sink, method)(payload), loop=loop, eager_start=True)
+            for sink in sinks
+        ]
+        waiting = [task for task in tasks if not task.done()]
+        if waiting:
+            try:
+                await asyncio.wait(waiting)
+            except asyncio.CancelledError:
+                for task in waiting:
+                    task.cancel()
+                raise
+        cancelled = False
+        for sink, task in zip(sinks, tasks, strict=True):
+            if task.cancelled():
+                cancelled = True
+                continue
+            error = task.exception()
+            if error is not None:
                 self.failures += 1
                 _LOGGER.error(
-                    "%s.%s failed: %s", type(sink).__name__, method, result, exc_info=result
+                    "%s.%s failed: %s", type(sink).__name__, method, error, exc_info=error
                 )
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def on_inspection(self, result: InspectionResult) -> None:
         await self._each("on_inspection", result)

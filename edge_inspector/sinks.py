@@ -90,15 +90,21 @@ class SinkFanout(EventSink):
             for sink in sinks
         ]
         waiting = [task for task in tasks if not task.done()]
-        if waiting:
-            try:
-                await asyncio.wait(waiting)
-            except asyncio.CancelledError:
-                for task in waiting:
-                    task.cancel()
-                raise
+        try:
+            if waiting:
+                # cancelled, it cancels the sinks still waiting and waits for their cleanup
+                await asyncio.gather(*waiting, return_exceptions=True)
+        finally:
+            cancelled = self._report(method, sinks, tasks)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _report(self, method: str, sinks: list[EventSink], tasks: list[asyncio.Task[None]]) -> bool:
+        """Log and count the sinks that failed; whether one was cancelled."""
         cancelled = False
         for sink, task in zip(sinks, tasks, strict=True):
+            if not task.done():
+                continue
             if task.cancelled():
                 cancelled = True
                 continue
@@ -108,8 +114,7 @@ class SinkFanout(EventSink):
                 _LOGGER.error(
                     "%s.%s failed: %s", type(sink).__name__, method, error, exc_info=error
                 )
-        if cancelled:
-            raise asyncio.CancelledError
+        return cancelled
 
     async def on_inspection(self, result: InspectionResult) -> None:
         await self._each("on_inspection", result)

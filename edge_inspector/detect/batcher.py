@@ -9,13 +9,14 @@ from its last frames). Once free-running stations are in step, every one is wait
 model frees up and the window costs nothing. Cameras on their own clocks (5 fps each, not in
 step) are never waited for: the next frame of most of them is 200 ms away, and waiting for all
 of them would leave the model idle for the whole window before every batch. A lone station never
-waits: when the model is free and no other station is due, its frame goes to the model straight
-from `infer`, without the queue's task in between.
+waits: when the model is free, its frame goes to the model straight from `infer`, without the
+queue's task in between.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -59,6 +60,12 @@ class _Client:
         interval = now - self.seen
         self.period = interval if self.period is None else 0.7 * self.period + 0.3 * interval
         self.seen = now
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
+    """`callback` on `loop` from another thread; nothing once the loop is closed."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback)
 
 
 def inference_thread() -> ThreadPoolExecutor:
@@ -160,9 +167,11 @@ class InferenceQueue:
             known.arrived(now)
         future: asyncio.Future[BatchedResult] = loop.create_future()
         request = _Request(image, conf, future, client, after)
-        if not self._pending and self._idle.is_set() and not self._due(now, client):
-            # Nothing to batch it with: straight to the model, without the queue's task in
-            # between (two turns of the loop a frame, for a lone station on every frame).
+        if len(self._clients) == 1 and self._idle.is_set():
+            # The only station on this model, and the model is free: straight to it, without
+            # the queue's task in between (two turns of the loop a frame). With two stations
+            # or more every frame goes through the queue, which batches frames that arrive
+            # together (two triggers at once, a second station at any moment).
             return await self._direct(request)
         self._pending.append(request)
         self._wakeup.set()
@@ -170,17 +179,27 @@ class InferenceQueue:
 
     async def _direct(self, request: _Request) -> BatchedResult:
         loop = asyncio.get_running_loop()
-        self._idle.clear()
         started = loop.time()
+        running = self._executor.submit(self._predict, [request], request.conf)
+        self._idle.clear()
         try:
-            ((result, after, error),) = await loop.run_in_executor(
-                self._executor, functools.partial(self._predict, [request], request.conf)
-            )
-        except ModelError as exc:
-            _LOGGER.error("%s", exc)
+            ((result, after, error),) = await asyncio.wrap_future(running, loop=loop)
+        except asyncio.CancelledError:
+            if running.done():
+                self._idle.set()
+            else:  # the caller gave up: the model is free once the frame is out of it
+                running.add_done_callback(lambda _: _call_soon(loop, self._idle.set))
+            task = asyncio.current_task()
+            if running.cancelled() and task is not None and not task.cancelling():
+                # not the caller's doing: the executor was shut down under it
+                raise ModelError(f"{self.detector.path.name}: the detector was stopped") from None
             raise
-        finally:
+        except BaseException as exc:
             self._idle.set()
+            if isinstance(exc, ModelError):
+                _LOGGER.error("%s", exc)
+            raise
+        self._idle.set()
         self.batches += 1
         self.frames += 1
         if error is not None:
@@ -191,18 +210,14 @@ class InferenceQueue:
         """How many frames a batch should wait for: those waiting, and one from each other
         station whose next frame is due within the window. A station not heard from for a
         second (a dead camera, a triggered station between parts) is not waited for."""
-        due = self._due(now, *(r.client for r in self._pending))
-        return min(len(self._pending) + due, self.max_batch)
-
-    def _due(self, now: float, *exclude: str) -> int:
-        """How many stations (but `exclude`) have their next frame due within the window."""
+        waiting = {r.client for r in self._pending}
         due = 0
         for name, client in self._clients.items():
-            if name in exclude or now - client.seen >= 1.0 or client.period is None:
+            if name in waiting or now - client.seen >= 1.0 or client.period is None:
                 continue
             if client.seen + client.period - now <= self.batch_window:
                 due += 1
-        return due
+        return min(len(self._pending) + due, self.max_batch)
 
     async def _gather(self) -> None:
         """Wait (up to the window) for the frames due within it. Who is due is decided once:

@@ -142,16 +142,56 @@ async def test_a_lone_frame_that_fails_leaves_the_queue_working() -> None:
         raise ValueError("a bug in the rules")
 
     try:
-        with pytest.raises(ModelError, match="runtime failed"):
-            await queue.infer(FRAME, conf=0.5, client="a")
-        with pytest.raises(ValueError, match="bug in the rules"):
-            await queue.infer(FRAME, conf=0.5, client="a", after=broken)
-        # the model is free again: the next frames, alone or together, are served
-        results = await asyncio.gather(
-            *(queue.infer(FRAME, conf=0.5, client=name) for name in ("a", "b", "c"))
-        )
+        async with asyncio.timeout(10):  # a model left marked busy would hang the next frames
+            with pytest.raises(ModelError, match="runtime failed"):
+                await queue.infer(FRAME, conf=0.5, client="a")
+            with pytest.raises(ValueError, match="bug in the rules"):
+                await queue.infer(FRAME, conf=0.5, client="a", after=broken)
+            # the model is free again: the next frames, alone or together, are served
+            results = await asyncio.gather(
+                *(queue.infer(FRAME, conf=0.5, client=name) for name in ("a", "b", "c"))
+            )
     finally:
         await queue.close()
     assert [r.batch_size for r in results] == [1, 2, 2]
     assert model.batches == [0, 1, 1, 2]
     assert queue.frames == 4  # the failed model call served nobody
+
+
+async def test_a_lone_frame_given_up_keeps_the_model_until_it_is_out() -> None:
+    """Its caller gave up (a trigger's timeout) while the frame was in the model: the next
+    batch goes in once the frame is out, not beside it, and frames that come meanwhile join
+    that batch."""
+    import threading
+
+    inside = threading.Event()
+
+    class Watched(SlowModel):
+        ends: list[float] = []  # noqa: RUF012
+
+        def predict(self, images: Sequence[Image], *, conf: float) -> list[RawDetections]:
+            inside.set()
+            try:
+                return super().predict(images, conf=conf)
+            finally:
+                self.ends.append(time.monotonic())
+
+    model = Watched()
+    queue = InferenceQueue(model, max_batch=4, batch_window=0.2)  # type: ignore[arg-type]
+    await queue.start()
+    try:
+        async with asyncio.timeout(10):
+            first = asyncio.ensure_future(queue.infer(FRAME, conf=0.5, client="a"))
+            while not inside.is_set():
+                await asyncio.sleep(0.001)
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            later = await asyncio.gather(
+                *(queue.infer(FRAME, conf=0.5, client=name) for name in ("b", "c"))
+            )
+    finally:
+        await queue.close()
+    assert model.batches == [1, 2]
+    # loop.time() is time.monotonic(): the batch went in after the given-up frame came out
+    assert all(r.started_at >= model.ends[0] for r in later), (later, model.ends)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -178,16 +177,26 @@ class InferenceQueue:
         return await future
 
     async def _direct(self, request: _Request) -> BatchedResult:
+        started = asyncio.get_running_loop().time()
+        ((result, after, error),) = await self._run([request], request.conf)
+        if error is not None:
+            raise error
+        return BatchedResult(result, 1, started, after)
+
+    async def _run(
+        self, batch: list[_Request], conf: float
+    ) -> list[tuple[RawDetections, Any, BaseException | None]]:
+        """`_predict` on the inference thread. The model counts as busy (`_idle` clear) until
+        the batch is out of it, even when its caller gives up first."""
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        running = self._executor.submit(self._predict, [request], request.conf)
+        running = self._executor.submit(self._predict, batch, conf)
         self._idle.clear()
         try:
-            ((result, after, error),) = await asyncio.wrap_future(running, loop=loop)
+            results = await asyncio.wrap_future(running, loop=loop)
         except asyncio.CancelledError:
             if running.done():
                 self._idle.set()
-            else:  # the caller gave up: the model is free once the frame is out of it
+            else:  # the caller gave up: the model is free once the batch is out of it
                 running.add_done_callback(lambda _: _call_soon(loop, self._idle.set))
             task = asyncio.current_task()
             if running.cancelled() and task is not None and not task.cancelling():
@@ -201,10 +210,8 @@ class InferenceQueue:
             raise
         self._idle.set()
         self.batches += 1
-        self.frames += 1
-        if error is not None:
-            raise error
-        return BatchedResult(result, 1, started, after)
+        self.frames += len(batch)
+        return results
 
     def _expected(self, now: float) -> int:
         """How many frames a batch should wait for: those waiting, and one from each other
@@ -245,7 +252,7 @@ class InferenceQueue:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
-                await self._idle.wait()  # a lone station's frame in the model (`_direct`)
+                await self._idle.wait()  # a lone station's frame still in the model (`_direct`)
                 await self._gather()  # free when every active station is already waiting
                 batch = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
@@ -254,21 +261,13 @@ class InferenceQueue:
                     continue
                 conf = min(r.conf for r in batch)
                 started = loop.time()
-                self._idle.clear()
                 try:
-                    results = await loop.run_in_executor(
-                        self._executor, functools.partial(self._predict, batch, conf)
-                    )
+                    results = await self._run(batch, conf)
                 except ModelError as exc:
-                    _LOGGER.error("%s", exc)
                     for request in batch:
                         if not request.future.done():
                             request.future.set_exception(exc)
                     continue
-                finally:
-                    self._idle.set()
-                self.batches += 1
-                self.frames += len(batch)
                 for request, (result, after, error) in zip(batch, results, strict=True):
                     if request.future.done():
                         continue

@@ -195,3 +195,32 @@ async def test_a_lone_frame_given_up_keeps_the_model_until_it_is_out() -> None:
     assert model.batches == [1, 2]
     # loop.time() is time.monotonic(): the batch went in after the given-up frame came out
     assert all(r.started_at >= model.ends[0] for r in later), (later, model.ends)
+
+
+async def test_a_frame_whose_executor_is_shut_down_gets_a_model_error() -> None:
+    """The inference thread is shut down (the engine stopping) while a frame still waits for
+    it: its caller, who did not give up, is told the detector stopped, not cancelled."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edge_inspector.errors import ModelError
+
+    executor = ThreadPoolExecutor(max_workers=1)
+    release = threading.Event()
+    model = SlowModel()
+    queue = InferenceQueue(model, executor=executor)  # type: ignore[arg-type]
+    await queue.start()
+    executor.submit(release.wait, 10)  # the thread busy with something else (pictures)
+    try:
+        async with asyncio.timeout(10):
+            frame = asyncio.ensure_future(queue.infer(FRAME, conf=0.5, client="a"))
+            await asyncio.sleep(0)  # one step: submitted, queued behind the other work
+            assert not frame.done()
+            executor.shutdown(wait=False, cancel_futures=True)
+            with pytest.raises(ModelError, match="the detector was stopped"):
+                await frame
+    finally:
+        release.set()
+        await queue.close()
+        executor.shutdown(wait=True)
+    assert model.batches == []

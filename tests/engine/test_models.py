@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from edge_inspector.demo.synthetic import ConveyorFrame
+from edge_inspector.detect import detector as detector_module
 from edge_inspector.detect.detector import YoloDetector, model_backend
 from edge_inspector.detect.runtime import prepare_ultralytics, use_threads_for
 
@@ -77,6 +78,54 @@ def test_the_direct_path_finds_what_ultralytics_predict_finds(
         # a batch finds the same things (floating-point sums may differ in the last digits)
         np.testing.assert_array_equal(np.sort(many.class_ids), np.sort(one.class_ids))
         np.testing.assert_allclose(np.sort(many.confidences), np.sort(one.confidences), atol=2e-3)
+    # on the CPU, our own letterbox and NMS did it, not Ultralytics' (checked against theirs)
+    assert all(box is not None for box in detector._predictor._letterboxes.values())
+
+
+def _reference(model: object, frame: np.ndarray, conf: float) -> np.ndarray:
+    [result] = model.predict(frame, imgsz=320, conf=conf, verbose=False)  # type: ignore[attr-defined]
+    return result.boxes.data.cpu().numpy()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("fmt", ["pytorch", "openvino"])
+def test_the_direct_path_agrees_on_any_frame_size_and_any_threshold(
+    fmt: str,
+    exported: dict[str, Path],
+    demo_model: Path,
+    defect_scenes: list[ConveyorFrame],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Frames of other sizes (portrait, small, already the model's size) are letterboxed as
+    Ultralytics does, and low thresholds find what `predict` finds, with the NumPy NMS and
+    with torchvision's (which takes frames with many candidates)."""
+    detector = YoloDetector(demo_model if fmt == "pytorch" else exported[fmt], imgsz=320)
+    detector.load()
+    direct = detector._predictor
+    assert direct is not None
+    torchvision_calls = []
+    nms = direct._nms
+    direct._nms = lambda *a, **k: torchvision_calls.append(1) or nms(*a, **k)  # type: ignore[method-assign]
+    image = defect_scenes[0].image
+    frames = {
+        "conveyor": image,
+        "portrait": np.ascontiguousarray(np.rot90(image)),
+        "small": np.ascontiguousarray(image[100:300, 150:450]),
+        "model size": np.ascontiguousarray(image[80:400, 160:480]),
+        "odd": np.ascontiguousarray(image[:333, :517]),
+    }
+    for limit in (detector_module._GREEDY_LIMIT, 0):
+        monkeypatch.setattr(detector_module, "_GREEDY_LIMIT", limit)
+        for name, frame in frames.items():
+            for conf in (0.3, 0.01):
+                [got] = detector.predict([frame], conf=conf)
+                expected = _reference(detector._model, frame, conf)
+                assert len(got) == len(expected), (name, conf, limit)
+                np.testing.assert_allclose(got.boxes, expected[:, :4], atol=0.05, err_msg=name)
+                np.testing.assert_allclose(got.confidences, expected[:, 4], atol=1e-4)
+                np.testing.assert_array_equal(got.class_ids, expected[:, 5].astype(np.int64))
+            assert direct._letterboxes[frame.shape] is not None, name
+        # NumPy's NMS first (no torchvision call at all), then torchvision's for every frame
+        assert len(torchvision_calls) == (0 if limit else 2 * len(frames))
 
 
 def test_backend_detection() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -51,9 +52,9 @@ def _setup_logging(verbose: int) -> None:
 # -- check / run ----------------------------------------------------------------------------
 
 
-def _load_model(model: ModelConfig) -> tuple[set[str], str]:
-    """Choose what runs a model as `run` would (exported and timed, cached) and load it:
-    its class names, and what runs it (blocking)."""
+def _load_model(model: ModelConfig, stations: int = 1) -> tuple[set[str], str]:
+    """Choose what runs a model for the `stations` sharing it as `run` would (exported and
+    timed, cached) and load it: its class names, and what runs it (blocking)."""
     from .detect.autoruntime import choose_runtime
     from .detect.detector import YoloDetector
 
@@ -63,6 +64,7 @@ def _load_model(model: ModelConfig) -> tuple[set[str], str]:
         imgsz=model.imgsz,
         device=model.device,
         half=model.half,
+        stations=stations,
     )
     detector = YoloDetector(choice.path, imgsz=model.imgsz, device=model.device)
     detector.load()
@@ -79,13 +81,14 @@ async def _check_models(config: EngineConfig) -> tuple[list[str], dict[str, str]
     runs: dict[ModelConfig, str] = {}
     loop = asyncio.get_running_loop()
     inference = inference_thread()  # one thread runs every model (detect.batcher)
+    sharing = collections.Counter(s.model for s in config.stations)
     try:
         for station in config.stations:
             model = station.model
             if model not in loaded:
                 try:
                     loaded[model], runs[model] = await loop.run_in_executor(
-                        inference, _load_model, model
+                        inference, _load_model, model, sharing[model]
                     )
                 except EdgeInspectorError as exc:
                     problems.append(f"stations[{station.id}].model.path: {exc}")
@@ -334,8 +337,14 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
         raise EdgeInspectorError(f"{args.model}: model file not found")
     if args.imgsz < 32:
         raise ConfigError(f"--imgsz {args.imgsz}: give at least 32")
+    if args.stations < 1:
+        raise ConfigError(f"--stations {args.stations}: give at least 1")
     choice = choose_runtime(
-        args.model.resolve(), imgsz=args.imgsz, device=args.device, fresh=args.fresh
+        args.model.resolve(),
+        imgsz=args.imgsz,
+        device=args.device,
+        fresh=args.fresh,
+        stations=args.stations,
     )
     if args.json:
         print(json.dumps(choice.as_json(), indent=2))
@@ -604,6 +613,13 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--device", default="cpu")
     p.add_argument("--fresh", action="store_true", help="time again instead of the cached table")
+    p.add_argument(
+        "--stations",
+        type=int,
+        default=1,
+        help="stations sharing the model: for several, the fastest per frame in a batch wins "
+        "where batches pay (default 1: the fastest single frame)",
+    )
     p.add_argument("--json", action="store_true", help="the table as one JSON object")
     p.set_defaults(func=cmd_bench_model)
 

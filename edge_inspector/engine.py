@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -141,8 +142,9 @@ class Engine:
         await self.store.open()
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        for key in dict.fromkeys(_model_key(s) for s in self.config.stations):
-            if (queue := await self._start_model(key)) is not None:
+        sharing = collections.Counter(_model_key(s) for s in self.config.stations)
+        for key, stations in sharing.items():
+            if (queue := await self._start_model(key, stations)) is not None:
                 self._inference[key] = queue
         await self._open_manuals()
         vlm_initial: VlmResult | None = None
@@ -158,9 +160,10 @@ class Engine:
             self._retention(), name="edge_inspector retention"
         )
 
-    async def _start_model(self, key: ModelKey) -> InferenceQueue | None:
-        """Choose what runs a model (`runtime: auto` exports and times it, once: see
-        detect.autoruntime), then load it; all of it on the inference thread."""
+    async def _start_model(self, key: ModelKey, stations: int = 1) -> InferenceQueue | None:
+        """Choose what runs a model for the `stations` that share it (`runtime: auto` exports
+        and times it, once: see detect.autoruntime), then load it; all of it on the inference
+        thread."""
         path, imgsz, device, half, runtime = key
         loop = asyncio.get_running_loop()
         try:
@@ -174,6 +177,7 @@ class Engine:
                     device=device,
                     half=half,
                     cache_dir=self._cache_dir,
+                    stations=stations,
                 ),
             )
         except ModelError as exc:

@@ -291,6 +291,56 @@ async def test_the_engine_does_not_batch_where_batches_do_not_pay(
     )
 
 
+def test_several_stations_get_the_runtime_fastest_per_frame_as_it_serves_them() -> None:
+    """One station: the fastest single frame. Several: each runtime's time per frame as it
+    will serve them, in a batch where batches pay there, else one by one (as measured on two
+    cores: ONNX Runtime the fastest single frame but not batching, OpenVINO far faster in a
+    batch)."""
+    plain = RuntimeChoice(DEMO_MODEL, IMGSZ, "cpu", "pytorch", DEMO_MODEL, reason="as it is")
+    rows = (
+        RuntimeTiming("pytorch", DEMO_MODEL, single_ms=14.6, batch_ms=10.0),  # 1.46x: batches
+        RuntimeTiming("onnx", Path("m.onnx"), single_ms=8.4, batch_ms=6.7),  # 1.25x: does not
+        RuntimeTiming("openvino", Path("m_openvino_model"), single_ms=9.7, batch_ms=5.4),
+    )
+    one = autoruntime._decide(plain, rows)
+    assert (one.runtime, one.max_batch, one.reason) == ("onnx", 1, "the fastest single frame")
+    four = autoruntime._decide(plain, rows, 4)
+    assert (four.runtime, four.path, four.max_batch) == ("openvino", rows[2].path, None)
+    assert four.reason == "the fastest for 4 stations: 5.4 ms a frame in a batch of 4"
+    # a runtime that does not batch counts its single frame, not the batch it will not run
+    without = autoruntime._decide(plain, rows[:2], 4)  # ONNX 8.4 one by one, PyTorch 10.0
+    assert (without.runtime, without.max_batch) == ("onnx", 1)
+    assert without.reason == "the fastest for 4 stations, a frame at a time"
+    faster = (replace(rows[0], batch_ms=8.0), rows[1])
+    assert autoruntime._decide(plain, faster, 4).runtime == "pytorch"
+    assert autoruntime._decide(plain, faster, 1).runtime == "onnx"
+
+
+async def test_the_engine_chooses_for_the_stations_that_share_a_model(
+    chosen: RuntimeChoice,
+    cache: Path,
+    make_config: Callable[..., EngineConfig],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if not (_installed("onnx") and _installed("openvino")):
+        pytest.skip("ONNX Runtime and OpenVINO are not both installed")
+    # ONNX Runtime the fastest single frame, OpenVINO the fastest per frame in a batch
+    times = {"pytorch": (30.0, 17.7), "onnx": (20.0, 19.8), "openvino": (25.0, 12.0)}
+
+    def fake_time(row: RuntimeTiming, *_: object, **__: object) -> RuntimeTiming:
+        single, batch = times[row.runtime]
+        return replace(row, single_ms=single, batch_ms=batch)
+
+    monkeypatch.setattr(autoruntime, "_time_all", _each(fake_time))
+    monkeypatch.setattr(autoruntime, "_read_table", lambda *_: None)
+    monkeypatch.setattr(autoruntime, "_write_table", lambda *_: None)  # keep the real table
+    second = _auto_station().replace("id: pushed", "id: other").replace("Pushed", "Other")
+    config = make_config(_auto_station() + second, extra="detection: {max_batch: 4}\n")
+    async with Engine(config, cache_dir=cache) as engine:
+        [queue] = engine._inference.values()
+        assert (queue.detector.backend, queue.max_batch) == ("openvino", 4)
+
+
 async def test_the_engine_runs_a_named_runtime_untimed(
     chosen: RuntimeChoice,
     cache: Path,
@@ -333,6 +383,13 @@ def test_bench_model_prints_the_table(chosen: RuntimeChoice, cache: Path) -> Non
     assert shown["runtime"] == chosen.runtime
     assert shown["cached"] is True
     assert [t["runtime"] for t in shown["timings"]] == [t.runtime for t in chosen.timings]
+    many = ("--imgsz", str(IMGSZ), "--stations", "4")
+    proc = _cli("bench-model", str(DEMO_MODEL), *many, cache=cache)
+    assert proc.returncode == 0, proc.stderr
+    assert "for 4 stations" in proc.stdout or "within 3% of" in proc.stdout, proc.stdout
+    proc = _cli("bench-model", str(DEMO_MODEL), "--stations", "0", cache=cache)
+    assert proc.returncode != 0
+    assert "--stations 0: give at least 1" in proc.stderr
 
 
 def test_check_says_what_runs_each_model(

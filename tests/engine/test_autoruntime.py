@@ -260,6 +260,23 @@ async def test_the_engine_logs_the_table_and_runs_the_chosen_runtime(
         assert timing.runtime in logged
 
 
+# single frame and batch of 4, ms a frame: ONNX Runtime the fastest single frame and a batch
+# as slow per frame as single frames, OpenVINO the fastest per frame in a batch (as measured)
+MEASURED = {"pytorch": (30.0, 17.7), "onnx": (20.0, 19.8), "openvino": (25.0, 12.0)}
+
+
+def _timed_as(monkeypatch: pytest.MonkeyPatch, times: dict[str, tuple[float, float]]) -> None:
+    """Every runtime timed at `times` (nothing timed, no table read or written)."""
+
+    def fake_time(row: RuntimeTiming, *_: object, **__: object) -> RuntimeTiming:
+        single, batch = times[row.runtime]
+        return replace(row, single_ms=single, batch_ms=batch)
+
+    monkeypatch.setattr(autoruntime, "_time_all", _each(fake_time))
+    monkeypatch.setattr(autoruntime, "_read_table", lambda *_: None)
+    monkeypatch.setattr(autoruntime, "_write_table", lambda *_: None)  # keep the real table
+
+
 async def test_the_engine_does_not_batch_where_batches_do_not_pay(
     chosen: RuntimeChoice,
     cache: Path,
@@ -269,16 +286,7 @@ async def test_the_engine_does_not_batch_where_batches_do_not_pay(
 ) -> None:
     if not _installed("onnx"):
         pytest.skip("ONNX Runtime is not installed")
-    # ONNX Runtime the fastest, and a batch as slow per frame as single frames (as measured)
-    times = {"pytorch": (30.0, 17.7), "onnx": (20.0, 19.8), "openvino": (25.0, 12.0)}
-
-    def fake_time(row: RuntimeTiming, *_: object, **__: object) -> RuntimeTiming:
-        single, batch = times[row.runtime]
-        return replace(row, single_ms=single, batch_ms=batch)
-
-    monkeypatch.setattr(autoruntime, "_time_all", _each(fake_time))
-    monkeypatch.setattr(autoruntime, "_read_table", lambda *_: None)
-    monkeypatch.setattr(autoruntime, "_write_table", lambda *_: None)  # keep the real table
+    _timed_as(monkeypatch, MEASURED)
     caplog.set_level(logging.INFO, logger="edge_inspector")
     config = make_config(_auto_station(), extra="detection: {max_batch: 4}\n")
     async with Engine(config, cache_dir=cache) as engine:
@@ -324,16 +332,7 @@ async def test_the_engine_chooses_for_the_stations_that_share_a_model(
 ) -> None:
     if not (_installed("onnx") and _installed("openvino")):
         pytest.skip("ONNX Runtime and OpenVINO are not both installed")
-    # ONNX Runtime the fastest single frame, OpenVINO the fastest per frame in a batch
-    times = {"pytorch": (30.0, 17.7), "onnx": (20.0, 19.8), "openvino": (25.0, 12.0)}
-
-    def fake_time(row: RuntimeTiming, *_: object, **__: object) -> RuntimeTiming:
-        single, batch = times[row.runtime]
-        return replace(row, single_ms=single, batch_ms=batch)
-
-    monkeypatch.setattr(autoruntime, "_time_all", _each(fake_time))
-    monkeypatch.setattr(autoruntime, "_read_table", lambda *_: None)
-    monkeypatch.setattr(autoruntime, "_write_table", lambda *_: None)  # keep the real table
+    _timed_as(monkeypatch, MEASURED)
     second = _auto_station().replace("id: pushed", "id: other").replace("Pushed", "Other")
     config = make_config(_auto_station() + second, extra="detection: {max_batch: 4}\n")
     async with Engine(config, cache_dir=cache) as engine:

@@ -88,7 +88,10 @@ async def _check_models(config: EngineConfig) -> tuple[list[str], dict[str, str]
             if model not in loaded:
                 try:
                     loaded[model], runs[model] = await loop.run_in_executor(
-                        inference, _load_model, model, sharing[model]
+                        inference,
+                        _load_model,
+                        model,
+                        min(sharing[model], config.detection.max_batch),
                     )
                 except EdgeInspectorError as exc:
                     problems.append(f"stations[{station.id}].model.path: {exc}")
@@ -617,7 +620,7 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915
         "--stations",
         type=int,
         default=1,
-        help="stations sharing the model: for several, the fastest per frame in a batch wins "
+        help="stations sharing the model: for 4 or more, the fastest per frame in a batch wins "
         "where batches pay (default 1: the fastest single frame)",
     )
     p.add_argument("--json", action="store_true", help="the table as one JSON object")

@@ -177,7 +177,7 @@ class Engine:
                     device=device,
                     half=half,
                     cache_dir=self._cache_dir,
-                    stations=stations,
+                    stations=min(stations, self.config.detection.max_batch),
                 ),
             )
         except ModelError as exc:

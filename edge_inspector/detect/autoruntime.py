@@ -3,8 +3,9 @@
 `runtime: auto` (the default): a PyTorch model is exported to every runtime installed here
 (ONNX Runtime, OpenVINO), each is timed on synthetic frames, and the fastest wins (within 3%
 PyTorch keeps it: fewer moving parts). For one station on the model, fastest is the single
-frame's time; for several, it is the time per frame as the runtime will serve them: in a batch
-where batches pay there, else one by one (on two cores ONNX Runtime ran a single frame fastest,
+frame's time; for as many as the timed batch (four, and `detection.max_batch` at least four),
+it is the time per frame as the runtime will serve them: in a batch where batches pay there,
+else one by one (on two cores ONNX Runtime ran a single frame fastest,
 8.4 ms, but does not batch, while OpenVINO ran 5.4 ms a frame in a batch of four: 16 five-fps
 stations on ONNX Runtime, 27 on OpenVINO). Exports and the table are cached outside
 the checkout, by the model's hash and input size (the table also by device, CPU and package
@@ -190,7 +191,7 @@ def choose_runtime(
     stations: int = 1,
 ) -> RuntimeChoice:
     """What runs `model` (blocking: exports and timing when not cached), for `stations`
-    stations sharing it.
+    frames at a time (the stations sharing it, at most `detection.max_batch`).
 
     `runtime` other than "auto" is obeyed (a ModelError when a .pt cannot be exported to it or
     an exported model is for another runtime). `fresh` times again instead of reading the table.
@@ -400,29 +401,32 @@ def _seconds(detector: YoloDetector, frames: list[Image]) -> float:
     return time.perf_counter() - start
 
 
-def _per_frame(timing: RuntimeTiming, stations: int) -> float:
-    """A runtime's time per frame for `stations` stations: a batch's where it will batch."""
-    single = timing.single_ms or 0.0
-    if stations > 1 and _batching(timing)[0] is None and timing.batch_ms:
-        return timing.batch_ms
-    return single
+def _per_frame(timing: RuntimeTiming, stations: int) -> tuple[float, bool]:
+    """A runtime's time per frame for `stations` frames at a time, and whether that is a
+    batch's: for as many stations as the timed batch (or more), where batches pay there."""
+    if stations >= BATCH_PROBE and _batching(timing)[0] is None and timing.batch_ms:
+        return timing.batch_ms, True
+    return timing.single_ms or 0.0, False
 
 
 def _decide(
     plain: RuntimeChoice, timings: tuple[RuntimeTiming, ...], stations: int = 1
 ) -> RuntimeChoice:
-    """The fastest wins, for one station a single frame's time, for several the time per frame
-    as batches are served; it batches only where a batch pays."""
+    """The fastest wins: a single frame's time, or, for as many stations sharing the model as
+    the timed batch (`stations`: at most `detection.max_batch`), the time per frame in a batch
+    where batches pay on that runtime; it batches only where a batch pays."""
     timed = [t for t in timings if t.single_ms is not None]
     if not timed:
         return replace(plain, reason="no runtime could be timed", timings=timings)
-    fastest = min(timed, key=lambda t: _per_frame(t, stations))
-    if stations > 1 and _per_frame(fastest, stations) != fastest.single_ms:
+    fastest = min(timed, key=lambda t: _per_frame(t, stations)[0])
+    best, batched = _per_frame(fastest, stations)
+    many = stations >= BATCH_PROBE
+    if batched:
         reason = (
-            f"the fastest for {stations} stations: {_per_frame(fastest, stations):.1f} ms a frame "
-            f"in a batch of {BATCH_PROBE}"
+            f"the fastest for {stations} stations: {best:.1f} ms a frame in a batch of "
+            f"{BATCH_PROBE}"
         )
-    elif stations > 1:
+    elif many:
         reason = f"the fastest for {stations} stations, a frame at a time"
     else:
         reason = "the fastest single frame"
@@ -431,10 +435,14 @@ def _decide(
     if (
         torch_row is not None
         and torch_row is not fastest
-        and _per_frame(torch_row, stations) <= _per_frame(fastest, stations) * (1 + _TIE)
+        and _per_frame(torch_row, stations)[0] <= best * (1 + _TIE)
     ):
         chosen = torch_row
-        reason = f"within {_TIE:.0%} of {fastest.runtime}, and fewer moving parts"
+        reason = (
+            f"within {_TIE:.0%} of {fastest.runtime}"
+            + (f" for {stations} stations" if many else "")
+            + ", and fewer moving parts"
+        )
     if len(timed) == 1:
         reason = "the only runtime" if len(timings) == 1 else "the only runtime that ran"
     max_batch, batching = _batching(chosen)

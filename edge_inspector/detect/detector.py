@@ -201,8 +201,8 @@ class YoloDetector:
 
 
 _MAX_WH = 7680  # Ultralytics' per-class box offset for class-aware NMS
-_MAX_NMS = 30000  # and its cap on the candidates NMS sorts
 _GREEDY_LIMIT = 256  # more candidates than this go to torchvision's NMS (a C++ loop)
+_LETTERBOX_SIZES = 32  # frame sizes whose letterbox is kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +215,10 @@ class _Letterbox:
     new_height: int
     top: int
     left: int
+
+
+def _size(frame: Image) -> str:
+    return "x".join(map(str, frame.shape))
 
 
 class _DirectPredictor:
@@ -258,7 +262,7 @@ class _DirectPredictor:
         self._fp16 = bool(getattr(predictor.model, "fp16", False))
         self._classes = len(getattr(predictor.model, "names", None) or ())
         # frame shape -> its letterbox, or None where Ultralytics' own preprocess must run
-        self._letterboxes: dict[tuple[int, ...], _Letterbox | None] = {}
+        self._letterboxes: dict[tuple[tuple[int, ...], str], _Letterbox | None] = {}
 
     @classmethod
     def of(cls, model: Any) -> _DirectPredictor | None:
@@ -276,22 +280,43 @@ class _DirectPredictor:
     # -- before the model -------------------------------------------------------------------
 
     def _letterbox(self, frame: Image) -> _Letterbox | None:
-        key = frame.shape
+        key = (frame.shape, frame.dtype.str)
         if key in self._letterboxes:
             return self._letterboxes[key]
         box = None
-        if self._cpu and frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8:
-            box = self._geometry(frame)
-            if box is not None:
-                expected = self._predictor.preprocess([frame]).numpy()
-                got = self._blob([frame], box)
-                if got.shape != expected.shape or not np.allclose(got, expected, atol=1e-6):
-                    _LOGGER.info(
-                        "frames of %s: Ultralytics' letterbox differs from ours; using its own",
-                        "x".join(map(str, frame.shape)),
-                    )
-                    box = None
+        if (
+            self._cpu
+            and not self._fp16
+            and frame.ndim == 3
+            and frame.shape[2] == 3
+            and frame.dtype == np.uint8
+        ):
+            try:
+                box = self._checked(frame)
+            except Exception as exc:  # whatever breaks here, Ultralytics' own steps run
+                _LOGGER.info("frames of %s: Ultralytics' letterbox (%s)", _size(frame), exc)
+                box = None
+        if len(self._letterboxes) >= _LETTERBOX_SIZES:  # pushed pictures of any size
+            del self._letterboxes[next(iter(self._letterboxes))]
         self._letterboxes[key] = box
+        return box
+
+    def _checked(self, frame: Image) -> _Letterbox | None:
+        """Our letterbox for this frame size, if it gives exactly Ultralytics' input for a
+        frame of that size with a different pattern in each channel (not the frame itself: a
+        grey or blank one could not tell a channel swap)."""
+        box = self._geometry(frame)
+        if box is None:
+            return None
+        pattern = np.random.default_rng(0).integers(0, 256, frame.shape, dtype=np.uint8)
+        expected = self._predictor.preprocess([pattern]).numpy()
+        got = self._blob([pattern], box)
+        if got.shape != expected.shape or not np.array_equal(got, expected):
+            _LOGGER.info(
+                "frames of %s: Ultralytics' letterbox differs from ours; using its own",
+                _size(frame),
+            )
+            return None
         return box
 
     def _geometry(self, frame: Image) -> _Letterbox | None:
@@ -327,15 +352,17 @@ class _DirectPredictor:
                 )
                 inner[...] = resized
             canvases.append(canvas)
-        blob = cv2.dnn.blobFromImages(canvases, scalefactor=1 / 255, swapRB=True)
-        return np.asarray(blob, dtype=np.float32)
+        blob = np.asarray(cv2.dnn.blobFromImages(canvases, swapRB=True), dtype=np.float32)
+        # divided as Ultralytics divides (a float32 division by 255: the same bits, where a
+        # multiplication by 1/255 is one unit in the last place off for half the values)
+        np.divide(blob, np.float32(255), out=blob)
+        return blob
 
     def _preprocess(self, frames: list[Image]) -> Any:
         box = self._letterbox(frames[0])
         if box is None or any(f.shape != frames[0].shape for f in frames[1:]):
             return self._predictor.preprocess(frames)
-        batch = self._torch.from_numpy(self._blob(frames, box))
-        return batch.half() if self._fp16 else batch
+        return self._torch.from_numpy(self._blob(frames, box))
 
     # -- after the model --------------------------------------------------------------------
 
@@ -350,10 +377,18 @@ class _DirectPredictor:
             and out.ndim == 3
             and out.shape[1] == 4 + self._classes
         ):
-            arrays = out.float().numpy()
-            rows = [self._greedy(a, conf) for a in arrays]
-            if all(r is not None for r in rows):
-                return [r for r in rows if r is not None]
+            rows = []
+            for index, array in enumerate(out.float().numpy()):
+                row = self._greedy(array, conf)
+                # a frame with many candidates: torchvision's NMS, for that frame only
+                rows.append(
+                    row if row is not None else self._torchvision(out[index : index + 1], conf)[0]
+                )
+            return rows
+        return self._torchvision(preds, conf)
+
+    def _torchvision(self, preds: Any, conf: float) -> list[npt.NDArray[np.float32]]:
+        """Ultralytics' own NMS (torchvision's), rows as `_suppress` gives them."""
         kept = self._nms(
             preds,
             conf,
@@ -383,7 +418,7 @@ class _DirectPredictor:
         boxes = np.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), axis=1)
         shifted = boxes if self._agnostic else boxes + (cls * _MAX_WH)[:, None]
         areas = (shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1])
-        order = np.argsort(-score, kind="stable")[:_MAX_NMS]
+        order = np.argsort(-score, kind="stable")
         keep: list[int] = []
         while order.size and len(keep) < self._max_det:
             first, rest = int(order[0]), order[1:]
@@ -392,8 +427,11 @@ class _DirectPredictor:
             width = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
             height = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
             inter = width * height
-            iou = inter / (areas[first] + areas[rest] - inter)
-            order = rest[iou <= self._iou]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                iou = inter / (areas[first] + areas[rest] - inter)
+            # as torchvision: suppressed above the threshold compared in double precision; a
+            # NaN (two boxes of no area) suppresses nothing
+            order = rest[~(iou.astype(np.float64) > self._iou)]
         kept = np.asarray(keep)
         return np.concatenate(
             (boxes[kept], score[kept, None], cls[kept, None]), axis=1, dtype=np.float32

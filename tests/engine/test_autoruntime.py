@@ -322,9 +322,33 @@ def test_several_stations_get_the_runtime_fastest_per_frame_as_it_serves_them() 
     faster = (replace(rows[0], batch_ms=8.0), rows[1])
     assert autoruntime._decide(plain, faster, 4).runtime == "pytorch"
     assert autoruntime._decide(plain, faster, 1).runtime == "onnx"
+    # fewer stations than the timed batch: single frames decide
+    two = autoruntime._decide(plain, rows, 2)
+    assert (two.runtime, two.reason) == ("onnx", "the fastest single frame")
+    # PyTorch within 3% of the fastest, as the stations are served, keeps the model
+    close = (replace(rows[0], batch_ms=5.5), *rows[1:])
+    tie = autoruntime._decide(plain, close, 4)
+    assert (tie.runtime, tie.max_batch) == ("pytorch", None)
+    assert tie.reason == "within 3% of openvino for 4 stations, and fewer moving parts"
+    assert autoruntime._decide(plain, (replace(rows[0], batch_ms=5.6), *rows[1:]), 4).runtime == (
+        "openvino"
+    )
 
 
+@pytest.mark.parametrize(
+    ("auto", "named", "max_batch", "expected"),
+    [
+        (4, 0, 4, ("openvino", 4)),  # four stations share it: OpenVINO's batch is the fastest
+        (1, 3, 4, ("onnx", 1)),  # one station (three others on another model): a single frame
+        (4, 0, 1, ("onnx", 1)),  # max_batch 1: no batch will be served, single frames decide
+    ],
+)
 async def test_the_engine_chooses_for_the_stations_that_share_a_model(
+    *,
+    auto: int,
+    named: int,
+    max_batch: int,
+    expected: tuple[str, int],
     chosen: RuntimeChoice,
     cache: Path,
     make_config: Callable[..., EngineConfig],
@@ -333,11 +357,15 @@ async def test_the_engine_chooses_for_the_stations_that_share_a_model(
     if not (_installed("onnx") and _installed("openvino")):
         pytest.skip("ONNX Runtime and OpenVINO are not both installed")
     _timed_as(monkeypatch, MEASURED)
-    second = _auto_station().replace("id: pushed", "id: other").replace("Pushed", "Other")
-    config = make_config(_auto_station() + second, extra="detection: {max_batch: 4}\n")
+    stations = [_auto_station().replace("pushed", f"auto{i}") for i in range(auto)]
+    stations += [
+        _auto_station().replace("pushed", f"named{i}").replace("runtime: auto", "runtime: pytorch")
+        for i in range(named)
+    ]
+    config = make_config("".join(stations), extra=f"detection: {{max_batch: {max_batch}}}\n")
     async with Engine(config, cache_dir=cache) as engine:
-        [queue] = engine._inference.values()
-        assert (queue.detector.backend, queue.max_batch) == ("openvino", 4)
+        queue = engine.stations["auto0"]._inference
+        assert (queue.detector.backend, queue.max_batch) == expected
 
 
 async def test_the_engine_runs_a_named_runtime_untimed(
@@ -385,7 +413,8 @@ def test_bench_model_prints_the_table(chosen: RuntimeChoice, cache: Path) -> Non
     many = ("--imgsz", str(IMGSZ), "--stations", "4")
     proc = _cli("bench-model", str(DEMO_MODEL), *many, cache=cache)
     assert proc.returncode == 0, proc.stderr
-    assert "for 4 stations" in proc.stdout or "within 3% of" in proc.stdout, proc.stdout
+    four = autoruntime._decide(chosen, chosen.timings, 4)
+    assert f"runs {four.runtime}: {four.reason}\n" in proc.stdout
     proc = _cli("bench-model", str(DEMO_MODEL), "--stations", "0", cache=cache)
     assert proc.returncode != 0
     assert "--stations 0: give at least 1" in proc.stderr

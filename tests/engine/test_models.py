@@ -123,7 +123,7 @@ def test_the_direct_path_agrees_on_any_frame_size_and_any_threshold(
                 np.testing.assert_allclose(got.boxes, expected[:, :4], atol=0.05, err_msg=name)
                 np.testing.assert_allclose(got.confidences, expected[:, 4], atol=1e-4)
                 np.testing.assert_array_equal(got.class_ids, expected[:, 5].astype(np.int64))
-            assert direct._letterboxes[frame.shape] is not None, name
+            assert direct._letterboxes[(frame.shape, frame.dtype.str)] is not None, name
         # NumPy's NMS first (no torchvision call at all), then torchvision's for every frame
         assert len(torchvision_calls) == (0 if limit else 2 * len(frames))
 

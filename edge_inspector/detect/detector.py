@@ -246,11 +246,12 @@ class _DirectPredictor:
 
     def __init__(self, predictor: Any) -> None:
         import torch
-        from ultralytics.utils import nms
+        from ultralytics.utils import nms, ops
 
         self._predictor = predictor
         self._torch = torch
         self._nms = nms.non_max_suppression
+        self._scale_boxes = ops.scale_boxes  # NumPy boxes too: to frame pixels, clipped
         device = str(getattr(predictor, "device", "cpu"))
         self._cuda = device.startswith("cuda")
         self._cpu = device == "cpu"
@@ -359,8 +360,9 @@ class _DirectPredictor:
         return blob
 
     def _preprocess(self, frames: list[Image]) -> Any:
-        box = self._letterbox(frames[0])
-        if box is None or any(f.shape != frames[0].shape for f in frames[1:]):
+        first = frames[0]
+        box = self._letterbox(first)
+        if box is None or any(f.shape != first.shape or f.dtype != first.dtype for f in frames):
             return self._predictor.preprocess(frames)
         return self._torch.from_numpy(self._blob(frames, box))
 
@@ -437,22 +439,6 @@ class _DirectPredictor:
             (boxes[kept], score[kept, None], cls[kept, None]), axis=1, dtype=np.float32
         )
 
-    @staticmethod
-    def _to_frame(
-        boxes: npt.NDArray[np.float32], shape: tuple[int, ...], frame: tuple[int, ...]
-    ) -> npt.NDArray[np.float32]:
-        """Ultralytics' `scale_boxes`: from the model input's pixels to the frame's, clipped."""
-        gain = min(shape[0] / frame[0], shape[1] / frame[1])
-        new_h, new_w = max(round(frame[0] * gain), 1), max(round(frame[1] * gain), 1)
-        pad_x = round((shape[1] - new_w) / 2 - 0.1)
-        pad_y = round((shape[0] - new_h) / 2 - 0.1)
-        scale = np.array([new_w / frame[1], new_h / frame[0]] * 2, np.float32)
-        out = np.subtract(boxes, np.array([pad_x, pad_y] * 2, np.float32), dtype=np.float32)
-        out /= scale
-        np.clip(out[:, 0::2], 0, frame[1], out=out[:, 0::2])
-        np.clip(out[:, 1::2], 0, frame[0], out=out[:, 1::2])
-        return out
-
     def __call__(self, images: Sequence[Image], conf: float) -> list[RawDetections]:
         predictor, torch = self._predictor, self._torch
         frames = list(images)
@@ -468,7 +454,12 @@ class _DirectPredictor:
             kept = self._suppress(preds, conf)
             shape = tuple(batch.shape[2:])
             out = [
-                (self._to_frame(rows[:, :4], shape, frame.shape), rows)
+                (
+                    np.asarray(
+                        self._scale_boxes(shape, rows[:, :4].copy(), frame.shape), np.float32
+                    ),
+                    rows,
+                )
                 for rows, frame in zip(kept, frames, strict=True)
             ]
             done = time.perf_counter()

@@ -287,6 +287,12 @@ class IncidentEnricher(EventSink):
                 raise
             except Exception:  # the sweep must outlive a bad round (a locked store, say)
                 _LOGGER.exception("VLM: the sweep for waiting incidents failed; retrying")
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # a stop came while the sweep awaited something that swallowed it (a client
+                # library): end here, or every round's timeout below would start a new round
+                # and `stop()` would wait for ever (a Home Assistant reload hung on it)
+                raise asyncio.CancelledError
             first = False
             if not self.backlog:
                 self.idle.set()

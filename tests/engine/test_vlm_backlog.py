@@ -11,6 +11,7 @@ server, for what the station's state and the VLM status show.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -275,6 +276,29 @@ async def backlog(
     for harness in started:
         await harness.enricher.stop()
         await harness.store.close()
+
+
+async def test_a_stop_that_a_sweep_swallowed_still_ends_the_sweeper(
+    backlog: Callable[..., Any],
+) -> None:
+    """Something the sweep awaits may swallow the stop's cancellation (a client library):
+    the sweeper must still end, not go round again and keep `stop()` waiting for ever."""
+    h = await backlog()
+    entered = asyncio.Event()
+
+    async def sweep(first: bool) -> None:
+        if entered.is_set():  # a later round: cancellable (so the fixture can stop it)
+            await asyncio.sleep(3600)
+        entered.set()
+        with contextlib.suppress(asyncio.CancelledError):  # the cancellation is lost here
+            await asyncio.sleep(3600)
+
+    h.enricher._sweep = sweep  # the next round (retry_interval 0.2 s)
+    async with asyncio.timeout(10):
+        await entered.wait()
+    async with asyncio.timeout(10):
+        await h.enricher.stop()
+    assert h.enricher._tasks == []
 
 
 def asked(h: Backlog, *incidents: Incident) -> bool:
